@@ -1,0 +1,5 @@
+import sys
+
+from agentworld.cli import main
+
+sys.exit(main())

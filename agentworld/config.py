@@ -1,0 +1,267 @@
+"""Experiment configuration: OmegaConf structured configs. The YAML says what to run; the driver runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    max_minutes: float = 30.0  # the driver stops every arm after this much wall-clock
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start an embedded local cluster; "auto" or "ray://...": join one
+    num_cpus: Optional[int] = None  # CPUs of the embedded cluster (None: all)
+    torch_threads: int = 1  # torch threads per process; keep actors from fighting over cores
+    actor_num_cpus: float = 0.25  # CPU reservation of each actor
+
+
+@dataclass
+class EnvConfig:
+    id: str = "gymnasium:FrozenLake-v1"  # registry id, e.g. gymnasium:<gym id>
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    max_steps: int = 50  # episode truncation
+    domain: Optional[str] = None  # defaults to the registry's domain for the id
+
+
+@dataclass
+class TinyModelConfig:
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 2  # head_dim = hidden_size / num_heads; vLLM's CPU kernels need 64
+    max_positions: int = 1024
+    tokenizer_corpus_episodes: int = 200  # random-policy episodes whose text trains the BPE tokenizer
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = None  # any HF causal-LM checkpoint dir; None builds the tiny default in the run dir
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0 = greedy
+
+
+@dataclass
+class WMDataConfig:
+    policy: str = "random"  # behaviour policy that gathers the LWM's real transitions
+    steps: int = 3000  # budget of real env steps for the LWM's training data
+    heldout_fraction: float = 0.1  # share of episodes held out for fidelity
+
+
+@dataclass
+class WMTrainConfig:
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    eval_every: int = 100  # fidelity is measured and a version published this often
+    eval_samples: int = 64  # held-out transitions per fidelity measurement
+    # Sampling weight of a transition: count(same state and action)^-balance_transitions *
+    # count(same outcome)^-balance_outcomes, outcome = (reward, done). Random-policy data repeats easy
+    # transitions thousands of times and rare ones (reaching the goal) a handful; 0 and 0 sample uniformly.
+    balance_transitions: float = 1.0
+    balance_outcomes: float = 0.5
+
+
+@dataclass
+class WorldModelConfig:
+    env: str = "frozenlake"  # key into `envs` whose real transitions train the LWM
+    data: WMDataConfig = field(default_factory=WMDataConfig)
+    history_turns: int = 1  # past (action, observation) turns kept in the prompt
+    train: WMTrainConfig = field(default_factory=WMTrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class AgentConfig:
+    algorithm: str = "grpo"  # group-relative advantages with a clipped importance ratio
+    init: str = "lwm"  # lwm | scratch | PATH to a checkpoint
+    lr: float = 1e-3
+    episodes_per_update: int = 32
+    updates: int = 60
+    epochs: int = 2  # gradient passes over each batch
+    clip: float = 0.2
+    temperature: float = 1.0  # behaviour sampling temperature
+    max_staleness: int = 1  # actors start an episode only within this many versions of the learner
+    action_mode: str = "choice"  # choice: pick among admissible actions | generate: free text, parsed
+    max_action_tokens: int = 8
+
+
+@dataclass
+class ArmConfig:
+    name: str = "real"
+    source: str = "real"  # real | sim
+    env: str = "frozenlake"  # key into `envs`
+    actors: int = 1
+    envs_per_actor: int = 16
+
+
+@dataclass
+class EvalConfig:
+    every_updates: int = 5
+    episodes: int = 32
+    greedy: bool = False
+    success_target: float = 0.8
+
+
+@dataclass
+class ReplayConfig:
+    dir: Optional[str] = None  # None: <run dir>/replay
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    envs: Dict[str, EnvConfig] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    arms: List[ArmConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation: every error is one line naming the file and the dotted key.
+
+SOURCES = ("real", "sim")
+ACTION_MODES = ("choice", "generate")
+ALGORITHMS = ("grpo",)
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str | None, message: str):
+        self.file, self.key = file, key
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+
+def _omegaconf_error(e, file: str) -> ConfigError:
+    from omegaconf.errors import ConfigKeyError
+
+    key = getattr(e, "full_key", None) or None
+    msg = str(e).splitlines()[0]
+    if isinstance(e, ConfigKeyError):
+        return ConfigError(file, None, f"unknown key '{key}'")
+    return ConfigError(file, key, msg)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()):
+    """Load an experiment YAML onto the structured defaults, apply `key=value` overrides, validate."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), None, "config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), None, f"YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), None, "the top level must be a mapping")
+    cfg = OmegaConf.structured(ExperimentConfig)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
+    except OmegaConfBaseException as e:
+        raise _omegaconf_error(e, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("command line", item, "an override must look like key=value")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _omegaconf_error(e, "command line") from None
+    validate_config(cfg, str(path))
+    return cfg
+
+
+def validate_config(cfg, file: str) -> None:
+    """Checks that types alone cannot express."""
+    def fail(key, msg):
+        raise ConfigError(file, key, msg)
+
+    if not cfg.arms:
+        fail("arms", "at least one arm is required")
+    names = [a.name for a in cfg.arms]
+    if len(set(names)) != len(names):
+        fail("arms", f"arm names must be unique (got {names})")
+    for name, env in cfg.envs.items():
+        try:
+            from agentworld.envs import resolve_env_id
+        except ImportError:
+            break
+        try:
+            resolve_env_id(env.id)
+        except ValueError as e:
+            fail(f"envs.{name}.id", str(e))
+        if env.max_steps < 1:
+            fail(f"envs.{name}.max_steps", "must be >= 1")
+    if cfg.world_model.env not in cfg.envs:
+        fail("world_model.env", f"{cfg.world_model.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
+    for i, arm in enumerate(cfg.arms):
+        if arm.source not in SOURCES:
+            fail(f"arms.{i}.source", f"must be one of {', '.join(SOURCES)} (got {arm.source!r})")
+        if arm.env not in cfg.envs:
+            fail(f"arms.{i}.env", f"{arm.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
+        for key in ("actors", "envs_per_actor"):
+            if getattr(arm, key) < 1:
+                fail(f"arms.{i}.{key}", "must be >= 1")
+    if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
+        fail("model.path", f"no HF checkpoint (config.json) at {cfg.model.path!r}")
+    a = cfg.agent
+    if a.init not in ("lwm", "scratch") and not (Path(a.init) / "config.json").is_file():
+        fail("agent.init", f"must be lwm, scratch or a checkpoint dir (no config.json at {a.init!r})")
+    if a.action_mode not in ACTION_MODES:
+        fail("agent.action_mode", f"must be one of {', '.join(ACTION_MODES)} (got {a.action_mode!r})")
+    if a.algorithm not in ALGORITHMS:
+        fail("agent.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {a.algorithm!r})")
+    for key in ("updates", "episodes_per_update", "epochs"):
+        if getattr(a, key) < 1:
+            fail(f"agent.{key}", "must be >= 1")
+    if a.max_staleness < 0:
+        fail("agent.max_staleness", "must be >= 0")
+    if a.lr <= 0:
+        fail("agent.lr", "must be > 0")
+    t = cfg.world_model.train
+    if t.steps < 0:
+        fail("world_model.train.steps", "must be >= 0")
+    for key in ("batch_size", "eval_every", "eval_samples"):
+        if getattr(t, key) < 1:
+            fail(f"world_model.train.{key}", "must be >= 1")
+    if cfg.world_model.data.steps < 1:
+        fail("world_model.data.steps", "must be >= 1")
+    if not 0 <= cfg.world_model.data.heldout_fraction < 1:
+        fail("world_model.data.heldout_fraction", "must be in [0, 1)")
+    if cfg.world_model.history_turns < 1:
+        fail("world_model.history_turns", "must be >= 1")
+    tiny = cfg.model.tiny
+    if tiny.hidden_size % tiny.num_heads:
+        fail("model.tiny.num_heads", f"must divide hidden_size {tiny.hidden_size}")
+    if cfg.eval.episodes < 1 or cfg.eval.every_updates < 1:
+        fail("eval", "episodes and every_updates must be >= 1")
+    if cfg.run.max_minutes <= 0:
+        fail("run.max_minutes", "must be > 0")
+
+
+def save_config(cfg, path) -> None:
+    from omegaconf import OmegaConf
+
+    Path(path).write_text(OmegaConf.to_yaml(cfg))

@@ -1,0 +1,245 @@
+"""The driver: builds the replay, the world model and the arms, waits, and reports (ARCHITECTURE.md).
+
+1. A random policy gathers the LWM's budget of real transitions.
+2. The tiny default model (tokenizer trained on that text) is built, unless `model.path` names one.
+3. The WorldModelLearner trains the LWM on those transitions and publishes versions.
+4. Each arm's AgentLearner and RolloutActors train, real or in the simulator; every arm is scored in
+   the real env on a schedule.
+5. metrics.parquet, curves.png, report.html and summary.json are written to the run dir.
+A rerun of the same run dir reuses the collected data, the base model and a finished LWM."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ray
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentworld.config import save_config
+
+WM_DATA_ARM = "wm_data"
+
+
+def _fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def _start_ray(cfg) -> None:
+    env_vars = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+                 log_to_driver=False)
+
+
+def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
+    """The run's own text: LWM examples and policy turns rendered exactly as the models will see them."""
+    from agentworld.policy import policy_messages
+    from agentworld.worldmodel.data import episodes_from_table, wm_examples
+
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows)
+    texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes_from_table(table),
+                                                                      lambda m: render_chatml(m, True), 2)]
+    for r in rows[:2000]:
+        prompt = render_chatml(policy_messages(r["env_id"], r["obs"], r["choices"]), True)
+        texts.append(prompt + r["action"] + "<|im_end|>\n")
+    return texts
+
+
+def _build_base_model(cfg, run_dir: Path, rows: list[dict], console: Console) -> str:
+    from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
+
+    if cfg.model.path:
+        return cfg.model.path
+    out = run_dir / "checkpoints" / "base"
+    if (out / "config.json").exists():
+        console.print(f"reusing base model {out}")
+        return str(out)
+    t = cfg.model.tiny
+    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml), t.vocab_size, out)
+    build_tiny_model(tok, out, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                     num_layers=t.num_layers, num_heads=t.num_heads, max_positions=t.max_positions, seed=cfg.run.seed)
+    console.print(f"built tiny Qwen2 (vocab {len(tok)}, hidden {t.hidden_size}, {t.num_layers} layers) in {out}")
+    return str(out)
+
+
+def _collect_wm_data(cfg, run_id, replay, registry, domain, console) -> list[dict]:
+    from actors.rollout import RolloutActor
+
+    budget = cfg.world_model.data.steps
+    have = ray.get(replay.count.remote(arm=WM_DATA_ARM, source="real"))
+    if have < budget:
+        env = OmegaConf.to_container(cfg.envs[cfg.world_model.env])
+        spec = dict(run_id=run_id, arm=WM_DATA_ARM, actor_id="random0", source="real", env=env, domain=domain,
+                    envs_per_actor=16, policy_path=None, agent=OmegaConf.to_container(cfg.agent),
+                    seed=cfg.run.seed + 7919 + have, torch_threads=cfg.ray.torch_threads)
+        actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
+        with console.status(f"collecting {budget - have} real transitions with a random policy"):
+            ray.get(actor.collect_steps.remote(budget - have))
+        ray.kill(actor)
+    table = ray.get(replay.sample.remote(arm=WM_DATA_ARM, source="real"))
+    console.print(f"LWM data: {table.num_rows} real transitions from {cfg.world_model.env}")
+    return table.to_pylist()
+
+
+def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console) -> tuple[dict, list[dict]]:
+    from learners.world_model import WorldModelLearner
+
+    done_file = run_dir / "checkpoints" / "wm_done.json"
+    if done_file.exists():
+        done = json.loads(done_file.read_text())
+        console.print(f"reusing trained LWM {done['path']} (exact match {done['exact_match']:.3f})")
+        return done, done.get("metrics", [])
+    spec = dict(base_path=base_path, run_dir=str(run_dir), t0=t0, data_arm=WM_DATA_ARM, seed=cfg.run.seed,
+                world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads)
+    learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
+    ref = learner.train.remote()
+    with Progress(TextColumn("LWM {task.fields[phase]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("exact {task.fields[em]}  edit-sim {task.fields[es]}"), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("lwm", total=max(1, cfg.world_model.train.steps), phase="starting", em="-", es="-")
+        while True:
+            ready, _ = ray.wait([ref], timeout=1.0)
+            s = ray.get(learner.status.remote())
+            bar.update(task, completed=s["step"], phase=s["phase"], em=_fmt(s["exact_match"], ".3f"),
+                       es=_fmt(s["edit_similarity"], ".3f"))
+            if ready:
+                break
+    done = ray.get(ref)
+    metrics = ray.get(learner.metrics.remote())
+    ray.kill(learner)
+    done_file.write_text(json.dumps(dict(done, metrics=metrics)))
+    return done, metrics
+
+
+def _arms_table(statuses: list[dict], wm: dict, elapsed: float) -> Table:
+    table = Table(title=f"AgentWorld  {elapsed / 60:.1f} min  |  LWM v{wm['wm_version']}: exact {wm['exact_match']:.3f}, "
+                        f"edit-sim {wm['edit_similarity']:.3f}")
+    for col in ("arm", "update", "real steps", "sim steps", "real-env success", "return", "phase"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s["arm"], f"{s['version']}/{s['updates']}", str(s["real"]), str(s["sim"]),
+                      _fmt(s["success"]), _fmt(s["return"]), s["phase"])
+    return table
+
+
+def run_experiment(cfg, config_path: str | None = None) -> dict:
+    """Run an experiment end to end; returns the summary (also in <run dir>/summary.json)."""
+    from actors.rollout import RolloutActor
+    from agentworld.replay import ReplayService
+    from agentworld.report import write_report
+    from learners.agent import AgentLearner
+    from learners.weight_sync import WeightRegistry
+
+    import torch
+
+    console = Console()
+    torch.set_num_threads(cfg.ray.torch_threads)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    run_id = f"{cfg.run.name}-{int(time.time())}"
+    t0 = time.time()
+    console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
+
+    _start_ray(cfg)
+    try:
+        replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
+        registry = WeightRegistry.remote()
+        rows = _collect_wm_data(cfg, run_id, replay, registry, _env_domain(cfg.envs[cfg.world_model.env]), console)
+        base_path = _build_base_model(cfg, run_dir, rows, console)
+        wm_done, metrics = _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console)
+        wm_real_steps = len(rows)
+        initial_states = list({r["obs"]: (r["obs"], {"admissible_actions": r["choices"]})
+                               for r in rows if r["step"] == 0}.values())
+
+        cursor = ray.get(replay.count.remote())
+        learners, actors = {}, []
+        for arm in cfg.arms:
+            env = OmegaConf.to_container(cfg.envs[arm.env])
+            init = {"lwm": wm_done["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
+            uses_lwm = arm.source == "sim" or cfg.agent.init == "lwm"
+            spec = dict(arm=arm.name, source=arm.source, init_path=init, run_dir=str(run_dir), t0=t0,
+                        agent=OmegaConf.to_container(cfg.agent), eval=OmegaConf.to_container(cfg.eval), env=env,
+                        wm_real_steps=wm_real_steps if uses_lwm else 0, seed=cfg.run.seed,
+                        torch_threads=cfg.ray.torch_threads, replay_cursor=cursor)
+            learners[arm.name] = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
+            for k in range(arm.actors):
+                aspec = dict(run_id=run_id, arm=arm.name, actor_id=f"{arm.name}{k}", source=arm.source, env=env,
+                             domain=_env_domain(cfg.envs[arm.env]), envs_per_actor=arm.envs_per_actor, policy_path=init,
+                             agent=OmegaConf.to_container(cfg.agent), seed=cfg.run.seed * 1000 + k + 1,
+                             torch_threads=cfg.ray.torch_threads, wm_path=wm_done["path"],
+                             wm_version=wm_done["wm_version"], history_turns=cfg.world_model.history_turns,
+                             wm_generation=OmegaConf.to_container(cfg.world_model.generation),
+                             initial_states=initial_states)
+                actors.append(RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(aspec, replay, registry))
+
+        runs = {name: l.run.remote() for name, l in learners.items()}
+        actor_runs = [a.run.remote() for a in actors]
+        deadline = t0 + cfg.run.max_minutes * 60
+        failed = None
+        wm_last = next(m for m in reversed(metrics) if m["kind"] == "wm") if metrics else dict(wm_done)
+        with Live(console=console, refresh_per_second=2) as live:
+            pending = list(runs.values())
+            while pending:
+                _, pending = ray.wait(pending, timeout=1.0)
+                statuses = ray.get([l.status.remote() for l in learners.values()])
+                live.update(_arms_table(statuses, wm_last, time.time() - t0))
+                if time.time() > deadline:
+                    console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
+                    for l in learners.values():
+                        l.stop.remote()
+                    deadline = float("inf")
+        results = {}
+        for name, ref in runs.items():
+            try:
+                results[name] = ray.get(ref)
+            except ray.exceptions.RayError as e:  # report what the other arms did, then fail
+                failed = f"arm {name} failed: {e}"
+        for a in actors:
+            a.stop.remote()
+        actor_status = ray.get(actor_runs)
+        for l in learners.values():
+            metrics += ray.get(l.metrics.remote())
+        for s in actor_status:
+            for err in s["errors"]:
+                console.print(f"[yellow]actor error:[/yellow] {err}")
+    finally:
+        ray.shutdown()
+
+    summary = write_report(run_dir, metrics, OmegaConf.to_container(cfg), success_target=cfg.eval.success_target)
+    console.print(_final_table(summary))
+    console.print(f"report: [bold]{(run_dir / 'report.html').resolve()}[/bold]")
+    if failed:
+        raise RuntimeError(failed)
+    return summary
+
+
+def _env_domain(env) -> str:
+    """The domain an env reports (building it once also checks that it starts)."""
+    from agentworld.envs import make_env
+
+    probe = make_env(env.id, max_steps=env.max_steps, domain=env.domain, **OmegaConf.to_container(env.kwargs))
+    try:
+        return probe.domain
+    finally:
+        probe.close()
+
+
+def _final_table(summary: dict) -> Table:
+    table = Table(title="final real-env scores")
+    for col in ("arm", "source", "success", "return", "real steps", "sim steps", "wall-clock"):
+        table.add_column(col)
+    for name, a in summary.get("arms", {}).items():
+        table.add_row(name, str(a.get("source")), _fmt(a.get("final_success")), _fmt(a.get("final_return")),
+                      str(a.get("real_steps")), str(a.get("sim_steps")), f"{(a.get('wall_clock_s') or 0) / 60:.1f} min")
+    return table

@@ -1,0 +1,174 @@
+"""Inference on an HF causal LM loaded by path: batched sampling with per-token logprobs, scoring of
+candidate completions, and in-place weight updates. Shared by the policy and the world-model simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+def load_model_and_tokenizer(path: str):
+    """Load an HF checkpoint directory (model + tokenizer) for CPU float32 use."""
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok
+
+
+def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str]):
+    """Right-padded ids of prompt+completion (each tokenized on its own, then joined) and a mask
+    that is 1 on completion tokens. Training and scoring both use it, so they see the same tokens."""
+    seqs, comp_lens = [], []
+    for p, c in zip(prompts, completions):
+        p_ids = tok(p, add_special_tokens=False).input_ids
+        c_ids = tok(c, add_special_tokens=False).input_ids
+        seqs.append(p_ids + c_ids)
+        comp_lens.append(len(c_ids))
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    comp = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (s, n) in enumerate(zip(seqs, comp_lens)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        comp[i, len(s) - n : len(s)] = True
+    return ids, attn, comp
+
+
+def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> torch.Tensor:
+    """Summed log-probability of the completion tokens of each row (differentiable)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logp * comp[:, 1:]).sum(-1)
+
+
+def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Summed logprob of every `choice + EOS` after its prompt, flat in prompt-major order
+    (differentiable). Each prompt is encoded once; its KV cache is shared by all its choices."""
+    enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    pmask = enc.attention_mask
+    ppos = (pmask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=enc.input_ids, attention_mask=pmask, position_ids=ppos, use_cache=True)
+    idx = torch.tensor([i for i, cs in enumerate(choices) for _ in cs])
+    cache = out.past_key_values
+    cache.batch_select_indices(idx)
+    comp = [tok(c + tok.eos_token, add_special_tokens=False).input_ids for cs in choices for c in cs]
+    width = max(len(c) for c in comp)
+    cids = torch.full((len(comp), width), tok.pad_token_id, dtype=torch.long)
+    cmask = torch.zeros((len(comp), width), dtype=torch.long)
+    for k, c in enumerate(comp):
+        cids[k, : len(c)] = torch.tensor(c)
+        cmask[k, : len(c)] = 1
+    first = torch.log_softmax(out.logits[idx, -1].float(), -1).gather(1, cids[:, :1]).squeeze(1)
+    if width == 1:
+        return first
+    pos = ppos[idx, -1:] + 1 + torch.arange(width - 1)[None]
+    rest = model(input_ids=cids[:, :-1], attention_mask=torch.cat([pmask[idx], cmask[:, :-1]], 1),
+                 position_ids=pos, past_key_values=cache, use_cache=True).logits.float()
+    logp = torch.log_softmax(rest, -1).gather(-1, cids[:, 1:, None]).squeeze(-1)
+    return first + (logp * cmask[:, 1:]).sum(-1)
+
+
+class HFEngine:
+    """Plain HF/torch inference. `version` is the weight version currently loaded."""
+
+    def __init__(self, path: str, seed: int = 0):
+        self.path = path
+        self.model, self.tok = load_model_and_tokenizer(path)
+        self.model.eval()
+        self.version = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_model(cls, model, tok) -> "HFEngine":
+        """An engine over a model held elsewhere (a learner evaluates its own weights with it)."""
+        engine = cls.__new__(cls)
+        engine.path, engine.model, engine.tok, engine.version = None, model, tok, 0
+        engine.generator = torch.Generator().manual_seed(0)
+        return engine
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        """Swap weights in place: the engine keeps running, only its parameters change."""
+        self.model.load_state_dict(state_dict)
+        self.version = version
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[Generation]:
+        """Sample (temperature > 0) or decode greedily, with a KV cache, until EOS, a stop string or the
+        token limit. Logprobs are under the distribution that was sampled from."""
+        tok, model = self.tok, self.model
+        enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        mask = enc.attention_mask
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        n = len(prompts)
+        done = [False] * n
+        ids: list[list[int]] = [[] for _ in range(n)]
+        lps: list[list[float]] = [[] for _ in range(n)]
+        texts = [""] * n
+        eos = tok.eos_token_id
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            logp = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
+            if temperature > 0:
+                nxt = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(1)
+            else:
+                nxt = logp.argmax(-1)
+            chosen = logp.gather(1, nxt[:, None]).squeeze(1)
+            for i in range(n):
+                if done[i]:
+                    continue
+                t = int(nxt[i])
+                if t == eos:  # its logprob counts: ending the reply is part of the action
+                    lps[i].append(float(chosen[i]))
+                    done[i] = True
+                    continue
+                ids[i].append(t)
+                lps[i].append(float(chosen[i]))
+                if stop:
+                    texts[i] = tok.decode(ids[i], skip_special_tokens=False)
+                    if any(s in texts[i] for s in stop):
+                        done[i] = True
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], 1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                        past_key_values=out.past_key_values, use_cache=True)
+        gens = []
+        for i in range(n):
+            text = tok.decode(ids[i], skip_special_tokens=False)
+            for s in stop:
+                if s in text:
+                    text = text[: text.index(s) + len(s)]
+            gens.append(Generation(text, ids[i], lps[i]))
+        return gens
+
+    @torch.no_grad()
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Flat summed logprobs of each `choice + EOS`, sharing each prompt's KV cache."""
+        return choice_logprobs(self.model, self.tok, prompts, choices)
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], completions: Sequence[str], temperature: float = 1.0) -> torch.Tensor:
+        """Summed logprob of each completion given its prompt (EOS included by the caller if wanted)."""
+        ids, attn, comp = encode_pairs(self.tok, prompts, completions)
+        return completion_logprobs(self.model, ids, attn, comp, temperature)

@@ -1,0 +1,53 @@
+"""From replay rows to next-state prediction examples (prompt, target) in the LWM chat format."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from agentworld.worldmodel.prompt import build_messages, render_state, window, wm_system_prompt
+
+
+@dataclass
+class Example:
+    prompt: str  # rendered chat up to the assistant turn to predict
+    target: str  # the assistant content: the tagged next state
+    next_obs: str
+    reward: float
+    done: bool
+
+
+def episodes_from_table(table: pa.Table) -> list[list[dict]]:
+    """Rows grouped by episode, each episode ordered by step; episodes in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        groups.setdefault(row["episode_id"], []).append(row)
+    return [sorted(rows, key=lambda r: r["step"]) for rows in groups.values()]
+
+
+def split_episodes(episodes: list[list[dict]], heldout_fraction: float, seed: int = 0):
+    """Hold out whole episodes, so held-out transitions were never trained on."""
+    order = list(range(len(episodes)))
+    random.Random(seed).shuffle(order)
+    k = int(round(len(episodes) * heldout_fraction))
+    if heldout_fraction > 0 and len(episodes) > 1:
+        k = max(1, k)
+    held = set(order[:k])
+    return [e for i, e in enumerate(episodes) if i not in held], [e for i, e in enumerate(episodes) if i in held]
+
+
+def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1) -> list[Example]:
+    """One example per transition; `render(messages)` is the tokenizer's chat template."""
+    out = []
+    for rows in episodes:
+        observations = [r["obs"] for r in rows]
+        actions = [r["action"] for r in rows]
+        replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
+        system = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"])
+        for t, r in enumerate(rows):
+            state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns)
+            out.append(Example(render(build_messages(system, state, turns)), replies[t], r["next_obs"],
+                               r["reward"], r["terminated"]))
+    return out

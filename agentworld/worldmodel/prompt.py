@@ -1,0 +1,88 @@
+"""The LWM prompt: chat messages in the AgentWorldBench style, and the parser of the model's reply.
+
+system: the domain's world-model instruction; user turns: the agent's action (the first kept turn also
+carries the current state); assistant turns: `<predicted_observation>` blocks. The state block ends with
+an outcome line `[reward=R done=true|false]`, so a simulated episode needs no real env."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+OBS_OPEN, OBS_CLOSE = "<predicted_observation>", "</predicted_observation>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+WM_SYSTEM = (
+    "You are a world model of the {env_id} environment ({domain}). Given the state and the agent's "
+    "action, predict the next observation inside {open}...{close}, ending with the line "
+    "[reward=R done=true|false]."
+)
+
+_OUTCOME = re.compile(r"\[reward=(-?[0-9.eE+-]+) done=(true|false)\]\s*$")
+_THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.S)
+_OBS_BLOCK = re.compile(re.escape(OBS_OPEN) + r"(.*?)" + re.escape(OBS_CLOSE), re.S)
+
+
+def wm_system_prompt(env_id: str, domain: str) -> str:
+    return WM_SYSTEM.format(env_id=env_id, domain=domain, open=OBS_OPEN, close=OBS_CLOSE)
+
+
+def render_state(obs: str, reward: float, done: bool) -> str:
+    """The assistant turn for one transition: the observation and its outcome line, tagged."""
+    return f"{OBS_OPEN}\n{obs}\n[reward={reward:g} done={'true' if done else 'false'}]\n{OBS_CLOSE}"
+
+
+def build_messages(system: str, state: str, turns: list[tuple[str, str | None]]) -> list[dict]:
+    """Messages for `turns` = [(action, assistant_content_or_None), ...]: the first user turn carries
+    `state` (the observation before the first action). A trailing None is the turn to predict."""
+    messages = [{"role": "system", "content": system}]
+    for i, (action, reply) in enumerate(turns):
+        user = f"State:\n{state}\nAction: {action}" if i == 0 else f"Action: {action}"
+        messages.append({"role": "user", "content": user})
+        if reply is not None:
+            messages.append({"role": "assistant", "content": reply})
+    return messages
+
+
+def window(observations: list[str], actions: list[str], replies: list[str], history_turns: int):
+    """Keep the last `history_turns` turns of an episode for predicting the next state.
+    observations[i] is the state before actions[i]; replies[i] the assistant content after actions[i]
+    (len(replies) == len(actions) - 1). Returns (state, turns) for build_messages."""
+    start = max(0, len(actions) - max(1, history_turns))
+    turns = [(actions[i], replies[i] if i < len(replies) else None) for i in range(start, len(actions))]
+    return observations[start], turns
+
+
+def strip_think(text: str) -> str:
+    """Drop think content, including an unclosed think block (everything after it)."""
+    text = _THINK_BLOCK.sub("", text)
+    if THINK_OPEN in text:
+        text = text[: text.index(THINK_OPEN)]
+    return text
+
+
+@dataclass
+class Prediction:
+    obs: str
+    reward: float | None  # None when the outcome line is missing or malformed
+    done: bool | None
+    well_formed: bool  # an observation block was present
+
+
+def parse_prediction(text: str) -> Prediction:
+    """Take the last observation block (falling back to the whole text) and split off the outcome line."""
+    body = strip_think(text)
+    blocks = _OBS_BLOCK.findall(body)
+    if blocks:
+        inner, ok = blocks[-1], True
+    else:
+        inner, ok = body.replace(OBS_OPEN, "").replace(OBS_CLOSE, ""), False
+    inner = inner.strip("\n")
+    m = _OUTCOME.search(inner)
+    if not m:
+        return Prediction(inner.strip("\n"), None, None, ok)
+    try:
+        reward = float(m.group(1))
+    except ValueError:
+        reward = None
+    return Prediction(inner[: m.start()].strip("\n"), reward, m.group(2) == "true", ok)

@@ -1,0 +1,166 @@
+"""AgentLearner: policy-gradient RL on the action tokens of its arm's trajectories, scored in the real env.
+
+Algorithm (GRPO-style): each episode's return is normalised against the other episodes of the same env in
+the update batch (group-relative baseline, no critic); every action of the episode takes that advantage.
+The loss is PPO's clipped objective on the ratio between the current policy and the behaviour logprob the
+actor recorded, so data from a policy up to `max_staleness` versions old is corrected, not dropped.
+In `choice` mode the policy is the softmax over the admissible actions' sequence logprobs, exactly as the
+actor sampled it; in `generate` mode it is the logprob of the generated action text."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+
+import ray
+import torch
+
+from agentworld.models.hf_engine import (HFEngine, choice_logprobs, completion_logprobs, encode_pairs,
+                                         load_model_and_tokenizer)
+from agentworld.policy import LLMPolicy, choice_logits, policy_messages
+
+
+def group_advantages(rows: list[dict]) -> list[float]:
+    """Episode return minus the group mean, over the group std (0 where a group has no spread)."""
+    returns: dict[str, float] = defaultdict(float)
+    group_of: dict[str, str] = {}
+    for r in rows:
+        returns[r["episode_id"]] += r["reward"]
+        group_of[r["episode_id"]] = r["env_id"]
+    groups: dict[str, list[float]] = defaultdict(list)
+    for ep, g in group_of.items():
+        groups[g].append(returns[ep])
+    stats = {}
+    for g, rs in groups.items():
+        mean = sum(rs) / len(rs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in rs) / len(rs))
+        stats[g] = (mean, std)
+    adv = []
+    for r in rows:
+        mean, std = stats[group_of[r["episode_id"]]]
+        adv.append(0.0 if std < 1e-8 else (returns[r["episode_id"]] - mean) / (std + 1e-6))
+    return adv
+
+
+def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: str, temperature: float,
+                clip: float) -> torch.Tensor:
+    """Clipped surrogate loss over `rows` (transitions) with per-row advantages."""
+    prompts = [render(policy_messages(r["env_id"], r["obs"], r["choices"])) for r in rows]
+    if mode == "choice":
+        scores = choice_logprobs(model, tok, prompts, [r["choices"] for r in rows])
+        logps = choice_logits(scores, [len(r["choices"]) for r in rows], temperature)
+        new = torch.stack([lp[r["choices"].index(r["action"])] for lp, r in zip(logps, rows)])
+    else:
+        new = completion_logprobs(model, *encode_pairs(tok, prompts, [r["action"] + tok.eos_token for r in rows]), temperature)
+    old = torch.tensor([sum(r["logprobs"] or [0.0]) for r in rows])
+    adv = torch.tensor(advs)
+    ratio = torch.exp(new - old)
+    return -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+
+
+@ray.remote(max_concurrency=2)
+class AgentLearner:
+    """`spec` keys: arm, source, init_path, run_dir, t0, agent, eval (configs as dicts), env (the real
+    env's EnvConfig as dict, for evaluation), wm_real_steps, seed, torch_threads."""
+
+    def __init__(self, spec: dict, replay, registry):
+        torch.set_num_threads(spec.get("torch_threads", 1))
+        from learners.weight_sync import ObjectStoreWeightSync
+
+        self.spec, self.replay = spec, replay
+        self.sync = ObjectStoreWeightSync(registry)
+        self.name = f"policy/{spec['arm']}"
+        self.rows: list[dict] = []
+        self.version = 0
+        self.steps = {"real": 0, "sim": 0}
+        self._stop = False
+        self.phase = "starting"
+        self.last_eval: dict = {}
+
+    def _log(self, kind: str, **row) -> None:
+        self.rows.append(dict(kind=kind, arm=self.spec["arm"], source=self.spec["source"], update=self.version,
+                              real_steps=self.steps["real"], sim_steps=self.steps["sim"],
+                              wm_real_steps=self.spec["wm_real_steps"], wall_time=time.time() - self.spec["t0"], **row))
+
+    def _evaluate(self, engine, envs) -> None:
+        from actors.rollout import evaluate
+
+        self.phase = "evaluating"
+        ev = self.spec["eval"]
+        policy = LLMPolicy(engine, mode=self.spec["agent"]["action_mode"], temperature=self.spec["agent"]["temperature"],
+                           greedy=ev["greedy"], max_action_tokens=self.spec["agent"]["max_action_tokens"])
+        self.last_eval = dict(evaluate(envs, policy, ev["episodes"]), policy_version=self.version)
+        self._log("eval", **self.last_eval)
+        self.phase = "training"
+
+    def run(self) -> dict:
+        from agentworld.envs import make_env
+        from learners.torch_engine import TorchEngine
+
+        spec, a, ev = self.spec, self.spec["agent"], self.spec["eval"]
+        torch.manual_seed(spec["seed"])
+        model, tok = load_model_and_tokenizer(spec["init_path"])
+        engine = HFEngine.from_model(model, tok)
+        env = spec["env"]
+        eval_envs = [make_env(env["id"], max_steps=env["max_steps"], domain=env.get("domain"), **env.get("kwargs", {}))
+                     for _ in range(min(16, ev["episodes"]))]
+        trainer = TorchEngine(model, a["lr"], a["updates"] * a["epochs"])
+        rng = random.Random(spec["seed"])
+        self._evaluate(engine, eval_envs)
+        cursor, pending = spec.get("replay_cursor", 0), []  # rows before it belong to earlier attempts
+        while self.version < a["updates"] and not self._stop:
+            self.phase = "waiting for rollouts"
+            table, cursor = ray.get(self.replay.since.remote(cursor, arm=spec["arm"]))
+            new = table.to_pylist()
+            for r in new:
+                self.steps[r["source"]] += 1
+            pending += new
+            if len({r["episode_id"] for r in pending}) < a["episodes_per_update"]:
+                time.sleep(0.05)
+                continue
+            batch, pending = pending, []
+            self.phase = "training"
+            advs = group_advantages(batch)
+            live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]
+            losses = []
+            for _ in range(a["epochs"] if live else 0):
+                rng.shuffle(live)
+                for i in range(0, len(live), 64):
+                    chunk = live[i : i + 64]
+                    loss = policy_loss(model, tok, engine.render, [r for r, _ in chunk], [x for _, x in chunk],
+                                       a["action_mode"], a["temperature"], a["clip"])
+                    trainer.step(loss)
+                    losses.append(float(loss))
+            self.version += 1
+            engine.version = self.version
+            self.sync.publish(self.name, self.version, model.state_dict())
+            episodes = {r["episode_id"]: 0.0 for r in batch}
+            for r in batch:
+                episodes[r["episode_id"]] += r["reward"]
+            staleness = [self.version - 1 - r["policy_version"] for r in batch]
+            self._log("train", loss=sum(losses) / len(losses) if losses else float("nan"),
+                      mean_reward=sum(episodes.values()) / len(episodes), batch_episodes=len(episodes),
+                      batch_steps=len(batch), max_staleness_seen=max(staleness))
+            if self.version % ev["every_updates"] == 0 or self.version == a["updates"]:
+                self._evaluate(engine, eval_envs)
+        if self.last_eval.get("policy_version") != self.version:  # stopped early: score what was trained
+            self._evaluate(engine, eval_envs)
+        self.phase = "saving"
+        out = trainer.save(f"{spec['run_dir']}/checkpoints/agent-{spec['arm']}", tok)
+        for e in eval_envs:
+            e.close()
+        self.phase = "done"
+        return {"arm": spec["arm"], "path": str(out), "version": self.version, **self.last_eval}
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def status(self) -> dict:
+        return {"arm": self.spec["arm"], "version": self.version, "updates": self.spec["agent"]["updates"],
+                "phase": self.phase, **self.steps, "success": self.last_eval.get("success"),
+                "return": self.last_eval.get("return")}
+
+    def metrics(self, since: int = 0) -> list[dict]:
+        return self.rows[since:]

@@ -1,0 +1,61 @@
+"""The plain-torch training engine: AdamW, linear warm-up then cosine decay, gradient clipping, and
+checkpoints as HF weights plus optimizer, scheduler and RNG state."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+
+
+class TorchEngine:
+    def __init__(self, model, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
+                 max_grad_norm: float = 1.0):
+        self.model = model
+        self.max_grad_norm = max_grad_norm
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / max(1, warmup_steps)
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, optimizer and scheduler step; returns the gradient norm."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps += 1
+        self.model.eval()
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def save(self, path: str | Path, tokenizer=None) -> Path:
+        """HF weights (+ tokenizer) loadable by path, and the trainer state beside them for resuming."""
+        path = Path(path)
+        self.model.save_pretrained(str(path))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "steps": self.steps, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()},
+                   path / "trainer_state.pt")
+        return path
+
+    def load_trainer_state(self, path: str | Path) -> None:
+        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = state["steps"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])

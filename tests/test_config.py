@@ -1,0 +1,104 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentworld.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(QUICKSTART_TEXT + text)
+    return str(p)
+
+
+QUICKSTART_TEXT = Path(QUICKSTART).read_text()
+
+
+def error_of(path, overrides=()):
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    return str(e.value)
+
+
+def test_quickstart_validates():
+    cfg = load_config(QUICKSTART)
+    assert [a.source for a in cfg.arms] == ["real", "sim"]
+    assert cfg.envs.frozenlake.kwargs.is_slippery is False
+
+
+def test_unknown_top_level_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, "\nbogus: 1\n")
+    msg = error_of(p)
+    assert "bogus" in msg and p in msg and "\n" not in msg
+
+
+def test_unknown_nested_key_names_full_key():
+    msg = error_of(QUICKSTART, ["agent.lrr=1"])
+    assert "agent.lrr" in msg and "command line" in msg
+
+
+def test_unknown_key_inside_an_arm(tmp_path):
+    p = tmp_path / "arm.yaml"
+    p.write_text(QUICKSTART_TEXT.replace("envs_per_actor: 16\n  - name: sim", "envs_per_actorz: 16\n  - name: sim"))
+    msg = error_of(str(p))
+    assert "arms.0.envs_per_actorz" in msg and str(p) in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(QUICKSTART_TEXT.replace("lr: 1.0e-3", "lr: fast"))
+    msg = error_of(str(p))
+    assert "agent.lr" in msg and str(p) in msg
+
+
+def test_missing_config_file():
+    assert "not found" in error_of("/nonexistent/exp.yaml")
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("run:\n  name: [unclosed\n")
+    assert "line" in error_of(str(p))
+
+
+def test_bad_source_and_unknown_arm_env(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(QUICKSTART_TEXT.replace("source: sim", "source: dream"))
+    assert "arms.1.source" in error_of(str(p))
+    assert "arms.0.env" in error_of(QUICKSTART, ["arms.0.env=nowhere"])
+
+
+def test_missing_model_path_and_bad_env_id():
+    assert "model.path" in error_of(QUICKSTART, ["model.path=/no/such/model"])
+    assert "envs.frozenlake.id" in error_of(QUICKSTART, ["envs.frozenlake.id=gymnasium:NoSuchEnv-v0"])
+
+
+def test_overrides_apply_and_list_elements_typecheck():
+    cfg = load_config(QUICKSTART, ["arms.0.actors=3", "agent.updates=7"])
+    assert cfg.arms[0].actors == 3 and cfg.agent.updates == 7
+    assert "arms.0.actors" in error_of(QUICKSTART, ["arms.0.actors=many"])
+    assert "key=value" in error_of(QUICKSTART, ["agent.updates"])
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "agentworld", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("override,key", [("agent.lrr=1", "agent.lrr"),
+                                          ("envs.frozenlake.id=gymnasium:NoSuchEnv-v0", "envs.frozenlake.id"),
+                                          ("model.path=/no/such/dir", "model.path")])
+def test_cli_bad_input_exits_2_with_one_line(override, key):
+    r = cli("run", QUICKSTART, override)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and lines[0].startswith("agentworld: error:")
+
+
+def test_cli_validate_ok():
+    r = cli("validate", QUICKSTART)
+    assert r.returncode == 0 and "OK" in r.stdout

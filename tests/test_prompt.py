@@ -1,0 +1,46 @@
+from agentworld.worldmodel.fidelity import edit_distance, edit_similarity, fidelity
+from agentworld.worldmodel.prompt import build_messages, parse_prediction, render_state, window, wm_system_prompt
+
+
+def test_render_then_parse_round_trips():
+    p = parse_prediction(render_state("S[F]FF\nFHFH", 1.0, True))
+    assert (p.obs, p.reward, p.done, p.well_formed) == ("S[F]FF\nFHFH", 1.0, True, True)
+
+
+def test_parse_drops_think_and_takes_last_block():
+    text = ("<think>the agent moves <predicted_observation>\nwrong\n</predicted_observation></think>"
+            "<predicted_observation>\nfirst\n[reward=0 done=false]\n</predicted_observation>"
+            "<predicted_observation>\nlast\n[reward=0.5 done=true]\n</predicted_observation>")
+    p = parse_prediction(text)
+    assert (p.obs, p.reward, p.done) == ("last", 0.5, True)
+
+
+def test_parse_unclosed_think_is_dropped():
+    p = parse_prediction("<predicted_observation>\nstate\n[reward=0 done=false]\n</predicted_observation><think>and then")
+    assert p.obs == "state" and p.well_formed
+    p = parse_prediction("<think>never closed <predicted_observation>x</predicted_observation>")
+    assert p.obs == "" and not p.well_formed
+
+
+def test_parse_without_block_falls_back_to_whole_text():
+    p = parse_prediction("just some text")
+    assert p.obs == "just some text" and p.reward is None and p.done is None and not p.well_formed
+
+
+def test_messages_carry_state_in_first_kept_turn():
+    obs, acts, replies = ["s0", "s1", "s2"], ["a0", "a1", "a2"], ["r0", "r1"]
+    state, turns = window(obs, acts, replies, history_turns=2)
+    assert state == "s1" and turns == [("a1", "r1"), ("a2", None)]
+    msgs = build_messages(wm_system_prompt("gymnasium:X", "grid"), state, turns)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[1]["content"] == "State:\ns1\nAction: a1" and msgs[3]["content"] == "Action: a2"
+    state, turns = window(obs, acts, replies, history_turns=1)
+    assert state == "s2" and turns == [("a2", None)]
+
+
+def test_fidelity_metrics():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_similarity("abc", "abc") == 1.0 and edit_similarity("", "") == 1.0
+    preds = [parse_prediction(render_state("ab", 0, False)), parse_prediction(render_state("xb", 1, True))]
+    f = fidelity(preds, [("ab", 0.0, False), ("ab", 0.0, True)])
+    assert f["exact_match"] == 0.5 and f["edit_similarity"] == 0.75 and f["outcome_accuracy"] == 0.5 and f["n"] == 2
