@@ -160,6 +160,29 @@ def _omegaconf_error(e, file: str) -> ConfigError:
     return ConfigError(file, key, msg)
 
 
+def _check_keys(raw, cls, prefix: str, file: str) -> None:
+    """Unknown keys, with their full dotted path (OmegaConf loses the path inside lists)."""
+    import dataclasses
+    import typing
+
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin is typing.Union:
+        cls = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if dataclasses.is_dataclass(cls) and isinstance(raw, dict):
+        hints = typing.get_type_hints(cls)
+        for k, v in raw.items():
+            if k not in hints:
+                raise ConfigError(file, None, f"unknown key '{prefix}{k}'")
+            _check_keys(v, hints[k], f"{prefix}{k}.", file)
+    elif origin is list and isinstance(raw, list):
+        for i, v in enumerate(raw):
+            _check_keys(v, args[0], f"{prefix}{i}.", file)
+    elif origin is dict and isinstance(raw, dict):
+        for k, v in raw.items():
+            _check_keys(v, args[1], f"{prefix}{k}.", file)
+
+
 def load_config(path: str, overrides: Sequence[str] = ()):
     """Load an experiment YAML onto the structured defaults, apply `key=value` overrides, validate."""
     import yaml
@@ -177,6 +200,7 @@ def load_config(path: str, overrides: Sequence[str] = ()):
         raise ConfigError(str(path), None, f"YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), None, "the top level must be a mapping")
+    _check_keys(raw, ExperimentConfig, "", str(path))
     cfg = OmegaConf.structured(ExperimentConfig)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(raw))
@@ -185,10 +209,14 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     for item in overrides:
         if "=" not in item:
             raise ConfigError("command line", item, "an override must look like key=value")
+        key, value = item.split("=", 1)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise _omegaconf_error(e, "command line") from None
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, merge=True)
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError, IndexError) as e:
+            msg = str(e).splitlines()[0]
+            if "not in struct" in msg or "Key" in msg and "not" in msg or isinstance(e, IndexError):
+                raise ConfigError("command line", None, f"unknown key '{key}'") from None
+            raise ConfigError("command line", key, msg) from None
     validate_config(cfg, str(path))
     return cfg
 

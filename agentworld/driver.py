@@ -164,19 +164,20 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
 
         cursor = ray.get(replay.count.remote())
         learners, actors = {}, []
-        for arm in cfg.arms:
+        for a_idx, arm in enumerate(cfg.arms):
             env = OmegaConf.to_container(cfg.envs[arm.env])
+            seed = cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
             init = {"lwm": wm_done["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
             uses_lwm = arm.source == "sim" or cfg.agent.init == "lwm"
             spec = dict(arm=arm.name, source=arm.source, init_path=init, run_dir=str(run_dir), t0=t0,
                         agent=OmegaConf.to_container(cfg.agent), eval=OmegaConf.to_container(cfg.eval), env=env,
-                        wm_real_steps=wm_real_steps if uses_lwm else 0, seed=cfg.run.seed,
+                        wm_real_steps=wm_real_steps if uses_lwm else 0, seed=seed,
                         torch_threads=cfg.ray.torch_threads, replay_cursor=cursor)
             learners[arm.name] = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
             for k in range(arm.actors):
                 aspec = dict(run_id=run_id, arm=arm.name, actor_id=f"{arm.name}{k}", source=arm.source, env=env,
                              domain=_env_domain(cfg.envs[arm.env]), envs_per_actor=arm.envs_per_actor, policy_path=init,
-                             agent=OmegaConf.to_container(cfg.agent), seed=cfg.run.seed * 1000 + k + 1,
+                             agent=OmegaConf.to_container(cfg.agent), seed=seed + k + 1,
                              torch_threads=cfg.ray.torch_threads, wm_path=wm_done["path"],
                              wm_version=wm_done["wm_version"], history_turns=cfg.world_model.history_turns,
                              wm_generation=OmegaConf.to_container(cfg.world_model.generation),
