@@ -44,3 +44,17 @@ def test_short_quickstart_end_to_end(tmp_path):
     lwm = summary["lwm"]
     assert lwm["final"]["edit_similarity"] > lwm["untrained"]["edit_similarity"] + 0.3
     assert summary["arms"]["sim"]["wm_real_steps"] >= 600
+
+    from agentworld.replay import ReplayStore
+
+    wm_rows = ReplayStore(str(run / "replay")).count(arm="wm_data")
+    # Rerunning the same run dir resumes: the LWM data, base model and finished LWM are reused.
+    r2 = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
+                         f"run.output_dir={tmp_path}", "run.name=short", *SHORT, "agent.updates=1"],
+                        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "reusing base model" in r2.stdout and "reusing trained LWM" in r2.stdout
+    assert ReplayStore(str(run / "replay")).count(arm="wm_data") == wm_rows  # no new LWM data gathered
+    again = json.loads((run / "summary.json").read_text())
+    assert again["arms"]["real"]["updates"] == 1
+    assert again["lwm"]["final"] == lwm["final"]  # the LWM's fidelity rows came along
