@@ -16,11 +16,79 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. agent.updates=10 arms.0.actors=2")
+    wm = sub.add_parser("wm", help="world-model data and fidelity tools",
+                        description="world-model data and fidelity tools").add_subparsers(dest="wm_command", required=True)
+    ev = wm.add_parser("eval", help="next-state fidelity of a model or endpoint on bench JSONL or a replay dir")
+    ev.add_argument("--data", required=True, help="AgentWorldBench-style JSONL, or a replay dir")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF checkpoint dir to predict with")
+    src.add_argument("--endpoint", help="OpenAI-compatible base URL (ending in /v1) to predict with")
+    ev.add_argument("--endpoint-model", default="agentworld", help="model name sent to --endpoint")
+    ev.add_argument("--judge-endpoint", help="OpenAI-compatible base URL of a judge (optional)")
+    ev.add_argument("--judge-model", default="judge", help="model name sent to the judge")
+    ev.add_argument("--judge-retries", type=int, default=2, help="extra tries when a judgment does not parse")
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    ev.add_argument("--history-turns", type=int, help="keep only the last N turns of each context (as the "
+                    "LWM was trained with world_model.history_turns); default: the whole context")
+    ev.add_argument("--out", default="wm_eval", help="output dir: predictions.jsonl, judged.jsonl, scores.json")
+    im = wm.add_parser("import", help="AgentWorldBench-style JSONL -> replay Arrow (for training)")
+    im.add_argument("--data", required=True, help="JSONL file")
+    im.add_argument("--out", required=True, help="replay dir to append to")
+    im.add_argument("--arm", default="import", help="arm name given to the imported rows")
+    ex = wm.add_parser("export", help="replay Arrow -> AgentWorldBench-style JSONL")
+    ex.add_argument("--replay", required=True, help="replay dir")
+    ex.add_argument("--out", required=True, help="JSONL file to write")
+    ex.add_argument("--arm", help="only this arm's rows")
     return p
+
+
+def _wm(args) -> int:
+    import json
+
+    from agentworld.worldmodel import bench
+
+    if args.wm_command == "eval":
+        from agentworld.worldmodel.evaluate import run_eval
+
+        run_eval(args.data, args.out, model=args.model, endpoint=args.endpoint, endpoint_model=args.endpoint_model,
+                 judge_endpoint=args.judge_endpoint, judge_model=args.judge_model, judge_retries=args.judge_retries,
+                 max_new_tokens=args.max_new_tokens, limit=args.limit,
+                 history_turns=args.history_turns)
+        print(f"wrote {args.out}/scores.json")
+        return 0
+    from agentworld.replay import ReplayStore
+    from agentworld.schema import rows_to_batch
+
+    if args.wm_command == "import":
+        rows, errors = bench.read_jsonl(args.data)
+        replay_rows = bench.bench_to_replay_rows(rows, arm=args.arm)
+        if replay_rows:
+            ReplayStore(args.out).add(rows_to_batch(replay_rows))
+        print(f"imported {len(rows)} rows ({len(replay_rows)} transitions) into {args.out}; {len(errors)} lines skipped")
+        return 0
+    from agentworld.worldmodel.data import episodes_from_table
+
+    if not __import__("pathlib").Path(args.replay).is_dir():
+        raise FileNotFoundError(f"{args.replay}: no such replay dir")
+    table = ReplayStore(args.replay).sample(arm=args.arm)
+    out = bench.replay_rows_to_bench(episodes_from_table(table))
+    with open(args.out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in out)
+    print(f"exported {len(out)} rows to {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "wm":
+        from agentworld.worldmodel.judge import EndpointError
+
+        try:
+            return _wm(args)
+        except (EndpointError, FileNotFoundError, ValueError) as e:
+            print(f"agentworld: error: {e}", file=sys.stderr)
+            return 2
     from agentworld.config import ConfigError, load_config
 
     try:

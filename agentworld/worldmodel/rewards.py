@@ -1,0 +1,105 @@
+"""Hybrid rule-and-rubric reward for next-state prediction (the RL stage of the LWM recipe).
+
+Rule parts score a reply against the real next state; an optional rubric (a judge's 0..1 total) is added
+only above a rule floor, and the format gate zeroes a reply with no observation block. A length penalty
+discourages padding beyond the reference, a cheap way to hack similarity metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from agentworld.worldmodel.fidelity import edit_similarity
+from agentworld.worldmodel.prompt import parse_prediction
+
+
+@dataclass
+class RewardWeights:
+    exact: float = 1.0
+    edit: float = 1.0
+    line_f1: float = 0.5
+    field_f1: float = 0.5  # used only when the reference is a JSON object
+    outcome: float = 0.5  # reward and done both right
+    rubric: float = 0.0  # weight of the judge's normalised total
+    rubric_floor: float = 0.5  # the rubric counts only when the rule score reaches this share of its maximum
+    length_penalty: float = 0.5  # per unit of length beyond the reference, relative to its length
+
+
+def line_f1(pred: str, ref: str) -> float:
+    """F1 over lines as a multiset: for screen-like states where whole lines appear or change."""
+    p, r = pred.splitlines(), ref.splitlines()
+    if not p and not r:
+        return 1.0
+    pool = list(r)
+    hits = 0
+    for line in p:
+        if line in pool:
+            pool.remove(line)
+            hits += 1
+    if hits == 0:
+        return 0.0
+    precision, recall = hits / len(p), hits / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _flatten(obj, prefix="") -> dict[str, str]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(obj, sort_keys=True)}
+
+
+def field_f1(pred: str, ref: str) -> float | None:
+    """F1 over (path, value) leaves of JSON states; None when the reference is not JSON."""
+    try:
+        r = _flatten(json.loads(ref))
+    except (ValueError, TypeError):
+        return None
+    try:
+        p = _flatten(json.loads(pred))
+    except (ValueError, TypeError):
+        return 0.0
+    hits = sum(1 for k, v in p.items() if r.get(k) == v)
+    if not p or not r or hits == 0:
+        return float(not p and not r)
+    precision, recall = hits / len(p), hits / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rule_scores(reply: str, ref_obs: str, ref_reward: float | None = None, ref_done: bool | None = None) -> dict:
+    """Every rule metric of one reply, each in [0, 1]; `format` is 0 when no observation block parsed."""
+    pred = parse_prediction(reply)
+    scores = {
+        "format": float(pred.well_formed),
+        "exact": float(pred.obs == ref_obs),
+        "edit": edit_similarity(pred.obs, ref_obs),
+        "line_f1": line_f1(pred.obs, ref_obs),
+        "field_f1": field_f1(pred.obs, ref_obs),
+        "outcome": None,
+        "length_ratio": len(pred.obs) / max(1, len(ref_obs)),
+    }
+    if ref_reward is not None:
+        scores["outcome"] = float(pred.reward is not None and abs(pred.reward - ref_reward) < 1e-6 and pred.done == ref_done)
+    return scores
+
+
+def hybrid_reward(scores: dict, w: RewardWeights, rubric: float | None = None) -> float:
+    """Weighted rule score (normalised to [0, 1]) minus the length penalty, plus the rubric above the floor."""
+    if not scores["format"]:
+        return 0.0
+    parts = [(w.exact, scores["exact"]), (w.edit, scores["edit"]), (w.line_f1, scores["line_f1"]),
+             (w.field_f1, scores["field_f1"]), (w.outcome, scores["outcome"])]
+    parts = [(wt, s) for wt, s in parts if s is not None and wt > 0]
+    total_w = sum(wt for wt, _ in parts)
+    rule = sum(wt * s for wt, s in parts) / total_w if total_w else 0.0
+    reward = rule - w.length_penalty * max(0.0, scores["length_ratio"] - 1.0)
+    if rubric is not None and w.rubric > 0 and rule >= w.rubric_floor:
+        reward += w.rubric * rubric
+    return reward
