@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="dotted overrides, e.g. agent.updates=10 arms.0.actors=2")
     wm = sub.add_parser("wm", help="world-model data and fidelity tools",
                         description="world-model data and fidelity tools").add_subparsers(dest="wm_command", required=True)
+    tr = wm.add_parser("train", help="train only the world model (its stages) and write the fidelity table")
+    tr.add_argument("config", help="experiment YAML")
+    tr.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     ev = wm.add_parser("eval", help="next-state fidelity of a model or endpoint on bench JSONL or a replay dir")
     ev.add_argument("--data", required=True, help="AgentWorldBench-style JSONL, or a replay dir")
     src = ev.add_mutually_exclusive_group(required=True)
@@ -48,6 +51,12 @@ def _wm(args) -> int:
 
     from agentworld.worldmodel import bench
 
+    if args.wm_command == "train":
+        from agentworld.config import load_config
+        from agentworld.driver import train_world_model
+
+        train_world_model(load_config(args.config, args.overrides), args.config)
+        return 0
     if args.wm_command == "eval":
         from agentworld.worldmodel.evaluate import run_eval
 
@@ -81,12 +90,14 @@ def _wm(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from agentworld.config import ConfigError
+
     if args.command == "wm":
         from agentworld.worldmodel.judge import EndpointError
 
         try:
             return _wm(args)
-        except (EndpointError, FileNotFoundError, ValueError) as e:
+        except (EndpointError, FileNotFoundError, ValueError, ConfigError) as e:
             print(f"agentworld: error: {e}", file=sys.stderr)
             return 2
     from agentworld.config import ConfigError, load_config

@@ -62,19 +62,61 @@ class WMDataConfig:
 
 
 @dataclass
-class WMTrainConfig:
+class WMSFTConfig:
+    """Next-state SFT: the chat format, loss on the predicted state only."""
     steps: int = 400
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
     eval_every: int = 100  # fidelity is measured and a version published this often
-    eval_samples: int = 64  # held-out transitions per fidelity measurement
+    eval_samples: int = 64  # distinct held-out transitions per fidelity measurement
     # Sampling weight of a transition: count(same state and action)^-balance_transitions *
     # count(same outcome)^-balance_outcomes, outcome = (reward, done). Random-policy data repeats easy
     # transitions thousands of times and rare ones (reaching the goal) a handful; 0 and 0 sample uniformly.
     balance_transitions: float = 1.0
     balance_outcomes: float = 0.5
+    think: bool = False  # prefix targets with an empty <think></think> block (think-then-predict format)
+
+
+@dataclass
+class WMCPTConfig:
+    """Continued pre-training: causal LM on raw text, packed into fixed-length sequences."""
+    steps: int = 100
+    seq_len: int = 256
+    batch_size: int = 16
+    lr: float = 2e-3
+    corpora: List[str] = field(default_factory=list)  # extra text files or folders of .txt/.md
+    trajectories: bool = True  # include the real trajectories, rendered as text
+
+
+@dataclass
+class WMRewardConfig:
+    exact: float = 1.0
+    edit: float = 1.0
+    line_f1: float = 0.5
+    field_f1: float = 0.5
+    outcome: float = 0.5
+    rubric: float = 0.0  # weight of the judge's total (0..1); needs judge_endpoint
+    rubric_floor: float = 0.5
+    length_penalty: float = 0.5
+
+
+@dataclass
+class WMRLConfig:
+    """Next-state RL: G sampled predictions per prompt, hybrid reward, group-relative advantages."""
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8
+    algorithm: str = "gspo"  # gspo: sequence-level importance ratio | grpo: token-level ratio
+    lr: float = 3e-4
+    clip: float = 0.2
+    epochs: int = 1
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    reward: WMRewardConfig = field(default_factory=WMRewardConfig)
+    judge_endpoint: Optional[str] = None  # OpenAI-compatible base URL for the rubric part
+    judge_model: str = "judge"
 
 
 @dataclass
@@ -82,7 +124,11 @@ class WorldModelConfig:
     env: str = "frozenlake"  # key into `envs` whose real transitions train the LWM
     data: WMDataConfig = field(default_factory=WMDataConfig)
     history_turns: int = 1  # past (action, observation) turns kept in the prompt
-    train: WMTrainConfig = field(default_factory=WMTrainConfig)
+    history_budget_tokens: int = 0  # if > 0, drop the oldest kept turns until the prompt fits
+    stages: List[str] = field(default_factory=lambda: ["sft"])  # in order, from: cpt, sft, rl
+    cpt: WMCPTConfig = field(default_factory=WMCPTConfig)
+    sft: WMSFTConfig = field(default_factory=WMSFTConfig)
+    rl: WMRLConfig = field(default_factory=WMRLConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -142,6 +188,7 @@ class ExperimentConfig:
 SOURCES = ("real", "sim")
 ACTION_MODES = ("choice", "generate")
 ALGORITHMS = ("grpo",)
+WM_STAGES = ("cpt", "sft", "rl")
 
 
 class ConfigError(Exception):
@@ -268,12 +315,25 @@ def validate_config(cfg, file: str) -> None:
         fail("agent.max_staleness", "must be >= 0")
     if a.lr <= 0:
         fail("agent.lr", "must be > 0")
-    t = cfg.world_model.train
+    t = cfg.world_model.sft
     if t.steps < 0:
-        fail("world_model.train.steps", "must be >= 0")
+        fail("world_model.sft.steps", "must be >= 0")
     for key in ("batch_size", "eval_every", "eval_samples"):
         if getattr(t, key) < 1:
-            fail(f"world_model.train.{key}", "must be >= 1")
+            fail(f"world_model.sft.{key}", "must be >= 1")
+    for i, stage in enumerate(cfg.world_model.stages):
+        if stage not in WM_STAGES:
+            fail(f"world_model.stages.{i}", f"must be one of {', '.join(WM_STAGES)} (got {stage!r})")
+    for corpus in cfg.world_model.cpt.corpora:
+        if not Path(corpus).exists():
+            fail("world_model.cpt.corpora", f"no such file or folder {corpus!r}")
+    rl = cfg.world_model.rl
+    if rl.algorithm not in ("grpo", "gspo"):
+        fail("world_model.rl.algorithm", f"must be grpo or gspo (got {rl.algorithm!r})")
+    if rl.group_size < 2:
+        fail("world_model.rl.group_size", "must be >= 2 (advantages are relative to the group)")
+    if rl.reward.rubric > 0 and not rl.judge_endpoint:
+        fail("world_model.rl.judge_endpoint", "reward.rubric > 0 needs a judge endpoint")
     if cfg.world_model.data.steps < 1:
         fail("world_model.data.steps", "must be >= 1")
     if not 0 <= cfg.world_model.data.heldout_fraction < 1:

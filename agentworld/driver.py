@@ -103,15 +103,15 @@ def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console) -
                 world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads)
     learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
     ref = learner.train.remote()
-    with Progress(TextColumn("LWM {task.fields[phase]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("exact {task.fields[em]}  edit-sim {task.fields[es]}"), TimeElapsedColumn(),
-                  console=console) as bar:
-        task = bar.add_task("lwm", total=max(1, cfg.world_model.train.steps), phase="starting", em="-", es="-")
+    with Progress(TextColumn("LWM {task.fields[stage]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[phase]}  exact {task.fields[em]}  edit-sim {task.fields[es]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("lwm", total=1, stage="starting", phase="", em="-", es="-")
         while True:
             ready, _ = ray.wait([ref], timeout=1.0)
             s = ray.get(learner.status.remote())
-            bar.update(task, completed=s["step"], phase=s["phase"], em=_fmt(s["exact_match"], ".3f"),
-                       es=_fmt(s["edit_similarity"], ".3f"))
+            bar.update(task, completed=s["step"], total=max(1, s["total_steps"]), stage=s["stage"], phase=s["phase"],
+                       em=_fmt(s["exact_match"], ".3f"), es=_fmt(s["edit_similarity"], ".3f"))
             if ready:
                 break
     done = ray.get(ref)
@@ -119,6 +119,53 @@ def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console) -
     ray.kill(learner)
     done_file.write_text(json.dumps(dict(done, metrics=metrics)))
     return done, metrics
+
+
+def stage_table(metrics: list[dict]) -> list[dict]:
+    """Held-out fidelity after each stage (the last measurement of each), untrained first."""
+    last: dict[str, dict] = {}
+    for m in metrics:
+        if m["kind"] == "wm":
+            last[m["stage"]] = m
+    keys = ("stage", "wm_version", "train_step", "exact_match", "edit_similarity", "outcome_accuracy", "n")
+    return [{k: last[st].get(k) for k in keys} for st in last]
+
+
+def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
+    """Only the LWM: gather data, build the base model, run the stages; writes wm_stages.json and
+    fidelity.md (held-out fidelity after each stage) to the run dir."""
+    from agentworld.replay import ReplayService
+    from learners.weight_sync import WeightRegistry
+
+    console = Console()
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "checkpoints" / "wm_done.json").unlink(missing_ok=True)  # this command always retrains
+    _start_ray(cfg)
+    try:
+        replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
+        registry = WeightRegistry.remote()
+        rows = _collect_wm_data(cfg, f"{cfg.run.name}-{int(time.time())}", replay, registry,
+                                _env_domain(cfg.envs[cfg.world_model.env]), console)
+        base_path = _build_base_model(cfg, run_dir, rows, console)
+        _, metrics = _train_world_model(cfg, run_dir, base_path, replay, registry, time.time(), console)
+    finally:
+        ray.shutdown()
+    table = stage_table(metrics)
+    (run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "metrics": metrics}, indent=2, default=str))
+    lines = ["| stage | exact match | edit similarity | outcome accuracy | n |", "|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['exact_match']:.3f} | {r['edit_similarity']:.3f} | {r['outcome_accuracy']:.3f} | {r['n']} |"
+              for r in table]
+    (run_dir / "fidelity.md").write_text("\n".join(lines) + "\n")
+    out = Table(title=f"LWM held-out fidelity by stage ({cfg.world_model.env})")
+    for col in ("stage", "exact", "edit-sim", "outcome", "n"):
+        out.add_column(col)
+    for r in table:
+        out.add_row(r["stage"], f"{r['exact_match']:.3f}", f"{r['edit_similarity']:.3f}", f"{r['outcome_accuracy']:.3f}", str(r["n"]))
+    console.print(out)
+    console.print(f"wrote {run_dir / 'fidelity.md'}")
+    return table
 
 
 def _arms_table(statuses: list[dict], wm: dict, elapsed: float) -> Table:

@@ -1,17 +1,17 @@
-"""WorldModelLearner: next-state SFT on real transitions from the replay (loss on the observation
-tokens only), fidelity on held-out real transitions, and versioned weights for the simulators."""
+"""WorldModelLearner: runs the LWM recipe's stages (`world_model.stages`, any of cpt, sft, rl, in order)
+on real transitions from the replay, measures fidelity on held-out real transitions after every stage,
+and publishes versioned weights that the simulators reload."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 
 import ray
 import torch
 
-from agentworld.models.hf_engine import HFEngine, completion_logprobs, encode_pairs, load_model_and_tokenizer
-from agentworld.worldmodel.data import episodes_from_table, split_episodes, wm_examples
+from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
+from agentworld.worldmodel.data import episodes_from_table, split_episodes, trajectory_text, wm_examples
 from agentworld.worldmodel.fidelity import fidelity
 from agentworld.worldmodel.prompt import parse_prediction
 
@@ -26,23 +26,9 @@ def measure_fidelity(engine: HFEngine, examples, max_new_tokens: int, batch_size
     return fidelity(preds, [(e.next_obs, e.reward, e.done) for e in examples])
 
 
-def sampling_weights(examples, balance_transitions: float, balance_outcomes: float) -> list[float]:
-    """count(same prompt)^-a * count(same outcome)^-b: rare transitions and outcomes get seen."""
-    prompts = Counter(e.prompt for e in examples)
-    outcomes = Counter((e.reward, e.done) for e in examples)
-    return [prompts[e.prompt] ** -balance_transitions * outcomes[(e.reward, e.done)] ** -balance_outcomes
-            for e in examples]
-
-
 def distinct(examples):
     """One example per distinct prompt, so fidelity is not dominated by the commonest transitions."""
     return list({e.prompt: e for e in examples}.values())
-
-
-def sft_loss(model, tok, batch) -> torch.Tensor:
-    """Mean cross-entropy over target tokens (the tagged next state and EOS)."""
-    ids, attn, comp = encode_pairs(tok, [e.prompt for e in batch], [e.target + tok.eos_token for e in batch])
-    return -completion_logprobs(model, ids, attn, comp).sum() / comp[:, 1:].sum()
 
 
 @ray.remote(max_concurrency=2)
@@ -57,68 +43,101 @@ class WorldModelLearner:
         self.spec, self.replay = spec, replay
         self.sync = ObjectStoreWeightSync(registry)
         self.rows: list[dict] = []
-        self.step = self.version = 0
-        self.total_steps = spec["world_model"]["train"]["steps"]
+        self.version = 0
+        self.stage, self.step, self.total_steps = "starting", 0, 0
         self.phase = "starting"
 
     def _log(self, kind: str, **row) -> None:
         self.rows.append(dict(kind=kind, wall_time=time.time() - self.spec["t0"], **row))
 
     def train(self) -> dict:
-        """Train for the configured steps, publishing a version at every fidelity measurement."""
-        from learners.torch_engine import TorchEngine
+        """Run every configured stage; returns the final checkpoint path, version and fidelity."""
+        from learners import wm_recipe
 
         spec, wm = self.spec, self.spec["world_model"]
-        cfg = wm["train"]
         torch.manual_seed(spec["seed"])
         rng = random.Random(spec["seed"])
         model, tok = load_model_and_tokenizer(spec["base_path"])
         engine = HFEngine.from_model(model, tok)
         table = ray.get(self.replay.sample.remote(arm=spec["data_arm"], source="real"))
         train_eps, held_eps = split_episodes(episodes_from_table(table), wm["data"]["heldout_fraction"], spec["seed"])
-        train = wm_examples(train_eps, engine.render, wm["history_turns"])
-        held = wm_examples(held_eps, engine.render, wm["history_turns"])
-        if not train:
+        if not train_eps:
             raise RuntimeError(f"no real transitions for arm {spec['data_arm']!r} in the replay")
-        held = distinct(held or train)  # no held-out episodes: measure on training data, said in the row
-        held = rng.sample(held, min(len(held), cfg["eval_samples"]))
+        count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
+        make = lambda eps: wm_examples(eps, engine.render, wm["history_turns"], wm["sft"]["think"],  # noqa: E731
+                                       wm["history_budget_tokens"], count)
+        train, held = make(train_eps), make(held_eps)
+        held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
+        held = rng.sample(held, min(len(held), wm["sft"]["eval_samples"]))
         max_new = wm["generation"]["max_new_tokens"]
+        out = f"{spec['run_dir']}/checkpoints/wm"
 
-        def measure():
-            self.phase = "measuring fidelity"
+        def measure(stage: str) -> dict:
+            self.phase = f"{stage}: measuring fidelity"
             f = measure_fidelity(engine, held, max_new)
-            self._log("wm", wm_version=self.version, train_step=self.step, train_examples=len(train),
-                      heldout=bool(held_eps), **f)
-            self.phase = "training"
+            self._log("wm", wm_version=self.version, stage=stage, train_step=self.step_total, heldout=bool(held_eps),
+                      train_examples=len(train), **f)
             return f
 
-        f = measure()  # the untrained model: version 0
-        trainer = TorchEngine(model, cfg["lr"], cfg["steps"], cfg["warmup_steps"], cfg["weight_decay"])
-        out = f"{spec['run_dir']}/checkpoints/wm"
-        losses = []
-        weights = sampling_weights(train, cfg["balance_transitions"], cfg["balance_outcomes"])
-        while self.step < cfg["steps"]:
-            loss = sft_loss(model, tok, rng.choices(train, weights, k=cfg["batch_size"]))
-            trainer.step(loss)
-            losses.append(loss.item())
-            self.step += 1
-            if self.step % cfg["eval_every"] == 0 or self.step == cfg["steps"]:
-                self.version += 1
-                self._log("wm_train", wm_version=self.version, train_step=self.step,
-                          loss=sum(losses) / len(losses))
-                losses = []
-                f = measure()
-                self.sync.publish("wm", self.version, model.state_dict())
-                trainer.save(out, tok)
-        if self.version == 0:  # no training asked for: the untrained model is the world model
-            trainer.save(out, tok)
+        def publish(stage: str) -> dict:
+            self.version += 1
+            f = measure(stage)
+            self.sync.publish("wm", self.version, model.state_dict())
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            return f
+
+        def on_step(stage: str):
+            def cb(step: int, value: float) -> None:
+                self.step, self.step_total = step, self.step_total + 1
+                self.phase = stage
+                losses.append(value)
+                if step % 25 == 0 or step == self.total_steps:
+                    self._log("wm_train", stage=stage, wm_version=self.version, train_step=self.step_total,
+                              value=sum(losses) / len(losses))
+                    losses.clear()
+            return cb
+
+        self.step_total = 0
+        losses: list[float] = []
+        f = measure("untrained")  # version 0
+        for stage in wm["stages"]:
+            cfg = wm[stage]
+            self.stage, self.step, self.total_steps = stage, 0, cfg["steps"]
+            if stage == "cpt":
+                texts = [trajectory_text(e) for e in train_eps] if cfg["trajectories"] else []
+                wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg["corpora"]), cfg, rng, on_step("cpt"))
+            elif stage == "sft":
+                wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"))
+            elif stage == "rl":
+                weights = wm_recipe.sampling_weights(train, wm["sft"]["balance_transitions"], wm["sft"]["balance_outcomes"])
+                wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights, self._rubric(cfg))
+            f = publish(stage)
+            model.save_pretrained(f"{out}-{stage}")
+            tok.save_pretrained(f"{out}-{stage}")
+        if self.version == 0:  # no stage asked for: the untrained model is the world model
+            publish("untrained")
         self.phase = "done"
         return {"path": out, "wm_version": self.version, **f}
 
+    @staticmethod
+    def _rubric(cfg: dict):
+        if not cfg.get("judge_endpoint") or cfg["reward"]["rubric"] <= 0:
+            return None
+        from agentworld.worldmodel.judge import judge, normalized_total
+        from agentworld.worldmodel.prompt import parse_prediction
+
+        def score(example, reply: str):
+            scores, _, _ = judge(cfg["judge_endpoint"], cfg["judge_model"], [{"role": "user", "content": example.prompt}],
+                                 parse_prediction(reply).obs, example.next_obs)
+            return None if scores is None else normalized_total(scores) / 100
+
+        return score
+
     def status(self) -> dict:
         last = next((r for r in reversed(self.rows) if r["kind"] == "wm"), {})
-        return {"step": self.step, "total_steps": self.total_steps, "version": self.version, "phase": self.phase,
-                "exact_match": last.get("exact_match"), "edit_similarity": last.get("edit_similarity")}
+        return {"stage": self.stage, "step": self.step, "total_steps": self.total_steps, "version": self.version,
+                "phase": self.phase, "exact_match": last.get("exact_match"), "edit_similarity": last.get("edit_similarity")}
 
     def metrics(self, since: int = 0) -> list[dict]:
         return self.rows[since:]

@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHORT = ["world_model.data.steps=600", "world_model.train.steps=150", "world_model.train.eval_every=75",
-         "world_model.train.eval_samples=32", "agent.updates=4", "agent.episodes_per_update=8",
+SHORT = ["world_model.data.steps=600", "world_model.sft.steps=150", "world_model.sft.eval_every=75",
+         "world_model.sft.eval_samples=32", "agent.updates=4", "agent.episodes_per_update=8",
          "arms.0.envs_per_actor=8", "arms.1.envs_per_actor=8", "eval.episodes=8", "eval.every_updates=2",
          "run.max_minutes=10"]
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from agentworld.worldmodel.prompt import build_messages, render_state, window, wm_system_prompt
+from agentworld.worldmodel.prompt import THINK_CLOSE, THINK_OPEN, build_messages, render_state, window, wm_system_prompt
+
+THINK_EMPTY = f"{THINK_OPEN}\n{THINK_CLOSE}\n"
 
 
 @dataclass
@@ -38,8 +40,10 @@ def split_episodes(episodes: list[list[dict]], heldout_fraction: float, seed: in
     return [e for i, e in enumerate(episodes) if i not in held], [e for i, e in enumerate(episodes) if i in held]
 
 
-def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1) -> list[Example]:
-    """One example per transition; `render(messages)` is the tokenizer's chat template."""
+def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, think: bool = False,
+                budget_tokens: int = 0, count_tokens=None) -> list[Example]:
+    """One example per transition; `render(messages)` is the tokenizer's chat template. With a token
+    budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays)."""
     out = []
     for rows in episodes:
         observations = [r["obs"] for r in rows]
@@ -47,7 +51,21 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1) -> l
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
         system = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"])
         for t, r in enumerate(rows):
-            state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns)
-            out.append(Example(render(build_messages(system, state, turns)), replies[t], r["next_obs"],
-                               r["reward"], r["terminated"]))
+            k = history_turns
+            while True:
+                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k)
+                prompt = render(build_messages(system, state, turns))
+                if k <= 1 or budget_tokens <= 0 or count_tokens(prompt) <= budget_tokens:
+                    break
+                k = min(k, len(turns)) - 1
+            target = (THINK_EMPTY if think else "") + replies[t]
+            out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"]))
     return out
+
+
+def trajectory_text(rows: list[dict]) -> str:
+    """An episode as raw text for continued pre-training: states and actions in order."""
+    parts = [rows[0]["obs"]]
+    for r in rows:
+        parts += [f"> {r['action']}", r["next_obs"] + (f"\n[reward={r['reward']:g} done=true]" if r["terminated"] else "")]
+    return "\n".join(parts)

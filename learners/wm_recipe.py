@@ -1,0 +1,149 @@
+"""The LWM recipe's three stages, each a plain loop over a model held by the WorldModelLearner.
+
+CPT injects dynamics (causal LM on packed raw text), SFT activates predict-the-next-state in the chat
+format (loss on the state tokens only), RL sharpens fidelity: G sampled predictions per prompt, a hybrid
+rule (+ rubric) reward, group-relative advantages, and a clipped importance ratio taken per token (GRPO)
+or per sequence (GSPO: the length-normalised sequence ratio)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from agentworld.models.hf_engine import completion_logprobs, encode_pairs
+from agentworld.worldmodel.rewards import RewardWeights, hybrid_reward, rule_scores
+from learners.torch_engine import TorchEngine
+
+OnStep = Callable[[int, float], None]  # (step, loss or, for RL, mean reward)
+
+
+# ---- CPT --------------------------------------------------------------------------------------------
+
+def corpus_texts(paths: list[str]) -> list[str]:
+    """Text of the named files, and of the .txt/.md files under named folders."""
+    texts = []
+    for p in map(Path, paths):
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        texts += [f.read_text(errors="replace") for f in files if f.is_file() and (f == p or f.suffix in (".txt", ".md"))]
+    return texts
+
+
+def pack(tok, texts: list[str], seq_len: int) -> torch.Tensor:
+    """All texts, EOS-separated, cut into rows of `seq_len` tokens (the tail that does not fill a row is dropped)."""
+    ids: list[int] = []
+    for t in texts:
+        ids += tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"CPT corpus has {len(ids)} tokens, fewer than one sequence of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def run_cpt(model, tok, texts: list[str], cfg: dict, rng: random.Random, on_step: OnStep) -> None:
+    rows = pack(tok, texts, cfg["seq_len"])
+    trainer = TorchEngine(model, cfg["lr"], cfg["steps"], warmup_steps=min(20, cfg["steps"] // 10))
+    for step in range(1, cfg["steps"] + 1):
+        batch = rows[[rng.randrange(len(rows)) for _ in range(cfg["batch_size"])]]
+        loss = model(input_ids=batch, labels=batch).loss
+        trainer.step(loss)
+        on_step(step, loss.item())
+
+
+# ---- SFT --------------------------------------------------------------------------------------------
+
+def sampling_weights(examples, balance_transitions: float, balance_outcomes: float) -> list[float]:
+    """count(same prompt)^-a * count(same outcome)^-b: rare transitions and outcomes get seen."""
+    prompts = Counter(e.prompt for e in examples)
+    outcomes = Counter((e.reward, e.done) for e in examples)
+    return [prompts[e.prompt] ** -balance_transitions * outcomes[(e.reward, e.done)] ** -balance_outcomes
+            for e in examples]
+
+
+def sft_loss(model, tok, batch) -> torch.Tensor:
+    """Mean cross-entropy over target tokens (the tagged next state and EOS)."""
+    ids, attn, comp = encode_pairs(tok, [e.prompt for e in batch], [e.target + tok.eos_token for e in batch])
+    return -completion_logprobs(model, ids, attn, comp).sum() / comp[:, 1:].sum()
+
+
+def run_sft(model, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
+            on_eval: Callable[[int], None]) -> None:
+    trainer = TorchEngine(model, cfg["lr"], cfg["steps"], cfg["warmup_steps"], cfg["weight_decay"])
+    weights = sampling_weights(train, cfg["balance_transitions"], cfg["balance_outcomes"])
+    for step in range(1, cfg["steps"] + 1):
+        loss = sft_loss(model, tok, rng.choices(train, weights, k=cfg["batch_size"]))
+        trainer.step(loss)
+        on_step(step, loss.item())
+        if step % cfg["eval_every"] == 0 and step != cfg["steps"]:
+            on_eval(step)
+
+
+# ---- RL ---------------------------------------------------------------------------------------------
+
+def token_logprobs(model, tok, prompts: list[str], completions: list[list[int]], temperature: float = 1.0):
+    """Per-token logprobs (at `temperature`, as sampled) of given completion token ids after each prompt,
+    right-padded, and their mask."""
+    seqs = [tok(p, add_special_tokens=False).input_ids + c for p, c in zip(prompts, completions)]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    logp = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
+    logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    width_c = max(map(len, completions))
+    out = torch.zeros((len(seqs), width_c))
+    mask = torch.zeros((len(seqs), width_c))
+    for i, (s, c) in enumerate(zip(seqs, completions)):
+        start = len(s) - len(c) - 1
+        out[i, : len(c)] = logp[i, start : start + len(c)]
+        mask[i, : len(c)] = 1
+    return out, mask
+
+
+def rl_objective(new, old, mask, adv, algorithm: str, clip: float) -> torch.Tensor:
+    """Clipped surrogate: per token (GRPO) or on the length-normalised sequence ratio (GSPO)."""
+    if algorithm == "gspo":
+        ratio = torch.exp(((new - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+        return -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+    ratio = torch.exp(new - old)
+    a = adv[:, None]
+    per_token = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
+    return -(per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
+           weights: list[float] | None = None, rubric=None) -> None:
+    """`rubric(example, reply) -> 0..1 or None` adds the judge's part when the reward config weighs it."""
+    w = RewardWeights(**cfg["reward"])
+    trainer = TorchEngine(model, cfg["lr"], cfg["steps"] * cfg["epochs"])
+    g = cfg["group_size"]
+    for step in range(1, cfg["steps"] + 1):
+        prompts_ex = rng.choices(train, weights, k=cfg["prompts_per_step"])
+        prompts = [e.prompt for e in prompts_ex for _ in range(g)]
+        gens = engine.generate(prompts, max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"])
+        rewards = []
+        for i, gen in enumerate(gens):
+            e = prompts_ex[i // g]
+            rb = rubric(e, gen.text) if rubric is not None and w.rubric > 0 else None
+            rewards.append(hybrid_reward(rule_scores(gen.text, e.next_obs, e.reward, e.done), w, rb))
+        r = torch.tensor(rewards).view(-1, g)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
+        # the completion is what was sampled, EOS included when the model ended with it
+        comps = [gen.token_ids + ([tok.eos_token_id] if len(gen.logprobs) > len(gen.token_ids) else []) for gen in gens]
+        keep = [i for i in range(len(gens)) if abs(float(adv[i])) > 1e-6 and comps[i]]
+        if keep:
+            old = torch.zeros((len(keep), max(len(comps[i]) for i in keep)))
+            for j, i in enumerate(keep):
+                old[j, : len(gens[i].logprobs)] = torch.tensor(gens[i].logprobs)
+            for _ in range(cfg["epochs"]):
+                new, mask = token_logprobs(model, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
+                                           cfg["temperature"])
+                loss = rl_objective(new, old, mask, adv[keep], cfg["algorithm"], cfg["clip"])
+                trainer.step(loss)
+        on_step(step, float(r.mean()))
