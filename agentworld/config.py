@@ -120,6 +120,15 @@ class WMRLConfig:
 
 
 @dataclass
+class WMContinualConfig:
+    """After its stages, keep training on real transitions as they arrive during the experiment."""
+    enabled: bool = False
+    stage: str = "rl"  # rl | sft: what each round runs on the fresh transitions
+    min_new: int = 256  # new real transitions that trigger a round
+    steps: int = 10  # optimizer steps per round
+
+
+@dataclass
 class WorldModelConfig:
     env: str = "frozenlake"  # key into `envs` whose real transitions train the LWM
     data: WMDataConfig = field(default_factory=WMDataConfig)
@@ -129,6 +138,7 @@ class WorldModelConfig:
     cpt: WMCPTConfig = field(default_factory=WMCPTConfig)
     sft: WMSFTConfig = field(default_factory=WMSFTConfig)
     rl: WMRLConfig = field(default_factory=WMRLConfig)
+    continual: WMContinualConfig = field(default_factory=WMContinualConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -327,6 +337,8 @@ def validate_config(cfg, file: str) -> None:
     for corpus in cfg.world_model.cpt.corpora:
         if not Path(corpus).exists():
             fail("world_model.cpt.corpora", f"no such file or folder {corpus!r}")
+    if cfg.world_model.continual.stage not in ("rl", "sft"):
+        fail("world_model.continual.stage", f"must be rl or sft (got {cfg.world_model.continual.stage!r})")
     rl = cfg.world_model.rl
     if rl.algorithm not in ("grpo", "gspo"):
         fail("world_model.rl.algorithm", f"must be grpo or gspo (got {rl.algorithm!r})")

@@ -91,14 +91,18 @@ def _collect_wm_data(cfg, run_id, replay, registry, domain, console) -> list[dic
     return table.to_pylist()
 
 
-def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console) -> tuple[dict, list[dict]]:
+def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console, keep: bool = False):
+    """Returns (result, metrics, learner): the learner stays alive only when `keep` (continual training)."""
     from learners.world_model import WorldModelLearner
 
     done_file = run_dir / "checkpoints" / "wm_done.json"
     if done_file.exists():
         done = json.loads(done_file.read_text())
         console.print(f"reusing trained LWM {done['path']} (exact match {done['exact_match']:.3f})")
-        return done, done.get("metrics", [])
+        if keep:
+            console.print("[yellow]continual LWM training needs the LWM trained in this run: "
+                          "delete checkpoints/wm_done.json to retrain it[/yellow]")
+        return done, done.get("metrics", []), None
     spec = dict(base_path=base_path, run_dir=str(run_dir), t0=t0, data_arm=WM_DATA_ARM, seed=cfg.run.seed,
                 world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads)
     learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
@@ -116,9 +120,10 @@ def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console) -
                 break
     done = ray.get(ref)
     metrics = ray.get(learner.metrics.remote())
-    ray.kill(learner)
+    if not keep:
+        ray.kill(learner)
     done_file.write_text(json.dumps(dict(done, metrics=metrics)))
-    return done, metrics
+    return done, metrics, learner if keep else None
 
 
 def stage_table(metrics: list[dict]) -> list[dict]:
@@ -149,7 +154,7 @@ def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
         rows = _collect_wm_data(cfg, f"{cfg.run.name}-{int(time.time())}", replay, registry,
                                 _env_domain(cfg.envs[cfg.world_model.env]), console)
         base_path = _build_base_model(cfg, run_dir, rows, console)
-        _, metrics = _train_world_model(cfg, run_dir, base_path, replay, registry, time.time(), console)
+        _, metrics, _ = _train_world_model(cfg, run_dir, base_path, replay, registry, time.time(), console)
     finally:
         ray.shutdown()
     table = stage_table(metrics)
@@ -204,7 +209,10 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
         registry = WeightRegistry.remote()
         rows = _collect_wm_data(cfg, run_id, replay, registry, _env_domain(cfg.envs[cfg.world_model.env]), console)
         base_path = _build_base_model(cfg, run_dir, rows, console)
-        wm_done, metrics = _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console)
+        continual = cfg.world_model.continual.enabled
+        wm_done, metrics, wm_learner = _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console,
+                                                          keep=continual)
+        wm_rows_seen = len(metrics)
         wm_real_steps = len(rows)
         initial_states = list({r["obs"]: (r["obs"], {"admissible_actions": r["choices"]})
                                for r in rows if r["step"] == 0}.values())
@@ -232,6 +240,7 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
                 actors.append(RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(aspec, replay, registry))
 
         runs = {name: l.run.remote() for name, l in learners.items()}
+        wm_ref = wm_learner.continual.remote(cursor) if wm_learner is not None else None
         actor_runs = [a.run.remote() for a in actors]
         deadline = t0 + cfg.run.max_minutes * 60
         failed = None
@@ -241,6 +250,10 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
             while pending:
                 _, pending = ray.wait(pending, timeout=1.0)
                 statuses = ray.get([l.status.remote() for l in learners.values()])
+                if wm_learner is not None:
+                    w = ray.get(wm_learner.status.remote())
+                    wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"],
+                               "edit_similarity": w["edit_similarity"]}
                 live.update(_arms_table(statuses, wm_last, time.time() - t0))
                 if time.time() > deadline:
                     console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
@@ -256,6 +269,10 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
         for a in actors:
             a.stop.remote()
         actor_status = ray.get(actor_runs)
+        if wm_ref is not None:
+            wm_learner.stop.remote()
+            console.print(f"continual LWM training: {ray.get(wm_ref)} rounds on fresh real transitions")
+            metrics += ray.get(wm_learner.metrics.remote(wm_rows_seen))
         for l in learners.values():
             metrics += ray.get(l.metrics.remote())
         for s in actor_status:

@@ -118,7 +118,42 @@ class WorldModelLearner:
         if self.version == 0:  # no stage asked for: the untrained model is the world model
             publish("untrained")
         self.phase = "done"
+        self._state = (model, tok, engine, rng, held, max_new, measure, publish, on_step, make)
         return {"path": out, "wm_version": self.version, **f}
+
+    def continual(self, cursor: int) -> int:
+        """Keep training on real transitions of any arm that arrive after replay row `cursor`, a round
+        of `continual.steps` RL (or SFT) steps per `continual.min_new` transitions, publishing a version
+        after each round, until stopped. Returns the number of rounds."""
+        from learners import wm_recipe
+
+        if not hasattr(self, "_state"):
+            raise RuntimeError("continual() needs train() to have run in this learner")
+        model, tok, engine, rng, held, max_new, measure, publish, on_step, make = self._state
+        wm = self.spec["world_model"]
+        c = wm["continual"]
+        self._stop, rounds, fresh = False, 0, []
+        while not self._stop:
+            table, cursor = ray.get(self.replay.since.remote(cursor, source="real"))
+            if table.num_rows:
+                fresh += episodes_from_table(table)
+            if sum(len(e) for e in fresh) < c["min_new"]:
+                time.sleep(0.5)
+                continue
+            examples, fresh = make(fresh), []
+            self.stage, self.step, self.total_steps = f"continual-{c['stage']}", 0, c["steps"]
+            cfg = dict(wm[c["stage"]], steps=c["steps"])
+            if c["stage"] == "sft":
+                wm_recipe.run_sft(model, tok, examples, dict(cfg, eval_every=c["steps"] + 1), rng,
+                                  on_step(self.stage), lambda step: None)
+            else:
+                wm_recipe.run_rl(model, engine, tok, examples, cfg, rng, on_step(self.stage))
+            publish(self.stage)
+            rounds += 1
+        return rounds
+
+    def stop(self) -> None:
+        self._stop = True
 
     @staticmethod
     def _rubric(cfg: dict):

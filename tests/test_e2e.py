@@ -58,3 +58,18 @@ def test_short_quickstart_end_to_end(tmp_path):
     again = json.loads((run / "summary.json").read_text())
     assert again["arms"]["real"]["updates"] == 1
     assert again["lwm"]["final"] == lwm["final"]  # the LWM's fidelity rows came along
+
+
+@pytest.mark.slow
+def test_world_model_keeps_training_on_fresh_real_data(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
+                        f"run.output_dir={tmp_path}", "run.name=cont", *SHORT, "agent.updates=6",
+                        "world_model.continual.enabled=true", "world_model.continual.stage=sft",
+                        "world_model.continual.min_new=40", "world_model.continual.steps=2"],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "cont" / "metrics.parquet")
+    wm = df[df.kind == "wm"]
+    rounds = wm[wm.stage == "continual-sft"]
+    assert len(rounds) >= 1 and rounds.wm_version.min() > wm[wm.stage == "sft"].wm_version.max()
+    assert "continual LWM training:" in r.stdout
