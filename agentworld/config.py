@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from agentworld.worldmodel.rewards import RewardWeights
+
 
 @dataclass
 class RunConfig:
@@ -91,18 +93,6 @@ class WMCPTConfig:
 
 
 @dataclass
-class WMRewardConfig:
-    exact: float = 1.0
-    edit: float = 1.0
-    line_f1: float = 0.5
-    field_f1: float = 0.5
-    outcome: float = 0.5
-    rubric: float = 0.0  # weight of the judge's total (0..1); needs judge_endpoint
-    rubric_floor: float = 0.5
-    length_penalty: float = 0.5
-
-
-@dataclass
 class WMRLConfig:
     """Next-state RL: G sampled predictions per prompt, hybrid reward, group-relative advantages."""
     steps: int = 40
@@ -114,7 +104,7 @@ class WMRLConfig:
     epochs: int = 1
     temperature: float = 1.0
     max_new_tokens: int = 64
-    reward: WMRewardConfig = field(default_factory=WMRewardConfig)
+    reward: RewardWeights = field(default_factory=RewardWeights)  # see agentworld/worldmodel/rewards.py
     judge_endpoint: Optional[str] = None  # OpenAI-compatible base URL for the rubric part
     judge_model: str = "judge"
 

@@ -131,7 +131,8 @@ def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: On
         for i, gen in enumerate(gens):
             e = prompts_ex[i // g]
             rb = rubric(e, gen.text) if rubric is not None and w.rubric > 0 else None
-            rewards.append(hybrid_reward(rule_scores(gen.text, e.next_obs, e.reward, e.done), w, rb))
+            finished = len(gen.logprobs) > len(gen.token_ids)  # ended with EOS, not cut at max_new_tokens
+            rewards.append(hybrid_reward(rule_scores(gen.text, e.next_obs, e.reward, e.done), w, rb) if finished else 0.0)
         r = torch.tensor(rewards).view(-1, g)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
         # the completion is what was sampled, EOS included when the model ended with it

@@ -44,3 +44,10 @@ def test_fidelity_metrics():
     preds = [parse_prediction(render_state("ab", 0, False)), parse_prediction(render_state("xb", 1, True))]
     f = fidelity(preds, [("ab", 0.0, False), ("ab", 0.0, True)])
     assert f["exact_match"] == 0.5 and f["edit_similarity"] == 0.75 and f["outcome_accuracy"] == 0.5 and f["n"] == 2
+
+
+def test_trailing_text_or_repeated_blocks_are_not_well_formed():
+    good = render_state("s", 0, False)
+    assert parse_prediction(good + "\n").well_formed
+    assert not parse_prediction(good + "[reward=0 done=true]\n</predicted_observation>").well_formed
+    assert not parse_prediction(good + good).well_formed

@@ -66,7 +66,7 @@ class Prediction:
     obs: str
     reward: float | None  # None when the outcome line is missing or malformed
     done: bool | None
-    well_formed: bool  # an observation block was present
+    well_formed: bool  # exactly one observation block, with nothing after it
 
 
 def parse_prediction(text: str) -> Prediction:
@@ -74,7 +74,9 @@ def parse_prediction(text: str) -> Prediction:
     body = strip_think(text)
     blocks = _OBS_BLOCK.findall(body)
     if blocks:
-        inner, ok = blocks[-1], True
+        # well-formed: one block, and nothing after it (trailing text is how RL learns to pad replies)
+        tail = body[list(_OBS_BLOCK.finditer(body))[-1].end():]
+        inner, ok = blocks[-1], len(blocks) == 1 and not tail.strip()
     else:
         inner, ok = body.replace(OBS_OPEN, "").replace(OBS_CLOSE, ""), False
     inner = inner.strip("\n")
