@@ -1,5 +1,5 @@
 from agentworld.worldmodel.fidelity import edit_distance, edit_similarity, fidelity
-from agentworld.worldmodel.prompt import build_messages, parse_prediction, render_state, window, wm_system_prompt
+from agentworld.worldmodel.prompt import OBS_OPEN, build_messages, parse_prediction, render_state, window, wm_system_prompt
 
 
 def test_render_then_parse_round_trips():
@@ -51,3 +51,5 @@ def test_trailing_text_or_repeated_blocks_are_not_well_formed():
     assert parse_prediction(good + "\n").well_formed
     assert not parse_prediction(good + "[reward=0 done=true]\n</predicted_observation>").well_formed
     assert not parse_prediction(good + good).well_formed
+    assert not parse_prediction("<think>\n</think>\n</think>\n" + good).well_formed
+    assert not parse_prediction(OBS_OPEN + "\n" + good).well_formed

@@ -76,7 +76,8 @@ def parse_prediction(text: str) -> Prediction:
     if blocks:
         # well-formed: one block, and nothing after it (trailing text is how RL learns to pad replies)
         tail = body[list(_OBS_BLOCK.finditer(body))[-1].end():]
-        inner, ok = blocks[-1], len(blocks) == 1 and not tail.strip()
+        inner = blocks[-1]
+        ok = len(blocks) == 1 and not tail.strip() and OBS_OPEN not in inner and THINK_CLOSE not in body
     else:
         inner, ok = body.replace(OBS_OPEN, "").replace(OBS_CLOSE, ""), False
     inner = inner.strip("\n")
