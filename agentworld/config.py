@@ -185,7 +185,7 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation: every error is one line naming the file and the dotted key.
 
-SOURCES = ("real", "sim")
+from agentworld.schema import SOURCES  # noqa: E402  (one list of sources, beside the schema)
 ACTION_MODES = ("choice", "generate")
 ALGORITHMS = ("grpo",)
 WM_STAGES = ("cpt", "sft", "rl")

@@ -166,9 +166,3 @@ class HFEngine:
     def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
         """Flat summed logprobs of each `choice + EOS`, sharing each prompt's KV cache."""
         return choice_logprobs(self.model, self.tok, prompts, choices)
-
-    @torch.no_grad()
-    def score(self, prompts: Sequence[str], completions: Sequence[str], temperature: float = 1.0) -> torch.Tensor:
-        """Summed logprob of each completion given its prompt (EOS included by the caller if wanted)."""
-        ids, attn, comp = encode_pairs(self.tok, prompts, completions)
-        return completion_logprobs(self.model, ids, attn, comp, temperature)
