@@ -25,7 +25,8 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
     active = list(range(len(envs)))
     stats = [[0.0, False, 0] for _ in envs]
     while active:
-        acts = policy.act([envs[i].env_id for i in active], [obs[i] for i in active], [infos[i] for i in active])
+        acts = policy.act([envs[i].env_id for i in active], [obs[i] for i in active], [infos[i] for i in active],
+                          envs=[envs[i] for i in active])
         results = step_all([envs[i] for i in active], [a.action for a in acts])
         still = []
         for i, act, (nobs, reward, term, trunc, info) in zip(active, acts, results):

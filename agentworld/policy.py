@@ -41,11 +41,35 @@ class RandomPolicy:
     def __init__(self, seed: int = 0):
         self.rng = random.Random(seed)
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict]) -> list[Act]:
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
         acts = []
         for info in infos:
             choices = list(info["admissible_actions"])
             acts.append(Act(self.rng.choice(choices), [-math.log(len(choices))], choices))
+        return acts
+
+
+class OraclePolicy:
+    """The env's own solver (walkthrough, gold path, bot, ground truth): `env.oracle_action()`. Where it has
+    none left, it falls back to a uniform choice among the admissible actions."""
+
+    version = 0
+
+    def __init__(self, seed: int = 0):
+        self.fallback = RandomPolicy(seed)
+
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
+        if envs is None:
+            raise ValueError("the oracle policy needs the envs it acts in")
+        acts = []
+        for env, env_id, obs, info in zip(envs, env_ids, observations, infos):
+            action = env.oracle_action() if hasattr(env, "oracle_action") else None
+            if action is None:
+                if not info.get("admissible_actions"):
+                    raise ValueError(f"{env_id}: no oracle action and no admissible actions to fall back on")
+                acts += self.fallback.act([env_id], [obs], [info])
+            else:
+                acts.append(Act(action, [0.0], list(info.get("admissible_actions") or []) or None))
         return acts
 
 
@@ -64,7 +88,7 @@ class LLMPolicy:
         return [self.engine.render(policy_messages(e, o, i.get("admissible_actions")))
                 for e, o, i in zip(env_ids, observations, infos)]
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict]) -> list[Act]:
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
         prompts = self.prompts(env_ids, observations, infos)
         if self.mode == "generate" or any(not i.get("admissible_actions") for i in infos):
             temp = 0.0 if self.greedy else self.temperature

@@ -1,13 +1,32 @@
-"""The env registry: ids are `prefix:name`, e.g. `gymnasium:FrozenLake-v1`. Users add families with
-`register`."""
+"""The env registry: ids are `prefix:name`, e.g. `gymnasium:FrozenLake-v1` or `terminal:count-lines`.
+Users add families with `register`. Built-in families live in modules imported only when first used, so
+an env whose package is not installed costs nothing until an experiment names it."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
-from agentworld.envs.base import TextEnv
+from agentworld.envs.base import Supervised, TextEnv
 
 _FAMILIES: dict[str, tuple[Callable[..., TextEnv], str, Callable[[str], None] | None]] = {}
+
+# prefix -> (module, domain, install hint). Each module has `make(name, max_steps=None, domain=..., **kw)`
+# and `check(name)` (ValueError for a name it does not have).
+BUILTIN = {
+    "gymnasium": ("agentworld.envs.gym_text", "gridworld", "pip install -e ."),
+    "terminal": ("agentworld.envs.terminal", "terminal", "apt-get install bubblewrap tmux"),
+    "swe": ("agentworld.envs.swe", "swe", "apt-get install bubblewrap"),
+    "mcp": ("agentworld.envs.mcp_tools", "mcp", "pip install -e '.[envs]'"),
+    "bfcl": ("agentworld.envs.bfcl", "mcp", "pip install -e '.[envs]' (bfcl-eval --no-deps)"),
+    "search": ("agentworld.envs.search", "search", "pip install -e ."),
+    "miniwob": ("agentworld.envs.miniwob_web", "web", "pip install -e '.[envs]' and apt-get install chromium chromium-driver"),
+    "textworld": ("agentworld.envs.textworld_games", "textgame", "pip install -e '.[envs]'"),
+    "twx": ("agentworld.envs.textworld_express", "textgame", "pip install -e '.[envs]'"),
+    "scienceworld": ("agentworld.envs.scienceworld_env", "science", "pip install -e '.[envs]' and a JRE"),
+    "alfworld": ("agentworld.envs.alfworld_pddl", "embodied", "pip install -e '.[envs]'"),
+    "babyai": ("agentworld.envs.babyai", "embodied", "pip install -e '.[envs]'"),
+}
 
 
 def register(prefix: str, factory: Callable[..., TextEnv], domain: str,
@@ -17,35 +36,32 @@ def register(prefix: str, factory: Callable[..., TextEnv], domain: str,
     _FAMILIES[prefix] = (factory, domain, check)
 
 
+def _family(prefix: str):
+    if prefix not in _FAMILIES and prefix in BUILTIN:
+        module, domain, hint = BUILTIN[prefix]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"env family {prefix!r} needs a package that is not installed ({e.name}): {hint}") from None
+        register(prefix, mod.make, domain, getattr(mod, "check", None))
+    return _FAMILIES.get(prefix)
+
+
 def resolve_env_id(env_id: str) -> None:
     """Raise ValueError with a one-line reason if `env_id` names no known env."""
     prefix, sep, name = str(env_id).partition(":")
-    if not sep or prefix not in _FAMILIES:
-        raise ValueError(f"unknown env id {env_id!r}: ids look like PREFIX:NAME with PREFIX one of "
-                         f"{', '.join(sorted(_FAMILIES))}")
-    check = _FAMILIES[prefix][2]
+    known = sorted(set(_FAMILIES) | set(BUILTIN))
+    if not sep or prefix not in known:
+        raise ValueError(f"unknown env id {env_id!r}: ids look like PREFIX:NAME with PREFIX one of {', '.join(known)}")
+    check = _family(prefix)[2]
     if check is not None:
         check(name)
 
 
 def make_env(env_id: str, max_steps: int | None = None, domain: str | None = None, **kwargs: Any) -> TextEnv:
+    """Build an env by id. It is supervised: if its underlying process crashes, the episode is truncated
+    with the reason and the env is recreated, so the actor that holds it lives on."""
     resolve_env_id(env_id)
     prefix, _, name = env_id.partition(":")
-    factory, default_domain, _ = _FAMILIES[prefix]
-    return factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs)
-
-
-def _check_gym(name: str) -> None:
-    import gymnasium
-
-    if name not in gymnasium.envs.registry:
-        raise ValueError(f"unknown env id 'gymnasium:{name}': gymnasium has no env {name!r}")
-
-
-def _make_gym(name: str, **kwargs: Any) -> TextEnv:
-    from agentworld.envs.gym_text import GymTextEnv
-
-    return GymTextEnv(name, **kwargs)
-
-
-register("gymnasium", _make_gym, "gridworld", _check_gym)
+    factory, default_domain, _ = _family(prefix)
+    return Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))

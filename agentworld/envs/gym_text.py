@@ -83,3 +83,12 @@ class GymTextEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+def check(name: str) -> None:
+    if name not in gym.envs.registry:
+        raise ValueError(f"unknown env id 'gymnasium:{name}': gymnasium has no env {name!r}")
+
+
+def make(name: str, **kwargs: Any) -> GymTextEnv:
+    return GymTextEnv(name, **kwargs)
