@@ -1,35 +1,53 @@
 # Set-up and entry points. Everything installs into ./.venv from the project's own files.
 #   make quickstart   install, then run experiments/quickstart.yaml end to end
-#   make test         install with test extras, then run the whole suite (what CI runs)
+#   make test         install with the real environments and test extras, then run the whole suite (what CI runs)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet -c constraints.txt
 # torch first, pinned: on CPU machines pip takes the local CPU build instead of a multi-GB CUDA one.
 TORCH ?= torch==2.13.0
+# Debian packages the real environments need: the sandbox, the terminal, the browser, the JVM.
+SYSTEM_PACKAGES := bubblewrap tmux chromium chromium-driver default-jre-headless
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-dev quickstart test clean
+.PHONY: install install-envs install-dev system-deps quickstart test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e .
+	$(PIP) -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev]"
+system-deps:
+	@missing=""; for c in bwrap tmux chromium chromedriver java; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; fi
+
+# Real environments. Three packages go in --no-deps: their declared deps pull LLM SDKs, numpy 1.26 and a
+# newer gymnasium than ray[rllib] allows; what they really import comes with the `envs` extra.
+$(VENV)/.installed-envs: $(VENV)/.installed
+	$(MAKE) system-deps
+	$(PIP) -e ".[envs]"
+	$(PIP) --no-build-isolation fast-downward-textworld==20.6.4
+	$(PIP) --no-deps miniwob==1.1.0 bfcl-eval==2026.3.23 alfworld==0.4.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-envs
+	$(PIP) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+install-envs: $(VENV)/.installed-envs
 install-dev: $(VENV)/.installed-dev
 
 quickstart: install
 	$(BIN)/agentworld run experiments/quickstart.yaml
 
 test: install-dev
-	$(BIN)/python -m pytest -q -rs --durations=10
+	$(BIN)/python -m pytest -q -rs --durations=15
 
 clean:
 	rm -rf $(VENV) runs

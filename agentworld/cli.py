@@ -16,6 +16,18 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. agent.updates=10 arms.0.actors=2")
+    co = sub.add_parser("collect", help="play a real env with a random, oracle or checkpoint policy; write Arrow "
+                        "trajectories in the replay schema", description="play a real env and write its transitions "
+                        "as Arrow trajectories (replay schema) to --out")
+    co.add_argument("--env", required=True, help="env id, e.g. gymnasium:FrozenLake-v1, terminal:count-lines, twx:coin")
+    co.add_argument("--policy", default="random", help="random | oracle | PATH of an HF checkpoint (default: random)")
+    co.add_argument("--episodes", type=int, required=True)
+    co.add_argument("--out", required=True, help="replay dir to append to")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--max-steps", type=int, default=50, help="episode truncation (default: 50)")
+    co.add_argument("--parallel", type=int, default=1, help="envs stepped together (default: 1)")
+    co.add_argument("--arm", default="collect", help="arm name written on the rows")
+    co.add_argument("--env-kwargs", default="{}", help="JSON object of env keyword arguments")
     wm = sub.add_parser("wm", help="world-model data and fidelity tools",
                         description="world-model data and fidelity tools").add_subparsers(dest="wm_command", required=True)
     tr = wm.add_parser("train", help="train only the world model (its stages) and write the fidelity table")
@@ -88,9 +100,34 @@ def _wm(args) -> int:
     return 0
 
 
+def _collect(args) -> int:
+    import json
+
+    from agentworld.collect import collect
+
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--env-kwargs is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("--env-kwargs must be a JSON object")
+    s = collect(args.env, args.policy, args.episodes, args.out, seed=args.seed, max_steps=args.max_steps,
+                parallel=args.parallel, arm=args.arm, env_kwargs=kwargs)
+    print(f"wrote {s['steps']} transitions of {s['episodes']} episodes to {s['out']}: success {s['success']:.2f}, "
+          f"mean return {s['mean_return']:.2f}, env crashes {s['crashes']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agentworld.config import ConfigError
+
+    if args.command == "collect":
+        try:
+            return _collect(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"agentworld: error: {e}", file=sys.stderr)
+            return 2
 
     if args.command == "wm":
         from agentworld.worldmodel.judge import EndpointError

@@ -102,7 +102,8 @@ class WMRLConfig:
     lr: float = 3e-4
     clip: float = 0.2
     epochs: int = 1
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature of the G predictions (ratios are taken at the same one)
+    kl: float = 0.0  # weight of KL(policy || the model RL started from), per token; 0 = none
     max_new_tokens: int = 64
     reward: RewardWeights = field(default_factory=RewardWeights)  # see agentworld/worldmodel/rewards.py
     judge_endpoint: Optional[str] = None  # OpenAI-compatible base URL for the rubric part
@@ -332,6 +333,8 @@ def validate_config(cfg, file: str) -> None:
     rl = cfg.world_model.rl
     if rl.algorithm not in ("grpo", "gspo"):
         fail("world_model.rl.algorithm", f"must be grpo or gspo (got {rl.algorithm!r})")
+    if rl.kl < 0:
+        fail("world_model.rl.kl", "must be >= 0")
     if rl.group_size < 2:
         fail("world_model.rl.group_size", "must be >= 2 (advantages are relative to the group)")
     if rl.reward.rubric > 0 and not rl.judge_endpoint:

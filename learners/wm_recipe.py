@@ -117,12 +117,24 @@ def rl_objective(new, old, mask, adv, algorithm: str, clip: float) -> torch.Tens
     return -(per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def kl_penalty(new, ref, mask) -> torch.Tensor:
+    """Mean per-token KL(new || ref) on the sampled tokens, by the unbiased, non-negative k3 estimator."""
+    d = ref - new
+    return ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
+
+
 def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
            weights: list[float] | None = None, rubric=None) -> None:
     """`rubric(example, reply) -> 0..1 or None` adds the judge's part when the reward config weighs it."""
     w = RewardWeights(**cfg["reward"])
     trainer = TorchEngine(model, cfg["lr"], cfg["steps"] * cfg["epochs"])
     g = cfg["group_size"]
+    beta = cfg.get("kl", 0.0)
+    ref = None
+    if beta > 0:  # a frozen copy of the model RL starts from: the KL term keeps sharpening from drifting
+        import copy
+
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
     for step in range(1, cfg["steps"] + 1):
         prompts_ex = rng.choices(train, weights, k=cfg["prompts_per_step"])
         prompts = [e.prompt for e in prompts_ex for _ in range(g)]
@@ -146,5 +158,10 @@ def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: On
                 new, mask = token_logprobs(model, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
                                            cfg["temperature"])
                 loss = rl_objective(new, old, mask, adv[keep], cfg["algorithm"], cfg["clip"])
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_lp, _ = token_logprobs(ref, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
+                                                   cfg["temperature"])
+                    loss = loss + beta * kl_penalty(new, ref_lp, mask)
                 trainer.step(loss)
         on_step(step, float(r.mean()))

@@ -69,15 +69,16 @@ def test_clipped_objectives(algorithm):
     assert abs(loss.item() + 1.2) < 1e-5
 
 
-def test_rl_raises_reward_on_a_fixed_prompt(tiny):
+@pytest.mark.parametrize("kl", [0.0, 0.1])
+def test_rl_raises_reward_on_a_fixed_prompt(tiny, kl):
     from learners.wm_recipe import run_sft
 
     ex = wm_examples([episode()], tiny.render, history_turns=1)
-    sft = dict(steps=25, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_steps=2, eval_every=100,
+    sft = dict(steps=40, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_steps=2, eval_every=100,
                balance_transitions=0.0, balance_outcomes=0.0)
     run_sft(tiny.model, tiny.tok, ex, sft, random.Random(0), lambda step, loss: None, lambda step: None)  # the format
     cfg = dict(steps=15, prompts_per_step=4, group_size=8, algorithm="gspo", lr=3e-3, clip=0.2, epochs=1,
-               temperature=1.0, max_new_tokens=12,
+               temperature=1.0, max_new_tokens=12, kl=kl,
                reward=dict(exact=1.0, edit=1.0, line_f1=0.5, field_f1=0.5, outcome=0.5, rubric=0.0,
                            rubric_floor=0.5, length_penalty=0.5))
     rewards = []
@@ -99,3 +100,12 @@ def test_wm_train_runs_every_stage(tmp_path):
     for stage in ("cpt", "sft", "rl"):
         assert (tmp_path / "r" / "checkpoints" / f"wm-{stage}" / "config.json").exists()
     assert "| rl |" in (tmp_path / "r" / "fidelity.md").read_text()
+
+
+def test_kl_penalty_is_zero_at_the_reference_and_grows_away_from_it():
+    from learners.wm_recipe import kl_penalty
+
+    lp = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert kl_penalty(lp, lp, mask).item() == 0.0
+    assert kl_penalty(lp, lp - 0.5, mask).item() > kl_penalty(lp, lp - 0.1, mask).item() > 0
