@@ -19,7 +19,7 @@ class RunConfig:
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # None: start an embedded local cluster; "auto" or "ray://...": join one
+    address: Optional[str] = None  # None: $RAY_ADDRESS if set (inside a Ray Job), else a new embedded cluster; "auto" or "ray://...": join one
     num_cpus: Optional[int] = None  # CPUs of the embedded cluster (None: all)
     torch_threads: int = 1  # torch threads per process; keep actors from fighting over cores
     actor_num_cpus: float = 0.25  # CPU reservation of each actor

@@ -11,6 +11,7 @@ A rerun of the same run dir reuses the collected data, the base model and a fini
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -32,10 +33,12 @@ def _fmt(x, spec=".2f"):
 
 def _start_ray(cfg) -> None:
     env_vars = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job: join its cluster
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+        # "local": always a new embedded cluster, even if `ray start` left one running on this machine
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
                  log_to_driver=False)
 
 

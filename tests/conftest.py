@@ -11,6 +11,6 @@ def ray_local():
     """One embedded Ray cluster for the tests that need real actors."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

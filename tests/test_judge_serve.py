@@ -32,7 +32,7 @@ def served(tmp_path_factory):
     (d / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = train_tokenizer([render_chatml(e.messages) for e in bench_examples(rows)] * 2, 300, d / "m")
     build_tiny_model(tok, d / "m")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     url = start(str(d / "m"), "tiny", port=free_port())
     yield url, d
     serve.shutdown()
