@@ -1,0 +1,430 @@
+"""Search: question answering with two tools over a real full-text index (SQLite FTS5, bm25 ranking) of the
+documentation already on the machine: CPython's pydoc topics, stdlib module docstrings, and installed
+packages' long descriptions. Actions are one JSON object each:
+
+    {"tool": "web_search", "arguments": {"queries": ["with statement", "context manager"]}}
+    {"tool": "web_extractor", "arguments": {"url": "pydoc://topics/with", "page": 1}}
+    {"answer": "with"}                                   (ends the episode; 1.0 when right)
+
+The call forms `web_search(queries=[...])`, `web_extractor(url="...")` and `answer("...")` work too."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import random
+import re
+import sqlite3
+import sys
+import sysconfig
+import tokenize
+from pathlib import Path
+from typing import Any, Iterator
+
+import pydoc_data.topics
+
+SCHEMA = 2  # bump when the corpus or the index layout changes: it is part of the cache key
+TOP_K = 5  # results per query
+MAX_QUERIES = 3  # queries per web_search call, to keep observations short
+PAGE_CHARS = 3000  # web_extractor shows a page in chunks of this size
+MAX_DOC_CHARS = 20000  # a package description longer than this is cut at indexing time
+
+# Each question: its reference answers, the page that holds the fact (`evidence` is a substring of it),
+# and a query that finds that page. Facts come from Python 3.11's pydoc topics, stable across machines.
+QUESTIONS = [
+    {"question": "Which statement wraps the execution of a block with methods defined by a context manager?",
+     "answers": ["with", "with statement"], "url": "pydoc://topics/with",
+     "query": "with statement wrap block context manager",
+     "evidence": 'The "with" statement is used to wrap the execution of a block'},
+    {"question": "In a generator function, which exception does a return statement cause to be raised?",
+     "answers": ["StopIteration"], "url": "pydoc://topics/return",
+     "query": "return statement generator function",
+     "evidence": 'generator is done and will cause "StopIteration" to be raised'},
+    {"question": "Which exception does the simple form `assert expression` raise when the expression is false?",
+     "answers": ["AssertionError"], "url": "pydoc://topics/assert",
+     "query": "assert statement", "evidence": "if not expression: raise AssertionError"},
+    {"question": "Which built-in variable must be true for assert statements to be checked?",
+     "answers": ["__debug__", "debug"], "url": "pydoc://topics/assert",
+     "query": "assert statement debugging", "evidence": "if __debug__:"},
+    {"question": "Which exception does division by zero raise in Python?",
+     "answers": ["ZeroDivisionError"], "url": "pydoc://topics/binary",
+     "query": "division by zero exception", "evidence": 'Division by zero raises the "ZeroDivisionError" exception.'},
+    {"question": "Which exception is raised when a function's local variable is used before it is bound to a value?",
+     "answers": ["UnboundLocalError"], "url": "pydoc://topics/naming",
+     "query": "local variable not yet bound exception", "evidence": 'an "UnboundLocalError" exception is raised'},
+    {"question": "Which method does dict.__getitem__() call on a dict subclass when the key is not in the dictionary?",
+     "answers": ["__missing__", "missing", "object.__missing__"], "url": "pydoc://topics/sequence-types",
+     "query": "dict subclass key not in dictionary __missing__", "evidence": "object.__missing__(self, key)"},
+    {"question": "Which statement is a null operation, a placeholder where a statement is required syntactically?",
+     "answers": ["pass", "pass statement"], "url": "pydoc://topics/pass",
+     "query": "null operation placeholder statement", "evidence": '"pass" is a null operation'},
+    {"question": "Which string method returns a copy of the string that can be used for caseless matching?",
+     "answers": ["casefold", "str.casefold"], "url": "pydoc://topics/string-methods",
+     "query": "string caseless matching casefold", "evidence": "used for caseless matching."},
+    {"question": "Which method of a context manager is invoked to enter its runtime context?",
+     "answers": ["__enter__", "enter", "object.__enter__"], "url": "pydoc://topics/context-managers",
+     "query": "context manager enter runtime context", "evidence": "Enter the runtime context related to this object."},
+    {"question": "Which statement makes names refer to variables in the nearest enclosing scope, excluding globals?",
+     "answers": ["nonlocal", "nonlocal statement"], "url": "pydoc://topics/nonlocal",
+     "query": "nonlocal statement enclosing scope",
+     "evidence": 'The "nonlocal" statement causes the listed identifiers to refer to'},
+    {"question": "Besides __len__(), which method can a class define to make its objects test as false?",
+     "answers": ["__bool__", "bool", "object.__bool__"], "url": "pydoc://topics/truth",
+     "query": "truth value testing false", "evidence": 'either a "__bool__()" method that returns "False"'},
+    {"question": "Which exception does d[key] raise when key is not in the dictionary d?",
+     "answers": ["KeyError"], "url": "pydoc://topics/typesmapping",
+     "query": "dictionary mapping types key", "evidence": 'Raises a "KeyError" if'},
+    {"question": "Which standard library module is the Python debugger?",
+     "answers": ["pdb"], "url": "pydoc://topics/debugger",
+     "query": "python debugger", "evidence": 'The module "pdb" defines an interactive source'},
+    {"question": "Which exception does str.index() raise when the substring is not found?",
+     "answers": ["ValueError"], "url": "pydoc://topics/string-methods",
+     "query": "str index substring not found", "evidence": 'but raise "ValueError" when the substring is not'},
+    {"question": "Which format string conversion flag calls repr() on the value?",
+     "answers": ["!r", "r"], "url": "pydoc://topics/formatstrings",
+     "query": "format string conversion flag repr", "evidence": "\"'!r'\" which calls \"repr()\""},
+    {"question": "What kind of functions do lambda expressions create?",
+     "answers": ["anonymous", "anonymous functions", "anonymous function"], "url": "pydoc://topics/lambda",
+     "query": "lambda expressions", "evidence": "anonymous functions"},
+]
+
+# Common English words that carry no weight in a query; Python's keywords (with, for, in, ...) do carry it.
+STOPWORDS = set("a an are at be by can do does has have how it its of on that the this to was what when where "
+                "which who why".split())
+
+
+# --- The corpus and its index ---------------------------------------------------------------------------
+
+def topic_pages() -> Iterator[tuple[str, str, str]]:
+    """CPython's documentation topics (what `help("with")` shows): (url, title, text)."""
+    for name, text in sorted(pydoc_data.topics.topics.items()):
+        title, _, body = text.strip("\n").split("\n", 2)  # every topic opens with an underlined title
+        yield f"pydoc://topics/{name}", title.strip(), body
+
+
+def module_docstring(path: str) -> str | None:
+    """The leading docstring of a source file, read from its first tokens (no import, no full parse)."""
+    with open(path, "rb") as f:
+        for tok in tokenize.tokenize(f.readline):
+            if tok.type in (tokenize.ENCODING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+                continue
+            if tok.type != tokenize.STRING:
+                return None
+            doc = ast.literal_eval(tok.string)
+            return inspect.cleandoc(doc) if isinstance(doc, str) else None
+    return None
+
+
+def module_pages() -> Iterator[tuple[str, str, str]]:
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    for name in sorted(sys.stdlib_module_names):
+        path = next((p for p in (lib / f"{name}.py", lib / name / "__init__.py") if p.exists()), None)
+        if name.startswith("_") or path is None:
+            continue
+        try:
+            doc = module_docstring(str(path))
+        except (SyntaxError, ValueError, tokenize.TokenError):  # a file we cannot read is not worth a crash
+            continue
+        if doc and doc.strip():
+            yield f"pydoc://module/{name}", f"{name} — {doc.strip().splitlines()[0]}", doc
+
+
+@functools.lru_cache(maxsize=1)  # reading every package's metadata costs ~0.3 s: once per process
+def installed_packages() -> dict[str, Any]:
+    """Normalized name -> metadata, one per name: the first on sys.path (what `import` would see)."""
+    seen: dict[str, Any] = {}
+    for dist in importlib.metadata.distributions():
+        meta = dist.metadata  # each access re-reads the file: read it once
+        if (meta["Name"] or "").strip():
+            seen.setdefault(re.sub(r"[-_.]+", "-", meta["Name"].strip()).lower(), meta)
+    return dict(sorted(seen.items()))
+
+
+def package_pages(packages: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for name, meta in packages.items():
+        body = (meta.get_payload() or meta["Description"] or "").strip()
+        if body:
+            title = f"{meta['Name']} {meta['Version']}: {meta['Summary'] or ''}".strip().rstrip(":")
+            yield f"pypi://{name}", title, body[:MAX_DOC_CHARS]
+
+
+def corpus_key(packages: dict[str, Any]) -> str:
+    """What the corpus is made of: the Python build and the installed packages' versions."""
+    parts = [str(SCHEMA), sys.version, sysconfig.get_paths()["stdlib"]]
+    parts += [f"{name}=={meta['Version']}" for name, meta in packages.items()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agentworld"
+
+
+def build_index(directory: str | Path | None = None) -> Path:
+    """The index file for this machine's corpus, built once and reused. The build writes a temporary file
+    and renames it, so concurrent builders never see half an index."""
+    packages = installed_packages()
+    path = Path(directory or cache_dir()) / f"search-{corpus_key(packages)}.sqlite"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    con = sqlite3.connect(tmp)
+    try:
+        con.execute("CREATE VIRTUAL TABLE docs USING fts5(url UNINDEXED, title, body, tokenize='porter unicode61')")
+        pages = [*topic_pages(), *module_pages(), *package_pages(packages)]
+        con.executemany("INSERT INTO docs(url, title, body) VALUES (?, ?, ?)", pages)
+        con.execute("INSERT INTO docs(docs) VALUES ('optimize')")
+        con.commit()
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return path
+
+
+def fts_query(text: str) -> str:
+    """A user's free text as an FTS5 query: each word quoted (so no word is read as syntax), any may match."""
+    words = [w for w in re.findall(r"\w+", text.lower()) if w.strip("_")]
+    kept = [w for w in words if w not in STOPWORDS] or words
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(kept))
+
+
+def search(con: sqlite3.Connection, text: str, k: int = TOP_K) -> list[tuple[str, str, str]]:
+    """The top `k` pages for `text` by bm25 (a title match weighs 5 body matches): (url, title, snippet)."""
+    query = fts_query(text)
+    if not query:
+        return []
+    rows = con.execute(
+        "SELECT url, title, snippet(docs, 2, '', '', ' … ', 24) FROM docs WHERE docs MATCH ? "
+        "ORDER BY bm25(docs, 0.0, 5.0, 1.0), url LIMIT ?", (query, k)).fetchall()
+    rules = re.compile(r"([*=~^-])\1{3,}")  # reST underlines say nothing in a one-line snippet
+    return [(url, title, " ".join(rules.sub(" ", snip).split())) for url, title, snip in rows]
+
+
+UNDERLINE = re.compile(r"^\s*([=~^*-])\1{2,}\s*$")
+
+
+def to_markdown(title: str, body: str) -> str:
+    """A page as Markdown: its title as the `#` heading; underlined (reST) headings become `##`."""
+    lines = body.strip("\n").splitlines()
+    out = [f"# {title}", ""]
+    for line, after in zip(lines, lines[1:] + [""]):
+        if UNDERLINE.match(line) and out[-1].startswith("## "):
+            continue  # the underline of the heading just written
+        heading = line.strip() and UNDERLINE.match(after) and not UNDERLINE.match(line)
+        out.append(f"## {line.strip()}" if heading else line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def normalize(answer: str) -> str:
+    """Case, quotes, call parentheses, a final period, a leading article and spacing do not matter; the
+    characters of names (`_`, `.`, `!`, `-`) do."""
+    a = re.sub(r"[^\w.!-]+", " ", str(answer).lower().replace("()", "")).strip(" .")
+    return re.sub(r"^(the|a|an) ", "", " ".join(a.split()))
+
+
+def is_correct(given: str, answers: list[str]) -> bool:
+    return bool(normalize(given)) and normalize(given) in {normalize(a) for a in answers}
+
+
+# --- Actions ------------------------------------------------------------------------------------------
+
+def call(tool: str, **arguments: Any) -> str:
+    """The canonical text of an action, as the menu and the oracle write it."""
+    if tool == "answer":
+        return json.dumps({"answer": arguments["answer"]})
+    return json.dumps({"tool": tool, "arguments": arguments})
+
+
+def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
+    """(tool, arguments) from a JSON object or a Python-style call; ValueError says what is wrong."""
+    if not isinstance(action, str) or not action.strip():
+        raise ValueError("the action must be a non-empty string")
+    text = action.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the action is not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError("the action must be a JSON object")
+        if "answer" in obj:
+            return "answer", {"answer": obj["answer"]}
+        tool, args = obj.get("tool", obj.get("name")), obj.get("arguments", {})
+        if isinstance(args, str):  # OpenAI-style calls carry their arguments as a JSON string
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                raise ValueError("`arguments` is not a JSON object") from None
+        if not isinstance(tool, str) or not isinstance(args, dict):
+            raise ValueError('expected {"tool": NAME, "arguments": {...}} or {"answer": TEXT}')
+        return tool, args
+    try:
+        node = ast.parse(text, mode="eval").body
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            raise ValueError
+        first = {"web_search": "queries", "web_extractor": "url", "answer": "answer"}.get(node.func.id, "arg")
+        args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        if node.args:
+            args.setdefault(first, ast.literal_eval(node.args[0]))
+        return node.func.id, args
+    except (SyntaxError, ValueError, TypeError):
+        raise ValueError("expected a JSON object such as "
+                         + call("web_search", queries=["..."]) + ' or {"answer": "..."}') from None
+
+
+# --- The env ------------------------------------------------------------------------------------------
+
+HELP = ("Answer the question using the two tools over Python's documentation. One action per turn, a JSON object:\n"
+        + call("web_search", queries=["query one", "query two"]) + "\n"
+        + call("web_extractor", url="URL from the results", page=1) + "\n"
+        + '{"answer": "short answer"}   (ends the episode)')
+
+
+class SearchEnv:
+    def __init__(self, name: str, max_steps: int | None = None, domain: str = "search",
+                 index_dir: str | Path | None = None):
+        check(name)
+        self.env_id, self.domain, self.name, self.max_steps = f"search:{name}", domain, name, max_steps
+        uri = f"{build_index(index_dir).resolve().as_uri()}?mode=ro"
+        self.con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self.task = QUESTIONS[0]
+        self._start()
+
+    def _start(self) -> None:
+        self.t, self.score, self.done, self.won = 0, 0.0, False, False
+        self.results: list[str] = []  # URLs of the last search
+        self.viewed: tuple[str, int, str, bool] | None = None  # (url, page, text, more pages?) on view
+        self.seen: set[tuple[str, int]] = set()
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        if self.name == "python-docs":
+            self.task = QUESTIONS[random.Random(seed).randrange(len(QUESTIONS))]
+        else:
+            self.task = QUESTIONS[int(self.name[1:]) - 1]
+        self._start()
+        return f"Question: {self.task['question']}\n\n{HELP}", self._info()
+
+    # The tools ---------------------------------------------------------------------------------------
+
+    def page(self, url: str) -> str | None:
+        row = self.con.execute("SELECT title, body FROM docs WHERE url = ?", (url.strip(),)).fetchone()
+        return to_markdown(*row) if row else None
+
+    def web_search(self, queries: Any) -> str:
+        if isinstance(queries, str):
+            queries = [queries]
+        if not isinstance(queries, list) or not queries or not all(isinstance(q, str) for q in queries):
+            raise ValueError("web_search needs `queries`: a list of strings")
+        blocks, self.results = [], []
+        for q in queries[:MAX_QUERIES]:
+            hits = search(self.con, q)
+            self.results += [url for url, _, _ in hits if url not in self.results]
+            lines = [f"[{n}] {url}\n{title}\n{snip}" for n, (url, title, snip) in enumerate(hits, 1)]
+            blocks.append(f"## Results for {json.dumps(q)}\n" + ("\n\n".join(lines) or "No results."))
+        if len(queries) > MAX_QUERIES:
+            blocks.append(f"(Only the first {MAX_QUERIES} queries were run.)")
+        return "\n\n".join(blocks)
+
+    def web_extractor(self, url: Any, page: Any = 1) -> str:
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError("web_extractor needs `url`: a URL from the search results")
+        text = self.page(url)
+        if text is None:
+            raise ValueError(f"no page at {url!r}; use a URL from the search results")
+        pages = max(1, -(-len(text) // PAGE_CHARS))
+        if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= pages:
+            raise ValueError(f"`page` must be an integer from 1 to {pages}")
+        chunk = text[(page - 1) * PAGE_CHARS: page * PAGE_CHARS]
+        self.viewed = (url.strip(), page, chunk, page < pages)
+        self.seen.add((url.strip(), page))
+        if pages > 1:
+            more = f" Next: {call('web_extractor', url=url.strip(), page=page + 1)}" if page < pages else ""
+            chunk += f"\n\n[Page {page} of {pages}; the page was cut at {PAGE_CHARS} characters.{more}]"
+        return chunk
+
+    # The loop ----------------------------------------------------------------------------------------
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        truncated = self.max_steps is not None and self.t >= self.max_steps
+        if self.done:
+            err = "The episode is over; call reset()."
+            return err, 0.0, True, truncated, self._info(error=err)
+        try:
+            tool, args = parse_action(action)
+            if tool == "answer":
+                if not isinstance(args.get("answer"), str):
+                    raise ValueError('the answer must be a string: {"answer": "..."}')
+                self.done, self.won = True, is_correct(args["answer"], self.task["answers"])
+                reward = 1.0 if self.won else 0.0
+                self.score += reward
+                obs = "Correct." if self.won else f"Incorrect: {args['answer']!r} is not the answer."
+                return obs, reward, True, truncated, self._info()
+            if tool == "web_search":
+                obs = self.web_search(args.get("queries", args.get("query")))
+            elif tool == "web_extractor":
+                obs = self.web_extractor(args.get("url"), args.get("page", 1))
+            else:
+                raise ValueError(f"unknown tool {tool!r}; the tools are web_search, web_extractor and answer")
+        except ValueError as e:
+            err = f"Invalid action: {e}."
+            return f"{err}\n\n{HELP}", 0.0, False, truncated, self._info(error=err)
+        return obs, 0.0, False, truncated, self._info()
+
+    def actions(self) -> list[str]:
+        """A menu: searches from the question's keywords, extractor calls on the last results (and the next
+        page of the page on view), and answers taken from the quoted terms of the page on view."""
+        words = [w for w in re.findall(r"[\w.]+", self.task["question"])
+                 if len(w) > 2 and w.lower() not in STOPWORDS]
+        menu = [call("web_search", queries=[" ".join(words)]),
+                call("web_search", queries=[" ".join(words[: len(words) // 2 + 1])]),
+                call("web_search", queries=[" ".join(words[len(words) // 2:])])]
+        menu += [call("web_extractor", url=url) for url in self.results[:6]]
+        if self.viewed:
+            url, page, text, more = self.viewed
+            if more:
+                menu.append(call("web_extractor", url=url, page=page + 1))
+            quoted = re.findall(r'"([^"\s]{1,40})"', text)
+            common = sorted(dict.fromkeys(quoted), key=lambda q: (-quoted.count(q), quoted.index(q)))
+            menu += [call("answer", answer=q.strip("()")) for q in common[:3]]
+        return list(dict.fromkeys(menu))
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        return {"admissible_actions": [] if self.done else self.actions(), "open_actions": True,
+                "won": self.won, "score": self.score, **extra}
+
+    def oracle_action(self) -> str | None:
+        """Search with a good query, read the page that holds the answer, then answer."""
+        if self.done:
+            return None
+        task = self.task
+        if not self.results and not self.seen:
+            return call("web_search", queries=[task["query"]])
+        text = self.page(task["url"]) or ""
+        page = text.find(task["evidence"]) // PAGE_CHARS + 1
+        if (task["url"], page) not in self.seen:
+            return call("web_extractor", url=task["url"], page=page)
+        return call("answer", answer=task["answers"][0])
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
+NAMES = ["python-docs"] + [f"q{k}" for k in range(1, len(QUESTIONS) + 1)]
+
+
+def check(name: str) -> None:
+    if name not in NAMES:
+        raise ValueError(f"unknown env id 'search:{name}': the search envs are search:python-docs and "
+                         f"search:q1 .. search:q{len(QUESTIONS)}")
+
+
+def make(name: str, max_steps: int | None = None, domain: str = "search", **kwargs: Any) -> SearchEnv:
+    return SearchEnv(name, max_steps=max_steps, domain=domain, **kwargs)
