@@ -33,6 +33,9 @@ $(VENV)/.installed-envs: $(VENV)/.installed
 	$(PIP) -e ".[envs]"
 	$(PIP) --no-build-isolation fast-downward-textworld==20.6.4
 	$(PIP) --no-deps miniwob==1.1.0 bfcl-eval==2026.3.23 alfworld==0.4.2
+	# mcp-server-sqlite's last release needs mcp<2, the other servers mcp>=2.3: it gets a venv of its own
+	$(BIN)/python -m venv $(VENV)/mcp-sqlite
+	$(VENV)/mcp-sqlite/bin/pip install --quiet mcp-server-sqlite==2025.4.25 'mcp[cli]>=1.6,<2'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-envs
