@@ -1,0 +1,181 @@
+"""The terminal env: a real bash in tmux in bubblewrap, solved by its oracle, seeded, robust to junk actions,
+and leaving no process behind."""
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from agentworld.envs import make_env, resolve_env_id
+from agentworld.envs.terminal import TASKS, parse_action
+
+
+def procs_mentioning(text: str) -> list[int]:
+    """Host pids whose command line mentions `text` (a tmux or bwrap of one env names its temp dir)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if text.encode() in Path(entry.path, "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_real_episode_wins_with_the_solution():
+    env = make_env("terminal:count-lines", max_steps=10)
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs.startswith("Task: Write the number of lines in log.txt") and obs.endswith("~$")
+        assert info["open_actions"] and env.oracle_action() in info["admissible_actions"]
+        assert 8 <= len(info["admissible_actions"]) <= 15
+        n = str(len(Path(env.root, "scratch", "log.txt").read_text().splitlines()))
+        obs, r, term, trunc, info = env.step("wc -l log.txt")
+        assert obs.splitlines()[-2] == f"{n} log.txt" and r == 0 and not term and not info["won"]
+        obs, r, term, trunc, info = env.step(f"echo {int(n) + 1} > answer.txt")  # wrong answer
+        assert r == 0 and not term
+        obs, r, term, trunc, info = env.step("head -2 lo<Tab><Enter>")  # tab completion, no Enter added
+        assert "~$ head -2 log.txt" in obs
+        obs, r, term, trunc, info = env.step(env.oracle_action())
+        assert r == 1.0 and term and info["won"] and info["score"] == 1.0
+        assert Path(env.root, "scratch", "answer.txt").read_text().strip() == n
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_oracle_solves_every_task(task):
+    env = make_env(f"terminal:{task}", max_steps=8)
+    try:
+        env.reset(seed=7)
+        for _ in range(8):
+            obs, r, term, trunc, info = env.step(env.oracle_action())
+            if term or trunc:
+                break
+        assert info["won"] and r == 1.0, obs
+        assert env.oracle_action() is None
+    finally:
+        env.close()
+
+
+def test_reset_is_deterministic_by_seed():
+    actions = ["ls -l", "head -3 notes/note01.txt", "grep -c . notes/*"]
+
+    def run(seed):
+        env = make_env("terminal:find-word")
+        try:
+            obs, info = env.reset(seed=seed)
+            return [obs, info["admissible_actions"]] + [env.step(a)[0] for a in actions]
+        finally:
+            env.close()
+
+    a = run(3)
+    assert a == run(3)
+    assert a != run(4)  # another seed: another word or other files
+
+
+def test_keys_interrupt_and_recall():
+    env = make_env("terminal:sort-uniq", timeout=3)
+    try:
+        env.reset(seed=0)
+        obs, *_ = env.step("sleep 30")
+        assert env.oracle_action() == "<C-c>"  # a program holds the terminal
+        obs, *_ = env.step("<C-c>")
+        assert obs.endswith("~$ sleep 30\n^C\n~$")
+        env.step("echo one-$((0+1))")
+        obs, *_ = env.step("<Up><Enter>")
+        assert obs.count("one-1") == 2
+        obs, *_ = env.step("sleep 1; echo slept<Enter><Wait>")
+        assert obs.endswith("slept\n~$")
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"ls", "", "   ", "x" * 100_000])
+def test_malformed_actions_are_error_observations(bad):
+    keys, err = parse_action(bad)
+    assert keys is None and err
+
+
+def test_junk_never_raises_and_the_shell_survives():
+    env = make_env("terminal:csv-column", timeout=3)
+    try:
+        env.reset(seed=0)
+        for bad in [None, "", b"\xff\xfe", "x" * 100_000]:
+            obs, r, term, trunc, info = env.step(bad)
+            assert info["error"] and obs.startswith("[error:") and r == 0 and not term
+        for junk in ["\x00\x01\x1b[2J\x7f\udcff", "<C-x><C-q>", "<NoSuchKey>;", ";", "'unbalanced \"quote"]:
+            obs, r, term, trunc, info = env.step(junk)
+            assert "error" not in info
+        env.step("<C-c>")
+        obs, *_ = env.step("echo ok-$((40+2))")
+        assert "ok-42" in obs
+    finally:
+        env.close()
+
+
+def test_exit_restarts_the_shell_and_keeps_the_files():
+    env = make_env("terminal:make-tree")
+    try:
+        env.reset(seed=0)
+        env.step("echo kept > note.txt")
+        obs, r, term, trunc, info = env.step("exit")
+        assert "A new shell was started in /scratch" in obs and not trunc and not info.get("crashed")
+        obs, *_ = env.step("cat note.txt")
+        assert obs.splitlines()[-2] == "kept"
+    finally:
+        env.close()
+
+
+def test_max_steps_truncates():
+    env = make_env("terminal:sum-column", max_steps=2)
+    try:
+        env.reset(seed=0)
+        assert [env.step("pwd")[3] for _ in range(2)] == [False, True]
+    finally:
+        env.close()
+
+
+def test_close_leaves_no_process_and_no_files():
+    env = make_env("terminal:clean-tmp")
+    env.reset(seed=0)
+    env.step("sleep 100 &")
+    root, sandbox = str(env.root), env.sandbox
+    assert procs_mentioning(root) and len(sandbox.pids()) >= 4  # bwrap, the tmux server, bash, sleep
+    env.close()
+    assert procs_mentioning(root) == [] and sandbox.pids() == []
+    assert not os.path.exists(root)
+    env.close()  # idempotent
+
+
+def test_a_new_reset_replaces_the_sandbox():
+    env = make_env("terminal:rename-ext")
+    try:
+        env.reset(seed=0)
+        old_root, old = str(env.root), env.sandbox
+        env.step("touch stray.txt")
+        obs, info = env.reset(seed=0)
+        assert old.pids() == [] and not os.path.exists(old_root)
+        assert "stray.txt" not in env.step("ls")[0]
+    finally:
+        env.close()
+
+
+def test_unknown_task_lists_the_tasks():
+    with pytest.raises(ValueError, match="count-lines"):
+        resolve_env_id("terminal:no-such-task")
+
+
+def test_the_shell_outlives_the_thread_that_reset_it():
+    """bwrap dies with the thread that started it; a Ray actor may reset on one thread and step on another."""
+    env = make_env("terminal:count-lines")
+    try:
+        thread = threading.Thread(target=env.reset, kwargs={"seed": 0})
+        thread.start()
+        thread.join()
+        obs, *_ = env.step("echo same-shell-$((2*2))")
+        assert "same-shell-4" in obs and "A new shell" not in obs
+    finally:
+        env.close()
