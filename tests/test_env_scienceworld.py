@@ -8,6 +8,7 @@ import pytest
 
 from agentworld.envs import make_env, resolve_env_id
 from agentworld.envs.scienceworld_env import NO_MATCH
+from tests.oracle import follow_oracle
 
 TASK = "scienceworld:lifespan-longest-lived"  # gold paths of 5-7 steps
 STABLE_SEED = 2  # variation 2 gave the same world and gold path on 15 of 15 loads (many others do not)
@@ -23,17 +24,6 @@ def env():
     env = make_env(TASK, max_steps=50)
     yield env
     env.close()
-
-
-def follow_oracle(env):
-    rewards, terms, info = [], [], {}
-    while (action := env.oracle_action()) is not None:
-        _, r, term, trunc, info = env.step(action)
-        rewards.append(r)
-        terms.append(term)
-        if term or trunc:
-            break
-    return rewards, terms, info
 
 
 def test_gold_path_solves_the_task(env):

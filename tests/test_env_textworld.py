@@ -7,18 +7,7 @@ import pytest
 
 from agentworld.envs import make_env, resolve_env_id
 from agentworld.envs.textworld_games import GAMES, game_file
-
-
-def follow_oracle(env):
-    """Play the oracle from the current state: (rewards, terminated flags, last info)."""
-    rewards, terms, info = [], [], {}
-    while (action := env.oracle_action()) is not None:
-        _, r, term, trunc, info = env.step(action)
-        rewards.append(r)
-        terms.append(term)
-        if term or trunc:
-            break
-    return rewards, terms, info
+from tests.oracle import follow_oracle
 
 
 def test_oracle_walkthrough_wins_a_generated_game():

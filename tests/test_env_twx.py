@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from agentworld.envs import make_env, resolve_env_id
+from tests.oracle import follow_oracle
 
 
 @pytest.fixture(scope="module")
@@ -14,19 +15,6 @@ def coin():
     env = make_env("twx:coin", max_steps=100)
     yield env
     env.close()
-
-
-def follow_oracle(env, info):
-    """Play the oracle from the current state (`info` from the last reset or step)."""
-    rewards, terms = [], []
-    while (action := env.oracle_action()) is not None:
-        assert action in info["admissible_actions"]  # the oracle only offers valid actions
-        _, r, term, trunc, info = env.step(action)
-        rewards.append(r)
-        terms.append(term)
-        if term or trunc:
-            break
-    return rewards, terms, info
 
 
 @pytest.mark.parametrize("game", ["coin", "cookingworld"])
