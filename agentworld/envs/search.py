@@ -140,23 +140,24 @@ def installed_packages() -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for dist in importlib.metadata.distributions():
         meta = dist.metadata  # each access re-reads the file: read it once
-        if (meta["Name"] or "").strip():
-            seen.setdefault(re.sub(r"[-_.]+", "-", meta["Name"].strip()).lower(), meta)
+        name = (meta.get("Name") or "").strip()  # .get: a broken dist-info may lack the header
+        if name:
+            seen.setdefault(re.sub(r"[-_.]+", "-", name).lower(), meta)
     return dict(sorted(seen.items()))
 
 
 def package_pages(packages: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     for name, meta in packages.items():
-        body = (meta.get_payload() or meta["Description"] or "").strip()
+        body = (meta.get_payload() or meta.get("Description") or "").strip()
         if body:
-            title = f"{meta['Name']} {meta['Version']}: {meta['Summary'] or ''}".strip().rstrip(":")
+            title = f"{meta.get('Name')} {meta.get('Version')}: {meta.get('Summary') or ''}".strip().rstrip(":")
             yield f"pypi://{name}", title, body[:MAX_DOC_CHARS]
 
 
 def corpus_key(packages: dict[str, Any]) -> str:
     """What the corpus is made of: the Python build and the installed packages' versions."""
     parts = [str(SCHEMA), sys.version, sysconfig.get_paths()["stdlib"]]
-    parts += [f"{name}=={meta['Version']}" for name, meta in packages.items()]
+    parts += [f"{name}=={meta.get('Version')}" for name, meta in packages.items()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
