@@ -32,10 +32,10 @@ def test_every_mutation_changes_the_code_and_its_revert_edit_undoes_it():
     source, _ = swe.stdlib_files("textwrap")
     muts = swe.mutations(source)
     assert len(muts) > 100
-    original = ast.dump(ast.parse(source))
+    original = ast.dump(swe.parse(source))
     for m in muts:
         mutated = m.apply(source)
-        assert ast.dump(ast.parse(mutated)) != original, m.what
+        assert ast.dump(swe.parse(mutated)) != original, m.what
         path, old, new = parse_edit(swe.revert_edit("pkg/textwrap.py", source, m))
         assert path == "pkg/textwrap.py" and mutated.count(old) == 1
         assert mutated.replace(old, new) == source

@@ -123,6 +123,18 @@ def _op_pattern(op: str) -> str:
     return r"\s+".join(rf"\b{w}\b" for w in op.split()) if op[0].isalpha() else re.escape(op)
 
 
+def parse(source: str) -> ast.Module:
+    """ast.parse, retried: CPython 3.11's AST validator keeps its recursion depth in shared state, and a
+    parse racing another thread's can fail with a spurious SystemError ("recursion depth mismatch")."""
+    for attempt in range(5):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def mutations(source: str) -> list[Mutation]:
     """Every candidate mutation of `source`, in source order. Each changes one operator, constant or condition,
     so it changes the AST; should one not parse, the tests catch it as a module that fails to import."""
@@ -149,7 +161,7 @@ def mutations(source: str) -> list[Mutation]:
             h = hits[0]
             found.append(Mutation(a + h.start(), a + h.end(), new, f"line {lineno}: {old} -> {new}"))
 
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             for op, left, right in zip(node.ops, operands, operands[1:]):
