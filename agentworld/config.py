@@ -15,6 +15,10 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     max_minutes: float = 30.0  # the driver stops every arm after this much wall-clock
+    # After the report, copy the run dir to <storage>/<name>: an absolute local path or any pyarrow.fs URI
+    # (file://, s3://, gs://, hdfs://). On a cluster the run dir lives on the node of the job's driver;
+    # this is how its results leave it (`agentworld jobs fetch` reads them back). None: keep it in place.
+    storage: Optional[str] = None
 
 
 @dataclass
@@ -79,6 +83,9 @@ class WMSFTConfig:
     balance_transitions: float = 1.0
     balance_outcomes: float = 0.5
     think: bool = False  # prefix targets with an empty <think></think> block (think-then-predict format)
+    # Hindsight controls (agentworld/controls.py): this share of examples carries its real transition's
+    # outcome label as the prompt's Control line, so the LWM learns to obey controls; 0: no controls
+    control_fraction: float = 0.0
 
 
 @dataclass
@@ -149,12 +156,60 @@ class AgentConfig:
 
 
 @dataclass
+class FictionalConfig:
+    """A fictional world (controls kind fictional): simulated results must contain these facts."""
+    query: str = ""  # the target query the world is built around
+    facts: List[str] = field(default_factory=list)  # reference facts every answering observation must contain
+
+
+@dataclass
+class ControlConfig:
+    """How a sim arm steers its simulator, step by step (agentworld/controls.py). kind none: uncontrolled."""
+    kind: str = "none"  # none | hindsight | perturbation | fictional
+    fraction: float = 0.5  # share of simulated steps that carry a control; the rest run uncontrolled
+    # name -> sampling weight: hindsight labels (success, failure, error, noop, terminal, moved) or
+    # perturbation names (timeout, missing, paginated, empty, rejected); empty: uniform over the kind's names
+    mix: Dict[str, float] = field(default_factory=dict)
+    fictional: FictionalConfig = field(default_factory=FictionalConfig)
+
+
+@dataclass
+class HybridConfig:
+    """The hybrid arm's fidelity gate (agentworld/worldmodel/hybrid.py)."""
+    shadow_fraction: float = 0.25  # share of simulated steps shadow-executed in the seeded real env
+    window: int = 32  # live fidelity: exact-match rate over the last `window` scored steps
+    threshold: float = 0.8  # below it, the env's episodes route to the real env ...
+    recover_threshold: float = 0.9  # ... until fidelity, scored on the routed real steps, is back to this
+    min_scores: int = 8  # scores needed before the gate may route
+
+
+@dataclass
 class ArmConfig:
     name: str = "real"
     source: str = "real"  # real | sim
     env: str = "frozenlake"  # key into `envs`
-    actors: int = 1
+    actors: int = 1  # rollout actors at the start; a fixed pool unless actors_min/actors_max widen it
+    # The pool scales between these, driven by the learner's demand (actors/pool.py); None: `actors`.
+    actors_min: Optional[int] = None
+    actors_max: Optional[int] = None
     envs_per_actor: int = 16
+    control: ControlConfig = field(default_factory=ControlConfig)  # sim arms: per-step controls (sim-controlled)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)  # source hybrid: shadow execution and routing
+
+
+@dataclass
+class PoolConfig:
+    """How the rollout actor pools scale (arms with actors_min < actors_max)."""
+    interval_s: float = 10.0  # seconds between scaling decisions: long enough to see a few learner updates
+
+
+@dataclass
+class TrackingConfig:
+    """Live metrics beside metrics.parquet, which stays the canonical record."""
+    tensorboard: bool = True  # event files in <run dir>/tensorboard: `tensorboard --logdir runs`
+    mlflow: bool = False  # needs `pip install mlflow-skinny` (or mlflow)
+    mlflow_uri: Optional[str] = None  # None: a local file store, file:<output_dir>/mlruns
+    mlflow_experiment: str = "agentworld"
 
 
 @dataclass
@@ -171,6 +226,67 @@ class ReplayConfig:
 
 
 @dataclass
+class ServeAutoscalingConfig:
+    """Ray Serve autoscaling of the simulator's replicas (each holds the LWM; sessions live elsewhere)."""
+    min_replicas: int = 1  # 0 scales to zero when idle; sessions survive (they are not in the replicas)
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2.0  # requests in flight per replica that Serve aims for
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    look_back_period_s: Optional[float] = None  # None: Serve's default (30 s) window of load averaging
+    metrics_interval_s: Optional[float] = None  # None: Serve's default (10 s); how often load is reported
+
+
+@dataclass
+class ServeConfig:
+    """`agentworld serve`: the LWM as an OpenAI-compatible endpoint and a session API (sim_service.py)."""
+    host: str = "127.0.0.1"  # a non-loopback host needs a token
+    port: int = 8000
+    token: Optional[str] = None  # bearer token every request must carry; or set $AGENTWORLD_SERVE_TOKEN
+    model_name: str = "agentworld"  # the id /v1/models lists
+    session_ttl_s: float = 600.0  # a session idle this long is dropped (then 404)
+    max_sessions: int = 1000  # live sessions at once; more get 429
+    max_tokens: int = 512  # per chat completion
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    autoscaling: ServeAutoscalingConfig = field(default_factory=ServeAutoscalingConfig)
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM inference engine (engine.inference: vllm)."""
+    dtype: str = "float32"  # float32 gives the HF engine's tokens on CPU; bfloat16 on GPUs
+    max_model_len: int = 1024  # prompt + reply tokens
+    kv_cache_gb: Optional[float] = 1.0  # KV cache per engine; null: gpu_memory_utilization decides (GPUs)
+    gpu_memory_utilization: float = 0.1  # share of the GPU's memory (on CPU, of RAM) when kv_cache_gb is null
+    enforce_eager: bool = True  # no CUDA graphs or compilation: an engine starts in seconds
+    tensor_parallel_size: int = 1
+    in_process: bool = True  # engine core and worker in the caller's process (tensor_parallel_size 1)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The DeepSpeed training engine (engine.train: deepspeed)."""
+    zero_stage: int = 2  # 0-2: 1 partitions optimizer states, 2 also gradients, over the data-parallel ranks
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and step in CPU memory (GPU runs)
+    torch_adam: bool = True  # torch's AdamW; false: DeepSpeed's fused (GPU) or CPU Adam, compiled at first use
+    data_parallel: int = 1  # ranks per learner: the learner's own process and data_parallel - 1 Ray actors
+    backend: str = "gloo"  # gloo on CPU, nccl on GPUs
+
+
+@dataclass
+class EngineConfig:
+    """Which engines generate and train, and how new weights reach the generating engines."""
+    inference: str = "hf"  # hf | vllm: generation and scoring for the policy and the LWM simulator
+    train: str = "torch"  # torch | deepspeed: the learners' optimizer steps
+    weight_sync: str = "object_store"  # object_store | filesystem | broadcast (gloo on CPU, NCCL on GPUs)
+    shared: bool = False  # true: one engine actor per arm (and one per sim arm for the LWM), shared by the arm's actors
+    weights_dir: Optional[str] = None  # filesystem sync: a directory every node sees; null: <run dir>/weights
+    num_gpus: float = 0  # GPUs per learner rank and per shared engine actor
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -181,6 +297,10 @@ class ExperimentConfig:
     arms: List[ArmConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,6 +396,7 @@ def validate_config(cfg, file: str) -> None:
 
     if not cfg.arms:
         fail("arms", "at least one arm is required")
+    validate_engine(cfg.engine, fail)
     names = [a.name for a in cfg.arms]
     if len(set(names)) != len(names):
         fail("arms", f"arm names must be unique (got {names})")
@@ -293,13 +414,28 @@ def validate_config(cfg, file: str) -> None:
     if cfg.world_model.env not in cfg.envs:
         fail("world_model.env", f"{cfg.world_model.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
     for i, arm in enumerate(cfg.arms):
-        if arm.source not in SOURCES:
-            fail(f"arms.{i}.source", f"must be one of {', '.join(SOURCES)} (got {arm.source!r})")
+        if arm.source not in SOURCES + ("hybrid",):
+            fail(f"arms.{i}.source", f"must be one of {', '.join(SOURCES + ('hybrid',))} (got {arm.source!r})")
+        h = arm.hybrid
+        for key in ("shadow_fraction", "threshold", "recover_threshold"):
+            if not 0 <= getattr(h, key) <= 1:
+                fail(f"arms.{i}.hybrid.{key}", f"must be in [0, 1] (got {getattr(h, key)})")
+        if h.recover_threshold < h.threshold:
+            fail(f"arms.{i}.hybrid.recover_threshold", f"must be >= threshold ({h.threshold})")
+        if h.window < 1 or not 1 <= h.min_scores <= h.window:
+            fail(f"arms.{i}.hybrid.min_scores", f"window must be >= 1 and min_scores in [1, window] (got {h.window}, {h.min_scores})")
         if arm.env not in cfg.envs:
             fail(f"arms.{i}.env", f"{arm.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
         for key in ("actors", "envs_per_actor"):
             if getattr(arm, key) < 1:
                 fail(f"arms.{i}.{key}", "must be >= 1")
+        lo, hi = actor_bounds(arm)
+        if not 1 <= lo <= arm.actors:
+            fail(f"arms.{i}.actors_min", f"must be between 1 and actors ({arm.actors}), got {lo}")
+        if hi < arm.actors:
+            fail(f"arms.{i}.actors_max", f"must be >= actors ({arm.actors}), got {hi}")
+        from agentworld.controls import validate_control
+        validate_control(arm.control, arm.source, lambda key, msg, i=i: fail(f"arms.{i}.control.{key}", msg))
     if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
         fail("model.path", f"no HF checkpoint (config.json) at {cfg.model.path!r}")
     a = cfg.agent
@@ -322,6 +458,8 @@ def validate_config(cfg, file: str) -> None:
     for key in ("batch_size", "eval_every", "eval_samples"):
         if getattr(t, key) < 1:
             fail(f"world_model.sft.{key}", "must be >= 1")
+    if not 0 <= t.control_fraction <= 1:
+        fail("world_model.sft.control_fraction", f"must be in [0, 1] (got {t.control_fraction})")
     for i, stage in enumerate(cfg.world_model.stages):
         if stage not in WM_STAGES:
             fail(f"world_model.stages.{i}", f"must be one of {', '.join(WM_STAGES)} (got {stage!r})")
@@ -352,6 +490,73 @@ def validate_config(cfg, file: str) -> None:
         fail("eval", "episodes and every_updates must be >= 1")
     if cfg.run.max_minutes <= 0:
         fail("run.max_minutes", "must be > 0")
+    if cfg.run.storage is not None and "://" not in cfg.run.storage and not Path(cfg.run.storage).is_absolute():
+        fail("run.storage", f"must be an absolute path or a URI such as s3://bucket/runs (got {cfg.run.storage!r})")
+    if cfg.pool.interval_s <= 0:
+        fail("pool.interval_s", "must be > 0")
+    if cfg.tracking.mlflow:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            fail("tracking.mlflow", "mlflow is not installed (pip install mlflow-skinny)")
+    sv = cfg.serve
+    if not 1 <= sv.port <= 65535:
+        fail("serve.port", f"must be in 1..65535 (got {sv.port})")
+    for key in ("session_ttl_s", "max_sessions", "max_tokens", "max_body_bytes"):
+        if getattr(sv, key) <= 0:
+            fail(f"serve.{key}", "must be > 0")
+    sa = sv.autoscaling
+    if sa.min_replicas < 0 or sa.max_replicas < max(1, sa.min_replicas):
+        fail("serve.autoscaling.max_replicas",
+             f"must be >= 1 and >= min_replicas >= 0 (got {sa.min_replicas}..{sa.max_replicas})")
+    if sa.target_ongoing_requests <= 0:
+        fail("serve.autoscaling.target_ongoing_requests", "must be > 0")
+
+
+def validate_engine(e, fail) -> None:
+    """The engine section: known names, installed packages, and combinations that can run."""
+    import importlib.util
+
+    from agentworld.models.engine import ENGINES
+    from learners.train_engine import TRAIN_ENGINES
+    from learners.weight_sync import WEIGHT_SYNCS
+
+    for key, known in (("inference", ENGINES), ("train", TRAIN_ENGINES), ("weight_sync", WEIGHT_SYNCS)):
+        if getattr(e, key) not in known:
+            fail(f"engine.{key}", f"must be one of {', '.join(known)} (got {getattr(e, key)!r})")
+    for key, package in (("inference", "vllm"), ("train", "deepspeed")):
+        if getattr(e, key) == package and importlib.util.find_spec(package) is None:
+            fail(f"engine.{key}", f"{package} is not installed (pip install -e '.[{package}]')")
+    if e.weight_sync == "broadcast" and not e.shared:
+        fail("engine.weight_sync", "broadcast pushes weights to shared engine actors: set engine.shared: true")
+    if e.num_gpus < 0:
+        fail("engine.num_gpus", "must be >= 0")
+    if e.inference == "vllm" and e.num_gpus > 0 and not e.shared:
+        fail("engine.shared", "vLLM on GPUs runs in shared engine actors, which get the GPUs: set engine.shared: true")
+    d = e.deepspeed
+    if d.zero_stage not in (0, 1, 2):
+        fail("engine.deepspeed.zero_stage", "must be 0, 1 or 2: ZeRO-3 partitions the parameters, which the "
+             f"learner's own evaluation and sampling need whole (got {d.zero_stage})")
+    if d.data_parallel < 1:
+        fail("engine.deepspeed.data_parallel", "must be >= 1")
+    if d.backend not in ("gloo", "nccl"):
+        fail("engine.deepspeed.backend", f"must be gloo or nccl (got {d.backend!r})")
+    if d.backend == "nccl" and e.num_gpus <= 0:
+        fail("engine.deepspeed.backend", "nccl needs GPUs: set engine.num_gpus, or use gloo")
+    v = e.vllm
+    if v.tensor_parallel_size < 1:
+        fail("engine.vllm.tensor_parallel_size", "must be >= 1")
+    if v.kv_cache_gb is not None and v.kv_cache_gb <= 0:
+        fail("engine.vllm.kv_cache_gb", "must be > 0, or null")
+    if not 0 < v.gpu_memory_utilization <= 1:
+        fail("engine.vllm.gpu_memory_utilization", "must be in (0, 1]")
+
+
+def actor_bounds(arm) -> tuple[int, int]:
+    """(min, max) rollout actors of an arm: `actors` where actors_min or actors_max is unset."""
+    lo = arm.actors if arm.actors_min is None else arm.actors_min
+    hi = arm.actors if arm.actors_max is None else arm.actors_max
+    return lo, hi
 
 
 def save_config(cfg, path) -> None:

@@ -94,6 +94,31 @@ def _collect_wm_data(cfg, run_id, replay, registry, domain, console) -> list[dic
     return table.to_pylist()
 
 
+def _engine_section(cfg, run_dir: Path) -> dict:
+    """The engine section as learners and actors get it: the weights dir resolved, each rank's CPU share added."""
+    e = OmegaConf.to_container(cfg.engine)
+    e["weights_dir"] = e["weights_dir"] or str(run_dir / "weights")
+    e["num_cpus"] = cfg.ray.actor_num_cpus
+    return e
+
+
+def _shared_engines(cfg, engine: dict, arm, policy_path: str, wm_done: dict, registry, seed: int) -> dict:
+    """With engine.shared: the arm's policy engine actor, and for a sim arm its LWM engine actor."""
+    if not cfg.engine.shared:
+        return {}
+    from actors.engine_actor import EngineActor
+
+    def start(name: str, path: str, version: int, seed: int):
+        spec = dict(kind=cfg.engine.inference, path=path, seed=seed, version=version, vllm=engine["vllm"], name=name,
+                    engine=engine, torch_threads=cfg.ray.torch_threads)
+        return EngineActor.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(spec, registry)
+
+    shared = {"policy_engine": start(f"policy/{arm.name}", policy_path, 0, seed)}
+    if arm.source in ("sim", "hybrid"):
+        shared["wm_engine"] = start("wm", wm_done["path"], wm_done["wm_version"], seed + 1)
+    return shared
+
+
 def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console, keep: bool = False):
     """Returns (result, metrics, learner): the learner stays alive only when `keep` (continual training)."""
     from learners.world_model import WorldModelLearner
@@ -107,8 +132,10 @@ def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console, k
                           "delete checkpoints/wm_done.json to retrain it[/yellow]")
         return done, done.get("metrics", []), None
     spec = dict(base_path=base_path, run_dir=str(run_dir), t0=t0, data_arm=WM_DATA_ARM, seed=cfg.run.seed,
-                world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads)
-    learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
+                world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads,
+                engine=_engine_section(cfg, run_dir))
+    learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
+        spec, replay, registry)
     ref = learner.train.remote()
     with Progress(TextColumn("LWM {task.fields[stage]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("{task.fields[phase]}  exact {task.fields[em]}  edit-sim {task.fields[es]}"),
@@ -176,22 +203,46 @@ def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
     return table
 
 
-def _arms_table(statuses: list[dict], wm: dict, elapsed: float) -> Table:
+def _arms_table(statuses: list[dict], pools: dict, wm: dict, elapsed: float) -> Table:
     table = Table(title=f"AgentWorld  {elapsed / 60:.1f} min  |  LWM v{wm['wm_version']}: exact {wm['exact_match']:.3f}, "
                         f"edit-sim {wm['edit_similarity']:.3f}")
-    for col in ("arm", "update", "real steps", "sim steps", "real-env success", "return", "phase"):
+    for col in ("arm", "update", "actors", "real steps", "sim steps", "real-env success", "return", "phase"):
         table.add_column(col)
     for s in statuses:
-        table.add_row(s["arm"], f"{s['version']}/{s['updates']}", str(s["real"]), str(s["sim"]),
-                      _fmt(s["success"]), _fmt(s["return"]), s["phase"])
+        table.add_row(s["arm"], f"{s['version']}/{s['updates']}", str(pools[s["arm"]].size), str(s["real"]),
+                      str(s["sim"]), _fmt(s["success"]), _fmt(s["return"]), s["phase"])
     return table
+
+
+def _new_learner_rows(learners: dict, seen: dict, trained: dict) -> list[dict]:
+    """Metrics rows the learners wrote since the last call; keeps each arm's trained (steps, episodes)."""
+    rows = []
+    for name, new in zip(learners, ray.get([l.metrics.remote(seen[name]) for name, l in learners.items()])):
+        seen[name] += len(new)
+        for r in new:
+            if r["kind"] == "train":
+                trained[name] = (trained[name][0] + r["batch_steps"], trained[name][1] + r["batch_episodes"])
+        rows += new
+    return rows
+
+
+def _scale_pools(pools: dict, statuses: list[dict], trained: dict) -> list[dict]:
+    """One tick of every arm's actor pool; when one changes size, the autoscaler's request follows."""
+    from actors.pool import request_cluster
+
+    rows = [r for s in statuses if (r := pools[s["arm"]].step(s["phase"], *trained[s["arm"]]))]
+    if any(r["decision"] != "hold" for r in rows):
+        request_cluster(pools.values())
+    return rows
 
 
 def run_experiment(cfg, config_path: str | None = None) -> dict:
     """Run an experiment end to end; returns the summary (also in <run dir>/summary.json)."""
-    from actors.rollout import RolloutActor
+    from actors.pool import ActorPool, request_cluster
+    from agentworld.config import actor_bounds
     from agentworld.replay import ReplayService
     from agentworld.report import write_report
+    from agentworld.tracking import Tracker
     from learners.agent import AgentLearner
     from learners.weight_sync import WeightRegistry
 
@@ -206,6 +257,7 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
     t0 = time.time()
     console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
 
+    tracker = Tracker(run_dir, cfg.tracking, OmegaConf.to_container(cfg), t0)
     _start_ray(cfg)
     try:
         replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
@@ -215,49 +267,62 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
         continual = cfg.world_model.continual.enabled
         wm_done, metrics, wm_learner = _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console,
                                                           keep=continual)
+        tracker.log(metrics)
         wm_rows_seen = len(metrics)
         wm_real_steps = len(rows)
         initial_states = list({r["obs"]: (r["obs"], {"admissible_actions": r["choices"]})
                                for r in rows if r["step"] == 0}.values())
 
         cursor = ray.get(replay.count.remote())
-        learners, actors = {}, []
+        learners, pools = {}, {}
+        engine = _engine_section(cfg, run_dir)
         for a_idx, arm in enumerate(cfg.arms):
             env = OmegaConf.to_container(cfg.envs[arm.env])
             seed = cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
             init = {"lwm": wm_done["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
-            uses_lwm = arm.source == "sim" or cfg.agent.init == "lwm"
+            uses_lwm = arm.source in ("sim", "hybrid") or cfg.agent.init == "lwm"
             spec = dict(arm=arm.name, source=arm.source, init_path=init, run_dir=str(run_dir), t0=t0,
                         agent=OmegaConf.to_container(cfg.agent), eval=OmegaConf.to_container(cfg.eval), env=env,
                         wm_real_steps=wm_real_steps if uses_lwm else 0, seed=seed,
-                        torch_threads=cfg.ray.torch_threads, replay_cursor=cursor)
-            learners[arm.name] = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
-            for k in range(arm.actors):
-                aspec = dict(run_id=run_id, arm=arm.name, actor_id=f"{arm.name}{k}", source=arm.source, env=env,
-                             domain=_env_domain(cfg.envs[arm.env]), envs_per_actor=arm.envs_per_actor, policy_path=init,
-                             agent=OmegaConf.to_container(cfg.agent), seed=seed + k + 1,
-                             torch_threads=cfg.ray.torch_threads, wm_path=wm_done["path"],
-                             wm_version=wm_done["wm_version"], history_turns=cfg.world_model.history_turns,
-                             wm_generation=OmegaConf.to_container(cfg.world_model.generation),
-                             initial_states=initial_states)
-                actors.append(RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(aspec, replay, registry))
+                        torch_threads=cfg.ray.torch_threads, replay_cursor=cursor, engine=engine)
+            learners[arm.name] = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
+                spec, replay, registry)
+            aspec = dict(run_id=run_id, arm=arm.name, source=arm.source, env=env,
+                         domain=_env_domain(cfg.envs[arm.env]), envs_per_actor=arm.envs_per_actor, policy_path=init,
+                         agent=OmegaConf.to_container(cfg.agent), seed=seed,
+                         torch_threads=cfg.ray.torch_threads, wm_path=wm_done["path"],
+                         wm_version=wm_done["wm_version"], history_turns=cfg.world_model.history_turns,
+                         wm_generation=OmegaConf.to_container(cfg.world_model.generation),
+                         initial_states=initial_states, engine=engine, hybrid=OmegaConf.to_container(arm.hybrid),
+                         control=OmegaConf.to_container(arm.control),
+                         **_shared_engines(cfg, engine, arm, init, wm_done, registry, seed))
+            lo, hi = actor_bounds(arm)
+            pools[arm.name] = ActorPool(aspec, replay, registry, lo=lo, hi=hi, start=arm.actors,
+                                        num_cpus=cfg.ray.actor_num_cpus, interval_s=cfg.pool.interval_s, t0=t0,
+                                        episodes_per_update=cfg.agent.episodes_per_update)
+        request_cluster(pools.values())
 
         runs = {name: l.run.remote() for name, l in learners.items()}
         wm_ref = wm_learner.continual.remote(cursor) if wm_learner is not None else None
-        actor_runs = [a.run.remote() for a in actors]
         deadline = t0 + cfg.run.max_minutes * 60
         failed = None
         wm_last = next(m for m in reversed(metrics) if m["kind"] == "wm") if metrics else dict(wm_done)
+        seen = {name: 0 for name in learners}
+        trained = {name: (0, 0) for name in learners}  # rows and episodes each learner has trained on
+        learner_rows = []
         with Live(console=console, refresh_per_second=2) as live:
             pending = list(runs.values())
             while pending:
                 _, pending = ray.wait(pending, timeout=1.0)
                 statuses = ray.get([l.status.remote() for l in learners.values()])
+                new = _new_learner_rows(learners, seen, trained)
+                learner_rows += new
+                tracker.log(new + _scale_pools(pools, statuses, trained))
                 if wm_learner is not None:
                     w = ray.get(wm_learner.status.remote())
                     wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"],
                                "edit_similarity": w["edit_similarity"]}
-                live.update(_arms_table(statuses, wm_last, time.time() - t0))
+                live.update(_arms_table(statuses, pools, wm_last, time.time() - t0))
                 if time.time() > deadline:
                     console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
                     for l in learners.values():
@@ -269,27 +334,59 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
                 results[name] = ray.get(ref)
             except ray.exceptions.RayError as e:  # report what the other arms did, then fail
                 failed = f"arm {name} failed: {e}"
-        for a in actors:
-            a.stop.remote()
-        actor_status = ray.get(actor_runs)
+        actor_status = [s for p in pools.values() for s in p.stop()]
+        request_cluster(pools.values())  # all pools are empty now: the autoscaler may remove idle nodes
+        learner_tail = _new_learner_rows(learners, seen, trained)
+        wm_tail = []
         if wm_ref is not None:
             wm_learner.stop.remote()
             console.print(f"continual LWM training: {ray.get(wm_ref)} rounds on fresh real transitions")
-            metrics += ray.get(wm_learner.metrics.remote(wm_rows_seen))
-        for l in learners.values():
-            metrics += ray.get(l.metrics.remote())
+            wm_tail = ray.get(wm_learner.metrics.remote(wm_rows_seen))
+        tracker.log(wm_tail + learner_tail)
+        metrics += wm_tail + learner_rows + learner_tail + [r for p in pools.values() for r in p.rows]
+        metrics += _hybrid_rows(cfg, replay, cursor, t0)
+        metrics += _control_rows(cfg, replay, cursor, t0)
         for s in actor_status:
             for err in s["errors"]:
                 console.print(f"[yellow]actor error:[/yellow] {err}")
     finally:
+        tracker.close()
         ray.shutdown()
 
     summary = write_report(run_dir, metrics, OmegaConf.to_container(cfg), success_target=cfg.eval.success_target)
     console.print(_final_table(summary))
     console.print(f"report: [bold]{(run_dir / 'report.html').resolve()}[/bold]")
+    if cfg.run.storage:
+        from agentworld.storage import upload
+
+        console.print(f"run dir copied to {upload(run_dir, cfg.run.storage)}")
     if failed:
         raise RuntimeError(failed)
     return summary
+
+
+def _hybrid_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
+    """Live fidelity and routing of each hybrid arm over time, from its replay rows' provenance."""
+    from agentworld.worldmodel.hybrid import hybrid_metric_rows
+
+    out = []
+    for arm in cfg.arms:
+        if arm.source == "hybrid":
+            table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
+            out += hybrid_metric_rows(table.to_pylist(), arm.name, t0)
+    return out
+
+
+def _control_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
+    """Obedience of each arm with controls over time (`control` rows), from its replay rows' control column."""
+    from agentworld.controls import obedience_metric_rows
+
+    out = []
+    for arm in cfg.arms:
+        if arm.control.kind != "none":
+            table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
+            out += obedience_metric_rows(table.to_pylist(), arm.name, t0)
+    return out
 
 
 def _env_domain(env) -> str:

@@ -31,7 +31,16 @@ def read_segment(path: Path) -> list[pa.RecordBatch]:
                     break
     except (pa.ArrowInvalid, OSError, EOFError):
         pass  # a torn tail: keep what was read before it
-    return batches
+    return [_upgrade(b) for b in batches]
+
+
+def _upgrade(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch written before nullable fields were added to the schema: those fields become null."""
+    if batch.schema.equals(TRAJECTORY_SCHEMA):
+        return batch
+    cols = [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
+            for f in TRAJECTORY_SCHEMA]
+    return pa.RecordBatch.from_arrays(cols, schema=TRAJECTORY_SCHEMA)
 
 
 class ReplayStore:

@@ -29,6 +29,11 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("policy_version", pa.int64(), nullable=False),
         pa.field("wm_version", pa.int64(), nullable=True),
         pa.field("control", pa.string(), nullable=True),
+        # hybrid arm (agentworld/worldmodel/hybrid.py): real env steps a simulated step cost to shadow-execute,
+        # whether the LWM's prediction matched the real transition (null: not scored), the live fidelity
+        pa.field("shadow_steps", pa.int32(), nullable=True),
+        pa.field("fidelity_match", pa.bool_(), nullable=True),
+        pa.field("fidelity", pa.float64(), nullable=True),
         pa.field("actor_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
         # generation: the behaviour policy's log-probability of the action, for off-policy correction

@@ -1,6 +1,6 @@
 """An OpenAI-compatible chat endpoint for any HF checkpoint (an LWM, or a judge), as a Ray Serve
 deployment: `/v1/models` and `/v1/chat/completions`. Bad requests get 4xx, never 5xx. It binds to
-127.0.0.1 unless told otherwise."""
+127.0.0.1 unless told otherwise. The simulator service (sim_service.py) answers chat with `complete` too."""
 
 
 import time
@@ -26,7 +26,33 @@ class ChatRequest(BaseModel):
     model: str = "agentworld"
     messages: list[Message] = Field(min_length=1)
     max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)  # newer clients' name
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+
+
+def model_list(name: str) -> dict:
+    return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "agentworld"}]}
+
+
+def complete(engine, name: str, req: ChatRequest, max_tokens: int = MAX_TOKENS_LIMIT):
+    """One chat completion in the OpenAI format; a request over the limits gets 413 or 422."""
+    limit = req.max_completion_tokens or req.max_tokens
+    if limit > max_tokens:
+        return JSONResponse({"error": {"message": f"max_tokens must be <= {max_tokens}"}}, status_code=422)
+    messages = [m.model_dump() for m in req.messages]
+    if sum(len(m["content"]) for m in messages) > MAX_MESSAGES_CHARS:
+        return JSONResponse({"error": {"message": "messages too long"}}, status_code=413)
+    prompt = engine.render(messages)
+    gen = engine.generate([prompt], max_new_tokens=limit, temperature=req.temperature)[0]
+    prompt_tokens = len(engine.tok(prompt).input_ids)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                     "finish_reason": "stop" if len(gen.logprobs) > len(gen.token_ids) else "length"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(gen.token_ids),
+                  "total_tokens": prompt_tokens + len(gen.token_ids)},
+    }
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -42,23 +68,11 @@ class ChatServer:
 
     @app.get("/v1/models")
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "owned_by": "agentworld"}]}
+        return model_list(self.name)
 
     @app.post("/v1/chat/completions")
     def chat(self, req: ChatRequest):
-        messages = [m.model_dump() for m in req.messages]
-        if sum(len(m["content"]) for m in messages) > MAX_MESSAGES_CHARS:
-            return JSONResponse({"error": {"message": "messages too long"}}, status_code=413)
-        prompt = self.engine.render(messages)
-        gen = self.engine.generate([prompt], max_new_tokens=req.max_tokens, temperature=req.temperature)[0]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": "stop" if len(gen.logprobs) > len(gen.token_ids) else "length"}],
-            "usage": {"prompt_tokens": len(self.engine.tok(prompt).input_ids),
-                      "completion_tokens": len(gen.token_ids), "total_tokens": None},
-        }
+        return complete(self.engine, self.name, req)
 
 
 def start(model_path: str, model_name: str = "agentworld", host: str = "127.0.0.1", port: int = 8000,

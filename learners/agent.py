@@ -2,8 +2,11 @@
 
 Algorithm (GRPO-style): each episode's return is normalised against the other episodes of the same env in
 the update batch (group-relative baseline, no critic); every action of the episode takes that advantage.
-The loss is PPO's clipped objective on the ratio between the current policy and the behaviour logprob the
-actor recorded, so data from a policy up to `max_staleness` versions old is corrected, not dropped.
+The loss is the decoupled PPO objective (Hilton et al. 2022, as in AReaL): the clipped ratio is taken to the
+proximal policy (the weights this update started from), and each row is reweighted by proximal / behaviour
+probability, the behaviour logprob being what the actor recorded. So data from a policy up to `max_staleness`
+versions old is corrected, not dropped, and not clipped away either: plain PPO would clip the ratio to a stale
+behaviour policy and train nothing on exactly the rows that asynchrony makes stale.
 In `choice` mode the policy is the softmax over the admissible actions' sequence logprobs, exactly as the
 actor sampled it; in `generate` mode it is the logprob of the generated action text."""
 
@@ -13,6 +16,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from functools import partial
 
 import ray
 import torch
@@ -44,20 +48,56 @@ def group_advantages(rows: list[dict]) -> list[float]:
     return adv
 
 
-def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: str, temperature: float,
-                clip: float) -> torch.Tensor:
-    """Clipped surrogate loss over `rows` (transitions) with per-row advantages."""
+MAX_BEHAVIOUR_WEIGHT = 5.0  # caps proximal / behaviour probability: one surprising stale row cannot dominate
+
+
+def action_logprobs(model, tok, render, rows: list[dict], mode: str, temperature: float) -> torch.Tensor:
+    """Logprob of each row's action under `model`, as the actor sampled it (differentiable)."""
     prompts = [render(policy_messages(r["env_id"], r["obs"], r["choices"])) for r in rows]
     if mode == "choice":
         scores = choice_logprobs(model, tok, prompts, [r["choices"] for r in rows])
         logps = choice_logits(scores, [len(r["choices"]) for r in rows], temperature)
-        new = torch.stack([lp[r["choices"].index(r["action"])] for lp, r in zip(logps, rows)])
-    else:
-        new = completion_logprobs(model, *encode_pairs(tok, prompts, [r["action"] + tok.eos_token for r in rows]), temperature)
-    old = torch.tensor([sum(r["logprobs"] or [0.0]) for r in rows])
-    adv = torch.tensor(advs)
-    ratio = torch.exp(new - old)
-    return -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+        return torch.stack([lp[r["choices"].index(r["action"])] for lp, r in zip(logps, rows)])
+    return completion_logprobs(model, *encode_pairs(tok, prompts, [r["action"] + tok.eos_token for r in rows]), temperature)
+
+
+def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: str, temperature: float,
+                clip: float, prox: list[float] | None = None) -> torch.Tensor:
+    """Decoupled PPO over `rows` (transitions) with per-row advantages: min(r A, clip(r) A) with r = pi / pi_prox,
+    weighted by pi_prox / pi_behaviour (capped). `prox`: the rows' logprobs under the proximal policy; None makes
+    it the behaviour policy, which is plain PPO."""
+    new = action_logprobs(model, tok, render, rows, mode, temperature)
+    behaviour = torch.tensor([sum(r["logprobs"] or [0.0]) for r in rows], device=new.device)
+    prox_t = behaviour if prox is None else torch.tensor(prox, device=new.device, dtype=new.dtype)
+    weight = torch.exp(prox_t - behaviour).clamp(max=MAX_BEHAVIOUR_WEIGHT)
+    adv = torch.tensor(advs, device=new.device)
+    ratio = torch.exp(new - prox_t)
+    return -(weight * torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)).mean()
+
+
+def agent_loss(model, tok, items: list[tuple], mode: str, temperature: float, clip: float) -> torch.Tensor:
+    """`policy_loss` over (row, advantage[, proximal logprob]) items: the training engines' loss function
+    (picklable, for every rank)."""
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prox = [it[2] for it in items] if all(len(it) > 2 for it in items) else None
+    return policy_loss(model, tok, render, [it[0] for it in items], [it[1] for it in items], mode, temperature, clip,
+                       prox)
+
+
+@torch.no_grad()
+def proximal_logprobs(model, tok, rows: list[dict], version: int, mode: str, temperature: float) -> list[float]:
+    """Each row's logprob under the weights of version `version`, held by `model` now. Rows that version produced
+    already carry it (their behaviour logprob); only the stale ones cost a forward pass."""
+    def render(messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    out = [sum(r["logprobs"] or [0.0]) for r in rows]
+    stale = [i for i, r in enumerate(rows) if r["policy_version"] != version]
+    for k in range(0, len(stale), 64):
+        idx = stale[k : k + 64]
+        for i, lp in zip(idx, action_logprobs(model, tok, render, [rows[i] for i in idx], mode, temperature).tolist()):
+            out[i] = lp
+    return out
 
 
 @ray.remote(max_concurrency=2)
@@ -67,10 +107,10 @@ class AgentLearner:
 
     def __init__(self, spec: dict, replay, registry):
         torch.set_num_threads(spec.get("torch_threads", 1))
-        from learners.weight_sync import ObjectStoreWeightSync
+        from learners.weight_sync import make_weight_sync
 
-        self.spec, self.replay = spec, replay
-        self.sync = ObjectStoreWeightSync(registry)
+        self.spec, self.replay, self.registry = spec, replay, registry
+        self.sync = make_weight_sync(spec.get("engine"), registry)
         self.name = f"policy/{spec['arm']}"
         self.rows: list[dict] = []
         self.version = 0
@@ -97,7 +137,7 @@ class AgentLearner:
 
     def run(self) -> dict:
         from agentworld.envs import make_env
-        from learners.torch_engine import TorchEngine
+        from learners.train_engine import make_trainer
 
         spec, a, ev = self.spec, self.spec["agent"], self.spec["eval"]
         torch.manual_seed(spec["seed"])
@@ -106,33 +146,43 @@ class AgentLearner:
         env = spec["env"]
         eval_envs = [make_env(env["id"], max_steps=env["max_steps"], domain=env.get("domain"), **env.get("kwargs", {}))
                      for _ in range(min(16, ev["episodes"]))]
-        trainer = TorchEngine(model, a["lr"], a["updates"] * a["epochs"])
+        trainer = make_trainer(model, tok, a["lr"], a["updates"] * a["epochs"], engine=spec.get("engine"))
+        loss_fn = partial(agent_loss, mode=a["action_mode"], temperature=a["temperature"], clip=a["clip"])
         rng = random.Random(spec["seed"])
         self._evaluate(engine, eval_envs)
         cursor, pending = spec.get("replay_cursor", 0), []  # rows before it belong to earlier attempts
+
+        def landed() -> list[dict]:
+            nonlocal cursor
+            table, cursor = ray.get(self.replay.since.remote(cursor, arm=spec["arm"]))
+            rows = table.to_pylist()
+            for r in rows:
+                self.steps[r["source"]] += 1
+                self.steps["real"] += r.get("shadow_steps") or 0  # hybrid: real steps spent checking the LWM
+            return rows
+
         while self.version < a["updates"] and not self._stop:
             self.phase = "waiting for rollouts"
-            table, cursor = ray.get(self.replay.since.remote(cursor, arm=spec["arm"]))
-            new = table.to_pylist()
-            for r in new:
-                self.steps[r["source"]] += 1
-            pending += new
+            pending += landed()
             if len({r["episode_id"] for r in pending}) < a["episodes_per_update"]:
                 time.sleep(0.05)
                 continue
-            batch, pending = pending, []
+            # Close the batch: no round may start now that this update would leave too stale, and rounds under
+            # way that would be are waited for, so their rows are trained on in this batch.
+            if not ray.get(self.registry.close_batch.remote(self.name, self.version + 1, a["max_staleness"])):
+                time.sleep(0.05)
+                continue
+            batch, pending = pending + landed(), []
             self.phase = "training"
             advs = group_advantages(batch)
             live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]
+            prox = proximal_logprobs(model, tok, [r for r, _ in live], self.version, a["action_mode"], a["temperature"])
+            live = [(r, x, p) for (r, x), p in zip(live, prox)]
             losses = []
             for _ in range(a["epochs"] if live else 0):
                 rng.shuffle(live)
                 for i in range(0, len(live), 64):
-                    chunk = live[i : i + 64]
-                    loss = policy_loss(model, tok, engine.render, [r for r, _ in chunk], [x for _, x in chunk],
-                                       a["action_mode"], a["temperature"], a["clip"])
-                    trainer.step(loss)
-                    losses.append(float(loss))
+                    losses.append(trainer.step(loss_fn, live[i : i + 64]))
             self.version += 1
             engine.version = self.version
             self.sync.publish(self.name, self.version, model.state_dict())

@@ -1,5 +1,5 @@
-"""The plain-torch training engine: AdamW, linear warm-up then cosine decay, gradient clipping, and
-checkpoints as HF weights plus optimizer, scheduler and RNG state."""
+"""The `torch` training engine (learners/train_engine.py): AdamW, linear warm-up then cosine decay, gradient
+clipping, and checkpoints as HF weights plus optimizer, scheduler and RNG state."""
 
 from __future__ import annotations
 
@@ -10,33 +10,38 @@ from pathlib import Path
 import torch
 
 
+def lr_schedule(total_steps: int, warmup_steps: int):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return schedule
+
+
 class TorchEngine:
     def __init__(self, model, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 max_grad_norm: float = 1.0):
-        self.model = model
+                 max_grad_norm: float = 1.0, tok=None):
+        self.model, self.tok = model, tok
         self.max_grad_norm = max_grad_norm
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-        def schedule(step: int) -> float:
-            if step < warmup_steps:
-                return (step + 1) / max(1, warmup_steps)
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(total_steps, warmup_steps))
         self.steps = 0
 
-    def step(self, loss: torch.Tensor) -> float:
-        """Backward, clip, optimizer and scheduler step; returns the gradient norm."""
+    def step(self, loss_fn, items: list) -> float:
+        """One optimizer step on `loss_fn(model, tok, items)`: backward, clip, optimizer and scheduler step.
+        Returns the loss."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(self.model, self.tok, items)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
         self.model.eval()
-        return float(norm)
+        return float(loss.detach())
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ import torch
 
 from agentworld.models.hf_engine import completion_logprobs, encode_pairs
 from agentworld.worldmodel.rewards import RewardWeights, hybrid_reward, rule_scores
-from learners.torch_engine import TorchEngine
+from learners.train_engine import make_trainer
 
 OnStep = Callable[[int, float], None]  # (step, loss or, for RL, mean reward)
 
@@ -43,14 +44,22 @@ def pack(tok, texts: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
-def run_cpt(model, tok, texts: list[str], cfg: dict, rng: random.Random, on_step: OnStep) -> None:
+def cpt_loss(model, tok, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Causal-LM loss on packed rows."""
+    batch = torch.stack(rows).to(model.device)
+    return model(input_ids=batch, labels=batch).loss
+
+
+def run_cpt(model, tok, texts: list[str], cfg: dict, rng: random.Random, on_step: OnStep,
+            engine: dict | None = None):
+    """`engine` is the config's engine section: which training engine runs the steps (None: torch). Returns the
+    trainer, whose `save` checkpoints the stage with its optimizer, scheduler and RNG state."""
     rows = pack(tok, texts, cfg["seq_len"])
-    trainer = TorchEngine(model, cfg["lr"], cfg["steps"], warmup_steps=min(20, cfg["steps"] // 10))
+    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"], min(20, cfg["steps"] // 10), engine=engine)
     for step in range(1, cfg["steps"] + 1):
-        batch = rows[[rng.randrange(len(rows)) for _ in range(cfg["batch_size"])]]
-        loss = model(input_ids=batch, labels=batch).loss
-        trainer.step(loss)
-        on_step(step, loss.item())
+        batch = [rows[rng.randrange(len(rows))] for _ in range(cfg["batch_size"])]
+        on_step(step, trainer.step(cpt_loss, batch))
+    return trainer
 
 
 # ---- SFT --------------------------------------------------------------------------------------------
@@ -70,15 +79,14 @@ def sft_loss(model, tok, batch) -> torch.Tensor:
 
 
 def run_sft(model, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
-            on_eval: Callable[[int], None]) -> None:
-    trainer = TorchEngine(model, cfg["lr"], cfg["steps"], cfg["warmup_steps"], cfg["weight_decay"])
+            on_eval: Callable[[int], None], engine: dict | None = None):
+    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"], cfg["warmup_steps"], cfg["weight_decay"], engine=engine)
     weights = sampling_weights(train, cfg["balance_transitions"], cfg["balance_outcomes"])
     for step in range(1, cfg["steps"] + 1):
-        loss = sft_loss(model, tok, rng.choices(train, weights, k=cfg["batch_size"]))
-        trainer.step(loss)
-        on_step(step, loss.item())
+        on_step(step, trainer.step(sft_loss, rng.choices(train, weights, k=cfg["batch_size"])))
         if step % cfg["eval_every"] == 0 and step != cfg["steps"]:
             on_eval(step)
+    return trainer
 
 
 # ---- RL ---------------------------------------------------------------------------------------------
@@ -93,12 +101,13 @@ def token_logprobs(model, tok, prompts: list[str], completions: list[list[int]],
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
+    ids, attn = ids.to(model.device), attn.to(model.device)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     logp = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
     logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
     width_c = max(map(len, completions))
-    out = torch.zeros((len(seqs), width_c))
-    mask = torch.zeros((len(seqs), width_c))
+    out = torch.zeros((len(seqs), width_c), device=logp.device)
+    mask = torch.zeros((len(seqs), width_c), device=logp.device)
     for i, (s, c) in enumerate(zip(seqs, completions)):
         start = len(s) - len(c) - 1
         out[i, : len(c)] = logp[i, start : start + len(c)]
@@ -123,11 +132,31 @@ def kl_penalty(new, ref, mask) -> torch.Tensor:
     return ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
 
 
+def padded(rows: list[list[float]], device) -> torch.Tensor:
+    out = torch.zeros((len(rows), max(map(len, rows))), device=device)
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = torch.tensor(r)
+    return out
+
+
+def rl_loss(model, tok, items: list[dict], algorithm: str, clip: float, temperature: float, kl: float) -> torch.Tensor:
+    """The clipped objective on sampled completions (`prompt`, `comp` ids, behaviour logprobs `old`, `adv`), plus
+    `kl` times the KL to the reference logprobs `ref`."""
+    new, mask = token_logprobs(model, tok, [i["prompt"] for i in items], [i["comp"] for i in items], temperature)
+    old = padded([i["old"] for i in items], new.device)
+    adv = torch.tensor([i["adv"] for i in items], device=new.device)
+    loss = rl_objective(new, old, mask, adv, algorithm, clip)
+    if kl > 0:
+        loss = loss + kl * kl_penalty(new, padded([i["ref"] for i in items], new.device), mask)
+    return loss
+
+
 def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
-           weights: list[float] | None = None, rubric=None) -> None:
-    """`rubric(example, reply) -> 0..1 or None` adds the judge's part when the reward config weighs it."""
+           weights: list[float] | None = None, rubric=None, train_engine: dict | None = None):
+    """`rubric(example, reply) -> 0..1 or None` adds the judge's part when the reward config weighs it.
+    `engine` samples the predictions; `train_engine` is the config's engine section."""
     w = RewardWeights(**cfg["reward"])
-    trainer = TorchEngine(model, cfg["lr"], cfg["steps"] * cfg["epochs"])
+    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"] * cfg["epochs"], engine=train_engine)
     g = cfg["group_size"]
     beta = cfg.get("kl", 0.0)
     ref = None
@@ -151,17 +180,16 @@ def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: On
         comps = [gen.token_ids + ([tok.eos_token_id] if len(gen.logprobs) > len(gen.token_ids) else []) for gen in gens]
         keep = [i for i in range(len(gens)) if abs(float(adv[i])) > 1e-6 and comps[i]]
         if keep:
-            old = torch.zeros((len(keep), max(len(comps[i]) for i in keep)))
-            for j, i in enumerate(keep):
-                old[j, : len(gens[i].logprobs)] = torch.tensor(gens[i].logprobs)
+            items = [dict(prompt=prompts[i], comp=comps[i], old=gens[i].logprobs, adv=float(adv[i])) for i in keep]
+            if ref is not None:  # frozen: computed once per step, on this rank only
+                with torch.no_grad():
+                    ref_lp, mask = token_logprobs(ref, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
+                                                  cfg["temperature"])
+                for item, lp, m in zip(items, ref_lp, mask):
+                    item["ref"] = lp[: int(m.sum())].tolist()
+            loss_fn = partial(rl_loss, algorithm=cfg["algorithm"], clip=cfg["clip"], temperature=cfg["temperature"],
+                              kl=beta)
             for _ in range(cfg["epochs"]):
-                new, mask = token_logprobs(model, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
-                                           cfg["temperature"])
-                loss = rl_objective(new, old, mask, adv[keep], cfg["algorithm"], cfg["clip"])
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_lp, _ = token_logprobs(ref, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
-                                                   cfg["temperature"])
-                    loss = loss + beta * kl_penalty(new, ref_lp, mask)
-                trainer.step(loss)
+                trainer.step(loss_fn, items)
         on_step(step, float(r.mean()))
+    return trainer

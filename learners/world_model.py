@@ -38,10 +38,10 @@ class WorldModelLearner:
 
     def __init__(self, spec: dict, replay, registry):
         torch.set_num_threads(spec.get("torch_threads", 1))
-        from learners.weight_sync import ObjectStoreWeightSync
+        from learners.weight_sync import make_weight_sync
 
         self.spec, self.replay = spec, replay
-        self.sync = ObjectStoreWeightSync(registry)
+        self.sync = make_weight_sync(spec.get("engine"), registry)
         self.rows: list[dict] = []
         self.version = 0
         self.stage, self.step, self.total_steps = "starting", 0, 0
@@ -64,17 +64,28 @@ class WorldModelLearner:
         if not train_eps:
             raise RuntimeError(f"no real transitions for arm {spec['data_arm']!r} in the replay")
         count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-        make = lambda eps: wm_examples(eps, engine.render, wm["history_turns"], wm["sft"]["think"],  # noqa: E731
-                                       wm["history_budget_tokens"], count)
-        train, held = make(train_eps), make(held_eps)
+        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm["history_turns"], wm["sft"]["think"],  # noqa: E731
+                                               wm["history_budget_tokens"], count, cf, rng)
+        # hindsight controls on training examples only: held-out fidelity is measured without them
+        train, held = make(train_eps, wm["sft"].get("control_fraction", 0.0)), make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
         held = rng.sample(held, min(len(held), wm["sft"]["eval_samples"]))
         max_new = wm["generation"]["max_new_tokens"]
         out = f"{spec['run_dir']}/checkpoints/wm"
+        probe = []  # trained with hindsight controls: held-out obedience, with the control line and without it
+        if wm["sft"].get("control_fraction", 0.0) > 0:
+            from agentworld.controls import measure_obedience, obedience_probe
+
+            probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec["seed"] + 1),
+                                    wm["history_turns"])
+            probe = random.Random(spec["seed"]).sample(probe, min(len(probe), wm["sft"]["eval_samples"]))
 
         def measure(stage: str) -> dict:
             self.phase = f"{stage}: measuring fidelity"
             f = measure_fidelity(engine, held, max_new)
+            if probe:
+                f = dict(f, obedience=measure_obedience(engine, probe, max_new)["obedience"],
+                         obedience_without_control=measure_obedience(engine, probe, max_new, controlled=False)["obedience"])
             self._log("wm", wm_version=self.version, stage=stage, train_step=self.step_total, heldout=bool(held_eps),
                       train_examples=len(train), **f)
             return f
@@ -106,15 +117,17 @@ class WorldModelLearner:
             self.stage, self.step, self.total_steps = stage, 0, cfg["steps"]
             if stage == "cpt":
                 texts = [trajectory_text(e) for e in train_eps] if cfg["trajectories"] else []
-                wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg["corpora"]), cfg, rng, on_step("cpt"))
+                trainer = wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg["corpora"]), cfg, rng,
+                                            on_step("cpt"), engine=spec.get("engine"))
             elif stage == "sft":
-                wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"))
+                trainer = wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"),
+                                            engine=spec.get("engine"))
             elif stage == "rl":
                 weights = wm_recipe.sampling_weights(train, wm["sft"]["balance_transitions"], wm["sft"]["balance_outcomes"])
-                wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights, self._rubric(cfg))
+                trainer = wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights,
+                                           self._rubric(cfg), train_engine=spec.get("engine"))
             f = publish(stage)
-            model.save_pretrained(f"{out}-{stage}")
-            tok.save_pretrained(f"{out}-{stage}")
+            trainer.save(f"{out}-{stage}", tok)  # HF weights + optimizer, scheduler and RNG state: resumable
         if self.version == 0:  # no stage asked for: the untrained model is the world model
             publish("untrained")
         self.phase = "done"
@@ -145,9 +158,10 @@ class WorldModelLearner:
             cfg = dict(wm[c["stage"]], steps=c["steps"])
             if c["stage"] == "sft":
                 wm_recipe.run_sft(model, tok, examples, dict(cfg, eval_every=c["steps"] + 1), rng,
-                                  on_step(self.stage), lambda step: None)
+                                  on_step(self.stage), lambda step: None, engine=self.spec.get("engine"))
             else:
-                wm_recipe.run_rl(model, engine, tok, examples, cfg, rng, on_step(self.stage))
+                wm_recipe.run_rl(model, engine, tok, examples, cfg, rng, on_step(self.stage),
+                                 train_engine=self.spec.get("engine"))
             publish(self.stage)
             rounds += 1
         return rounds

@@ -1,9 +1,11 @@
+from functools import partial
+
 import torch
 
 from agentworld.models.hf_engine import HFEngine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.policy import LLMPolicy, policy_messages
-from learners.agent import group_advantages, policy_loss
+from learners.agent import agent_loss, group_advantages
 from learners.torch_engine import TorchEngine
 
 
@@ -30,12 +32,12 @@ def test_policy_gradient_raises_probability_of_rewarded_action(tmp_path):
         return torch.softmax(act_scores, -1)[2].item()
 
     start = p_right()
-    trainer = TorchEngine(engine.model, lr=1e-2, total_steps=20)
+    trainer = TorchEngine(engine.model, lr=1e-2, total_steps=20, tok=engine.tok)
     for step in range(10):
         acts = policy.act(["gymnasium:FrozenLake-v1"] * 8, [obs] * 8, [info] * 8)
         rows = [dict(episode_id=str(i), env_id="gymnasium:FrozenLake-v1", obs=obs, action=a.action, choices=a.choices,
                      logprobs=a.logprobs, reward=float(a.action == "right")) for i, a in enumerate(acts)]
         advs = group_advantages(rows)
         if any(advs):
-            trainer.step(policy_loss(engine.model, engine.tok, engine.render, rows, advs, "choice", 1.0, 0.2))
+            trainer.step(partial(agent_loss, mode="choice", temperature=1.0, clip=0.2), list(zip(rows, advs)))
     assert p_right() > max(0.5, start + 0.2)

@@ -1,21 +1,15 @@
-"""Inference on an HF causal LM loaded by path: batched sampling with per-token logprobs, scoring of
-candidate completions, and in-place weight updates. Shared by the policy and the world-model simulator."""
+"""The `hf` inference engine (agentworld/models/engine.py): an HF causal LM loaded by path, with batched sampling
+and per-token logprobs, scoring of candidate completions on a shared KV cache, and in-place weight updates.
+The scoring functions here are also the learners' differentiable logprobs, so both see the same tokens."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+from agentworld.models.engine import Generation, read_weights
 
 
 def load_model_and_tokenizer(path: str):
@@ -49,6 +43,7 @@ def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str]):
 
 def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> torch.Tensor:
     """Summed log-probability of the completion tokens of each row (differentiable)."""
+    ids, attn, comp = ids.to(model.device), attn.to(model.device), comp.to(model.device)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -59,11 +54,11 @@ def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> tor
 def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
     """Summed logprob of every `choice + EOS` after its prompt, flat in prompt-major order
     (differentiable). Each prompt is encoded once; its KV cache is shared by all its choices."""
-    enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
     pmask = enc.attention_mask
     ppos = (pmask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=enc.input_ids, attention_mask=pmask, position_ids=ppos, use_cache=True)
-    idx = torch.tensor([i for i, cs in enumerate(choices) for _ in cs])
+    idx = torch.tensor([i for i, cs in enumerate(choices) for _ in cs], device=model.device)
     cache = out.past_key_values
     cache.batch_select_indices(idx)
     comp = [tok(c + tok.eos_token, add_special_tokens=False).input_ids for cs in choices for c in cs]
@@ -73,10 +68,11 @@ def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequen
     for k, c in enumerate(comp):
         cids[k, : len(c)] = torch.tensor(c)
         cmask[k, : len(c)] = 1
+    cids, cmask = cids.to(model.device), cmask.to(model.device)
     first = torch.log_softmax(out.logits[idx, -1].float(), -1).gather(1, cids[:, :1]).squeeze(1)
     if width == 1:
         return first
-    pos = ppos[idx, -1:] + 1 + torch.arange(width - 1)[None]
+    pos = ppos[idx, -1:] + 1 + torch.arange(width - 1, device=model.device)[None]
     rest = model(input_ids=cids[:, :-1], attention_mask=torch.cat([pmask[idx], cmask[:, :-1]], 1),
                  position_ids=pos, past_key_values=cache, use_cache=True).logits.float()
     logp = torch.log_softmax(rest, -1).gather(-1, cids[:, 1:, None]).squeeze(-1)
@@ -85,6 +81,8 @@ def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequen
 
 class HFEngine:
     """Plain HF/torch inference. `version` is the weight version currently loaded."""
+
+    kind = "hf"
 
     def __init__(self, path: str, seed: int = 0):
         self.path = path
@@ -101,9 +99,15 @@ class HFEngine:
         engine.generator = torch.Generator().manual_seed(0)
         return engine
 
-    def load_weights(self, state_dict: dict, version: int) -> None:
-        """Swap weights in place: the engine keeps running, only its parameters change."""
-        self.model.load_state_dict(state_dict)
+    def load_weights(self, weights: dict | str, version: int) -> None:
+        """Swap weights in place (a state dict, or a checkpoint dir): the engine keeps running."""
+        weights = read_weights(weights) if isinstance(weights, str) else weights
+        missing = self.model.load_state_dict(weights, strict=False).missing_keys
+        # save_pretrained leaves out tied copies (lm_head = embeddings): only those may be missing
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        untied = [k for k in missing if not any(params[k] is params[j] for j in weights if j in params)]
+        if untied:
+            raise KeyError(f"weights lack {untied[:3]}")
         self.version = version
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -111,11 +115,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
-                 stop: Sequence[str] = ()) -> list[Generation]:
+                 stop: Sequence[str] = (), seed: int | None = None) -> list[Generation]:
         """Sample (temperature > 0) or decode greedily, with a KV cache, until EOS, a stop string or the
-        token limit. Logprobs are under the distribution that was sampled from."""
+        token limit. Logprobs are under the distribution that was sampled from. A `seed` makes the call
+        reproducible; without one the engine's own generator advances."""
         tok, model = self.tok, self.model
+        generator = self.generator if seed is None else torch.Generator().manual_seed(seed)
         enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        enc = enc.to(model.device)
         mask = enc.attention_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
@@ -129,7 +136,7 @@ class HFEngine:
             logits = out.logits[:, -1].float()
             logp = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
             if temperature > 0:
-                nxt = torch.multinomial(logp.exp(), 1, generator=self.generator).squeeze(1)
+                nxt = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(1).to(logp.device)
             else:
                 nxt = logp.argmax(-1)
             chosen = logp.gather(1, nxt[:, None]).squeeze(1)
@@ -149,7 +156,7 @@ class HFEngine:
                         done[i] = True
             if all(done):
                 break
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], 1)
+            mask = torch.cat([mask, mask.new_ones((n, 1))], 1)
             pos = pos[:, -1:] + 1
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
                         past_key_values=out.past_key_values, use_cache=True)

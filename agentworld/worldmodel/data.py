@@ -41,16 +41,25 @@ def split_episodes(episodes: list[list[dict]], heldout_fraction: float, seed: in
 
 
 def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, think: bool = False,
-                budget_tokens: int = 0, count_tokens=None) -> list[Example]:
+                budget_tokens: int = 0, count_tokens=None, control_fraction: float = 0.0,
+                rng: random.Random | None = None) -> list[Example]:
     """One example per transition; `render(messages)` is the tokenizer's chat template. With a token
-    budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays)."""
+    budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays).
+    A `control_fraction` share of examples carries a hindsight control: a label of its own real transition
+    (agentworld/controls.py), so the model learns to obey outcome controls."""
+    from agentworld.controls import hindsight_control
+
+    rng = rng or random.Random(0)
     out = []
     for rows in episodes:
         observations = [r["obs"] for r in rows]
         actions = [r["action"] for r in rows]
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
-        system = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"])
+        plain = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"])
         for t, r in enumerate(rows):
+            system = plain
+            if control_fraction > 0 and rng.random() < control_fraction:
+                system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng))
             k = history_turns
             while True:
                 state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k)

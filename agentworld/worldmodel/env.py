@@ -17,14 +17,18 @@ class WorldModelEnv:
 
     def __init__(self, engine, env_id: str, domain: str, initial_states: Sequence[tuple[str, dict]],
                  max_steps: int = 50, history_turns: int = 1, max_new_tokens: int = 96,
-                 temperature: float = 0.0):
+                 temperature: float = 0.0, control: str | None = None, sampler=None):
         if not initial_states:
             raise ValueError("WorldModelEnv needs at least one real initial observation")
         self.engine, self.env_id, self.domain = engine, env_id, domain
         self.initial_states = list(initial_states)
         self.max_steps, self.history_turns = max_steps, history_turns
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.system = wm_system_prompt(env_id, domain)
+        self.control = control  # free text in the system prompt that steers the simulation; None: none
+        # per step: sampler() gives each step's control (a controls.Control, text, or None: `control`);
+        # next_control, when set, is the next step's control instead (then cleared)
+        self.sampler, self.step_control, self.next_control = sampler, None, None
+        self.system = wm_system_prompt(env_id, domain, control)
         self._reset_state()
 
     def _reset_state(self):
@@ -41,14 +45,23 @@ class WorldModelEnv:
         return obs, dict(info)
 
     def prompt(self, action: str) -> str:
+        """The prompt for `action`; this settles the step's control (observe() reads it): next_control, else
+        the sampler's draw."""
+        if self.next_control is not None:
+            self.step_control, self.next_control = self.next_control, None
+        else:
+            self.step_control = self.sampler() if self.sampler is not None else None
+        text = getattr(self.step_control, "text", self.step_control)
+        system = wm_system_prompt(self.env_id, self.domain, text) if text else self.system
         state, turns = window(self.observations, self.actions + [action], self.replies, self.history_turns)
-        return self.engine.render(build_messages(self.system, state, turns))
+        return self.engine.render(build_messages(system, state, turns))
 
     def observe(self, action: str, text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Advance the episode with the model's reply `text` to `action`."""
         pred = parse_prediction(text)
         reward = pred.reward if pred.reward is not None else 0.0
         terminated = bool(pred.done)
+        before = self.observations[-1]
         self.t += 1
         self.score += reward
         self.actions.append(action)
@@ -58,6 +71,14 @@ class WorldModelEnv:
         info = dict(self.info, score=self.score, won=terminated and reward > 0, wm_version=self.engine.version)
         if not pred.well_formed:
             info["wm_format_error"] = True
+        control = self.step_control if self.step_control is not None else self.control
+        if control:
+            from agentworld.controls import parse_control
+
+            c = parse_control(control) if isinstance(control, str) else control
+            info["control"] = getattr(control, "text", control)
+            if c is not None:  # the labeler (or the control's own check) on the simulated transition
+                info["control_obeyed"] = c.obeyed(before, pred.obs, reward, terminated, truncated)
         return pred.obs, reward, terminated, truncated, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -80,13 +101,13 @@ class WorldModelEnv:
 def step_all(envs: Sequence, actions: Sequence[str]) -> list:
     """Step a mixed list of envs: world-model envs in one batch per engine, real envs one by one."""
     results: list = [None] * len(envs)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, env in enumerate(envs):
-        if isinstance(env, WorldModelEnv):
-            groups.setdefault(id(env.engine), []).append(i)
+        if isinstance(env, WorldModelEnv) or getattr(env, "source", None) == "hybrid":  # LWM-backed: batch them
+            groups.setdefault((type(env), id(env.engine)), []).append(i)
         else:
             results[i] = env.step(actions[i])
-    for idx in groups.values():
-        for i, r in zip(idx, WorldModelEnv.step_batch([envs[i] for i in idx], [actions[i] for i in idx])):
+    for (kind, _), idx in groups.items():
+        for i, r in zip(idx, kind.step_batch([envs[i] for i in idx], [actions[i] for i in idx])):
             results[i] = r
     return results

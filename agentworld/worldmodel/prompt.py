@@ -23,8 +23,10 @@ _THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE
 _OBS_BLOCK = re.compile(re.escape(OBS_OPEN) + r"(.*?)" + re.escape(OBS_CLOSE), re.S)
 
 
-def wm_system_prompt(env_id: str, domain: str) -> str:
-    return WM_SYSTEM.format(env_id=env_id, domain=domain, open=OBS_OPEN, close=OBS_CLOSE)
+def wm_system_prompt(env_id: str, domain: str, control: str | None = None) -> str:
+    """The domain's instruction; an optional `control` (free text that steers the simulation) follows it."""
+    system = WM_SYSTEM.format(env_id=env_id, domain=domain, open=OBS_OPEN, close=OBS_CLOSE)
+    return f"{system}\nControl: {control}" if control else system
 
 
 def render_state(obs: str, reward: float, done: bool) -> str:

