@@ -24,8 +24,10 @@ QUICKSTART = ["world_model.data.steps=300", "world_model.sft.steps=30", "world_m
               "world_model.sft.eval_samples=8", "agent.updates=3", "agent.episodes_per_update=8",
               "arms.0.env=cliffwalking", "arms.0.envs_per_actor=8", "arms.1.envs_per_actor=8", "eval.episodes=8",
               "eval.every_updates=3", "run.max_minutes=10"]
-WM_RECIPE = ["world_model.data.steps=300", "world_model.cpt.steps=4", "world_model.sft.steps=20",
-             "world_model.sft.eval_every=20", "world_model.sft.eval_samples=8", "world_model.rl.steps=2",
+# 100 SFT steps: enough that the model ends its replies, so RL's rewards (0 for a reply cut at the token limit)
+# differ within a group and its DeepSpeed steps run (20 left every reward 0 and no RL step)
+WM_RECIPE = ["world_model.data.steps=300", "world_model.cpt.steps=4", "world_model.sft.steps=100",
+             "world_model.sft.eval_every=100", "world_model.sft.eval_samples=8", "world_model.rl.steps=2",
              "world_model.rl.prompts_per_step=4", "world_model.rl.group_size=4"]
 
 

@@ -32,11 +32,14 @@ def served(tmp_path_factory):
     (d / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = train_tokenizer([render_chatml(e.messages) for e in bench_examples(rows)] * 2, 300, d / "m")
     build_tiny_model(tok, d / "m")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    own_ray = not ray.is_initialized()  # another module's tests may have left the session's cluster up
+    if own_ray:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     url = start(str(d / "m"), "tiny", port=free_port())
     yield url, d
     serve.shutdown()
-    ray.shutdown()
+    if own_ray:
+        ray.shutdown()
 
 
 def post(url, body, headers=None):
