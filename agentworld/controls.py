@@ -287,9 +287,15 @@ def obedience(rows) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Measuring obedience: of an LWM on held-out real transitions, and of an arm from its replay rows
 
-def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1) -> list[tuple]:
-    """(controlled prompt, uncontrolled prompt, control, row) per held-out real transition; the control is a
-    hindsight label the real transition has, so it is always a possible outcome of that state and action."""
+COUNTERFACTUAL = ("success", "failure", "noop", "moved")  # outcomes a control can ask for against the real one
+
+
+def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1,
+                    counterfactual: bool = False) -> list[tuple]:
+    """(controlled prompt, uncontrolled prompt, control, row) per held-out real transition. The control is a
+    hindsight label the real transition has (factual: always a possible outcome of that state and action), or with
+    `counterfactual` one of COUNTERFACTUAL it does not have: then a faithful LWM without the control line obeys it
+    never, and obedience with the line measures how far the control steers the simulation away from reality."""
     from agentworld.worldmodel.prompt import build_messages, render_state, window, wm_system_prompt
 
     out = []
@@ -298,7 +304,9 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
         actions = [r["action"] for r in rows]
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
         for t, r in enumerate(rows):
-            c = make_control("hindsight", rng.choice(sorted(row_labels(r))))
+            held = row_labels(r)
+            names = [n for n in COUNTERFACTUAL if n not in held] if counterfactual else sorted(held)
+            c = make_control("hindsight", rng.choice(names or sorted(held)))
             state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns)
             prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
                        for text in (c.text, None)]

@@ -72,12 +72,14 @@ class WorldModelLearner:
         held = rng.sample(held, min(len(held), wm["sft"]["eval_samples"]))
         max_new = wm["generation"]["max_new_tokens"]
         out = f"{spec['run_dir']}/checkpoints/wm"
-        probe = []  # trained with hindsight controls: held-out obedience, with the control line and without it
+        # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
+        # did not have), with the control line and without it (the chance that the LWM predicts it anyway)
+        probe = []
         if wm["sft"].get("control_fraction", 0.0) > 0:
             from agentworld.controls import measure_obedience, obedience_probe
 
             probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec["seed"] + 1),
-                                    wm["history_turns"])
+                                    wm["history_turns"], counterfactual=True)
             probe = random.Random(spec["seed"]).sample(probe, min(len(probe), wm["sft"]["eval_samples"]))
 
         def measure(stage: str) -> dict:

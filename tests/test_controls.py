@@ -183,3 +183,31 @@ def test_malformed_control_config_names_key_and_file(tmp_path):
         assert e.value.key == key and e.value.file == src
     cfg = load_config(src, ["arms.1.control.kind=hindsight", "arms.1.control.mix={success: 2, failure: 1}"])
     assert cfg.arms[1].control.mix == {"success": 2, "failure": 1}
+
+
+def test_counterfactual_probe_asks_for_an_outcome_reality_did_not_have():
+    from agentworld.controls import COUNTERFACTUAL, measure_obedience, obedience_probe
+    from agentworld.models.engine import Generation
+    from agentworld.worldmodel.prompt import render_state
+
+    eps = []
+    for actions in (["down", "down", "right", "right", "down", "right"], ["right", "down"], ["left", "up"]):
+        rows = play(actions)
+        eps.append([dict(r, env_id="gymnasium:FrozenLake-v1", domain="gridworld") for r in rows])
+    render = lambda messages: "\n".join(m["content"] for m in messages)  # noqa: E731
+    probe = obedience_probe(eps, render, random.Random(0), counterfactual=True)
+    assert len(probe) == 10
+    for controlled, uncontrolled, c, r in probe:
+        assert c.name in COUNTERFACTUAL and c.name not in lab(r) and c.text in controlled and c.text not in uncontrolled
+
+    class Faithful:  # an LWM that predicts every real transition exactly and ignores controls
+        def __init__(self, items):
+            self.rows = {p[0]: p[3] for p in items} | {p[1]: p[3] for p in items}
+
+        def generate(self, prompts, **_):
+            return [Generation(render_state(self.rows[p]["next_obs"], self.rows[p]["reward"], self.rows[p]["terminated"]))
+                    for p in prompts]
+
+    assert measure_obedience(Faithful(probe), probe, 64)["obedience"] == 0.0  # reality never obeys a counterfactual
+    factual = obedience_probe(eps, render, random.Random(0))
+    assert measure_obedience(Faithful(factual), factual, 64)["obedience"] == 1.0  # ... and always a factual label
