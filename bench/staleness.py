@@ -27,6 +27,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def profile(run_dir: Path) -> dict:
+    """Per arm, the learner's time per update: waiting for rollouts, training, and the rest (evaluations)."""
+    df = pd.read_parquet(run_dir / "metrics.parquet")
+    out = {}
+    for arm, t in df[df.kind == "train"].sort_values("wall_time").groupby("arm"):
+        evals = df[(df.kind == "eval") & (df.arm == arm)].sort_values("wall_time")
+        span = t.wall_time.iloc[-1] - evals.wall_time.iloc[0]
+        out[arm] = dict(updates=len(t), s_per_update=span / len(t), wait=t.wait_s.mean(), train=t.train_s.mean(),
+                        other=span / len(t) - t.wait_s.mean() - t.train_s.mean(),
+                        staleness=int(t.max_staleness_seen.max()))
+    return out
+
+
 def time_to_target(run_dir: Path, target: float) -> dict:
     """Per arm: (seconds from its start to the target or None, updates then, final success)."""
     evals = pd.read_parquet(run_dir / "metrics.parquet").query("kind == 'eval'").sort_values("wall_time")
@@ -54,7 +67,7 @@ def main() -> None:
     config = out_dir / f"{args.name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    results = {}
+    results, profiles = {}, {}
     for staleness in (0, 2):
         cmd = [sys.executable, "-m", "agentworld", "run", str(config), f"run.name={args.name}",
                f"run.output_dir={args.output_dir}", f"agent.max_staleness={staleness}",
@@ -64,6 +77,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         print(f"  {time.time() - t0:.0f} s in all; load average after it {os.getloadavg()[0]:.2f}", flush=True)
         results[staleness] = time_to_target(out_dir / args.name, args.target)
+        profiles[staleness] = profile(out_dir / args.name)
     print(f"\n{'arm':6} {'sync (0) s':>11} {'async (2) s':>12} {'speed-up':>9} {'updates sync/async':>19} "
           f"{'final success sync/async':>25}")
     for arm in results[0]:
@@ -71,6 +85,12 @@ def main() -> None:
         speed = f"{s / a:8.2f}x" if s and a else "       -"
         fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
         print(f"{arm:6} {fmt(s):>11} {fmt(a):>12} {speed:>9} {fmt(us) + '/' + fmt(ua):>19} {fs:12.2f}/{fa:.2f}")
+    print("\nthe learner's time per update (s): waiting for rollouts, training, the rest (its evaluations)")
+    for staleness, by_arm in profiles.items():
+        for arm, p in by_arm.items():
+            print(f"  max_staleness {staleness} {arm:6} {p['s_per_update']:5.2f} s/update over {p['updates']} updates: "
+                  f"wait {p['wait']:5.2f}  train {p['train']:5.2f}  other {p['other']:5.2f}  "
+                  f"(largest staleness trained on: {p['staleness']})")
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ class AgentLearner:
                 self.steps["real"] += r.get("shadow_steps") or 0  # hybrid: real steps spent checking the LWM
             return rows
 
+        t_wait = time.time()  # the learner's time split, per update: waiting for rollouts, then training
         while self.version < a["updates"] and not self._stop:
             self.phase = "waiting for rollouts"
             pending += landed()
@@ -173,6 +174,7 @@ class AgentLearner:
                 time.sleep(0.05)
                 continue
             batch, pending = pending + landed(), []
+            t_train = time.time()
             self.phase = "training"
             advs = group_advantages(batch)
             live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]
@@ -192,9 +194,11 @@ class AgentLearner:
             staleness = [self.version - 1 - r["policy_version"] for r in batch]
             self._log("train", loss=sum(losses) / len(losses) if losses else float("nan"),
                       mean_reward=sum(episodes.values()) / len(episodes), batch_episodes=len(episodes),
-                      batch_steps=len(batch), max_staleness_seen=max(staleness))
+                      batch_steps=len(batch), max_staleness_seen=max(staleness), wait_s=t_train - t_wait,
+                      train_s=time.time() - t_train)
             if self.version % ev["every_updates"] == 0 or self.version == a["updates"]:
                 self._evaluate(engine, eval_envs)
+            t_wait = time.time()
         if self.last_eval.get("policy_version") != self.version:  # stopped early: score what was trained
             self._evaluate(engine, eval_envs)
         self.phase = "saving"
