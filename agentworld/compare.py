@@ -96,7 +96,8 @@ def plot(all_series: list[dict], path: Path, success_target: float | None) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    has_pool = any(len(p) for s in all_series for p in s["pools"])
+    # the pool panel only where a pool scaled (fixed pools log holds, their start and their stop)
+    has_pool = any(len(p) and p["decision"].isin(["grow", "shrink"]).any() for s in all_series for p in s["pools"])
     fig, axes = plt.subplots(3 if has_pool else 2, 3, figsize=(17, 13 if has_pool else 9), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, s in enumerate(all_series):

@@ -140,7 +140,7 @@ def plot_curves(df: pd.DataFrame, path: Path, success_target: float) -> None:
         ax.set_title(f"LWM fidelity vs {xlabel}", fontsize=10)
         ax.grid(alpha=0.3)
     pool = _rows(df, "pool")
-    if len(pool):  # the actor pools' sizes, where arms autoscale
+    if len(pool) and pool["decision"].isin(["grow", "shrink"]).any():  # the actor pools' sizes, where arms autoscale
         ax = axes[2, 3]
         for k, arm in enumerate(sorted(set(pool["arm"]))):
             p = pool[pool["arm"] == arm].sort_values("wall_time")
