@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from agentworld.schema import epoch_seconds
+
 KINDS = ("none", "hindsight", "perturbation", "fictional")
 
 # ------------------------------------------------------------------------------------------------
@@ -337,14 +339,14 @@ def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlle
 def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.0) -> list[dict]:
     """`control` metrics rows from an arm's replay rows: per `bin_s` of wall-clock the controlled steps and
     the cumulative obedience rate (control "all"), then one final row per control name."""
-    rows = sorted((r for r in rows if parse_control(r.get("control")) is not None), key=lambda r: _epoch(r["created_at"]))
+    rows = sorted((r for r in rows if parse_control(r.get("control")) is not None), key=lambda r: epoch_seconds(r["created_at"]))
     out, n, ok, b, b_ok = [], 0, 0, 0, 0
     for i, r in enumerate(rows):
         hit = bool(row_obeyed(r))
         n, ok, b, b_ok = n + 1, ok + hit, b + 1, b_ok + hit
-        t = _epoch(r["created_at"]) - t0
+        t = epoch_seconds(r["created_at"]) - t0
         end = (int(t // bin_s) + 1) * bin_s
-        if i + 1 == len(rows) or _epoch(rows[i + 1]["created_at"]) - t0 >= end:
+        if i + 1 == len(rows) or epoch_seconds(rows[i + 1]["created_at"]) - t0 >= end:
             out.append(dict(kind="control", arm=arm, control="all", wall_time=end, steps=b, obeyed=b_ok,
                             obedience=ok / n, bin_obedience=b_ok / b))
             b = b_ok = 0
@@ -353,8 +355,3 @@ def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 
         out.append(dict(kind="control", arm=arm, control=name, wall_time=end, steps=steps, obeyed=obeyed,
                         obedience=obeyed / steps, final=True))
     return out
-
-
-def _epoch(t) -> float:
-    """Replay timestamps (datetime or epoch seconds) as epoch seconds."""
-    return t.timestamp() if hasattr(t, "timestamp") else float(t)

@@ -64,3 +64,8 @@ def rows_to_batch(rows: Iterable[Mapping[str, Any]]) -> pa.RecordBatch:
         if r["source"] not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {r['source']!r}")
     return pa.RecordBatch.from_pydict(cols, schema=TRAJECTORY_SCHEMA)
+
+
+def epoch_seconds(t) -> float:
+    """A row's `created_at` (a datetime from Arrow, or epoch seconds) as epoch seconds."""
+    return t.timestamp() if hasattr(t, "timestamp") else float(t)

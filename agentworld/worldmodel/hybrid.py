@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Any, Sequence
 
+from agentworld.schema import epoch_seconds
 from agentworld.worldmodel.env import WorldModelEnv
 from agentworld.worldmodel.prompt import parse_prediction, render_state
 
@@ -137,14 +138,14 @@ def hybrid_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.
     """`hybrid` metrics rows from an arm's replay rows, one per `bin_s` of wall-clock: the live fidelity (the
     gate's value at the bin's last scored step), the share of steps routed to the real env, and cumulative
     real env steps (routed + shadow) and simulated steps."""
-    rows = sorted(rows, key=lambda r: _epoch(r["created_at"]))
+    rows = sorted(rows, key=lambda r: epoch_seconds(r["created_at"]))
     out, cum = [], {"routed": 0, "shadow": 0, "sim": 0, "scored": 0, "matched": 0}
     i = 0
     while i < len(rows):
-        end = _epoch(rows[i]["created_at"]) - t0
+        end = epoch_seconds(rows[i]["created_at"]) - t0
         end = (int(end // bin_s) + 1) * bin_s
         b = []
-        while i < len(rows) and _epoch(rows[i]["created_at"]) - t0 < end:
+        while i < len(rows) and epoch_seconds(rows[i]["created_at"]) - t0 < end:
             b.append(rows[i])
             i += 1
         routed = sum(r["source"] == "real" for r in b)
@@ -162,7 +163,3 @@ def hybrid_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.
                         shadow_steps_total=cum["shadow"], sim_steps=cum["sim"], scored_total=cum["scored"],
                         matched_total=cum["matched"]))
     return out
-
-
-def _epoch(t) -> float:
-    return t.timestamp() if hasattr(t, "timestamp") else float(t)
