@@ -344,8 +344,7 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
             wm_tail = ray.get(wm_learner.metrics.remote(wm_rows_seen))
         tracker.log(wm_tail + learner_tail)
         metrics += wm_tail + learner_rows + learner_tail + [r for p in pools.values() for r in p.rows]
-        metrics += _hybrid_rows(cfg, replay, cursor, t0)
-        metrics += _control_rows(cfg, replay, cursor, t0)
+        metrics += _replay_metric_rows(cfg, replay, cursor, t0)
         for s in actor_status:
             for err in s["errors"]:
                 console.print(f"[yellow]actor error:[/yellow] {err}")
@@ -365,27 +364,23 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
     return summary
 
 
-def _hybrid_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
-    """Live fidelity and routing of each hybrid arm over time, from its replay rows' provenance."""
+def _replay_metric_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
+    """From each arm's replay rows, read once: live fidelity and routing over time of a hybrid arm (`hybrid` rows,
+    from the rows' provenance) and obedience over time of an arm with controls (`control` rows)."""
+    from agentworld.controls import obedience_metric_rows
     from agentworld.worldmodel.hybrid import hybrid_metric_rows
 
     out = []
     for arm in cfg.arms:
-        if arm.source == "hybrid":
-            table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
-            out += hybrid_metric_rows(table.to_pylist(), arm.name, t0)
-    return out
-
-
-def _control_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
-    """Obedience of each arm with controls over time (`control` rows), from its replay rows' control column."""
-    from agentworld.controls import obedience_metric_rows
-
-    out = []
-    for arm in cfg.arms:
-        if arm.control.kind != "none":
-            table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
-            out += obedience_metric_rows(table.to_pylist(), arm.name, t0)
+        hybrid, controlled = arm.source == "hybrid", arm.control.kind != "none"
+        if not (hybrid or controlled):
+            continue
+        table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
+        rows = table.to_pylist()
+        if hybrid:
+            out += hybrid_metric_rows(rows, arm.name, t0)
+        if controlled:
+            out += obedience_metric_rows(rows, arm.name, t0)
     return out
 
 
