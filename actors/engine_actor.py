@@ -8,27 +8,31 @@ each version to it."""
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import ray
+
+if TYPE_CHECKING:
+    from agentworld.config import Runtime
 
 
 @ray.remote(max_concurrency=4)
 class EngineActor:
-    """`spec` keys: kind, path, seed, version, vllm (options), name (the weights it serves: policy/<arm> or wm),
-    engine (the config's engine section, for the weight sync), torch_threads."""
+    """The `runtime.engine.inference` engine over the checkpoint at `path`, holding weight version `version`, and
+    serving the weights `name` (policy/<arm> or wm), which it keeps current through `runtime`'s weight sync."""
 
-    def __init__(self, spec: dict, registry):
+    def __init__(self, name: str, path: str, seed: int, version: int, runtime: Runtime, registry):
         import torch
 
-        torch.set_num_threads(spec.get("torch_threads", 1))
+        torch.set_num_threads(runtime.ray.torch_threads)
         from agentworld.models.engine import make_engine
         from learners.weight_sync import make_weight_sync
 
-        self.name = spec["name"]
-        self.engine = make_engine(spec["kind"], spec["path"], spec.get("seed", 0), spec.get("version", 0), spec.get("vllm"))
-        self.sync = make_weight_sync(spec["engine"], registry)
+        self.name = name
+        self.engine = make_engine(runtime.engine.inference, path, seed, version, runtime.engine.vllm)
+        self.sync = make_weight_sync(runtime, registry)
         self.lock, self.pulling = threading.Lock(), threading.Lock()
-        if spec["engine"].get("weight_sync") == "broadcast":
+        if self.sync.pushes:  # the learner sends each version here (receive_broadcast)
             ray.get(registry.subscribe.remote(self.name, ray.get_runtime_context().current_actor))
 
     def generate(self, *args, **kwargs):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import ray
 
+from agentworld.metrics import metric_row
+
 STARVED = 0.5  # share of the interval the learner waited for rollouts before the pool grows
 PILED = 2.0  # batches waiting before the pool shrinks: one is the batch under training, more is surplus
 
@@ -44,12 +46,12 @@ def decide(actors: int, lo: int, hi: int, pending: int, d: Demand) -> tuple[int,
 
 
 class ActorPool:
-    """RolloutActors of one arm. `spec` is the actor spec; actor k gets actor_id <arm>k and seed spec.seed + k + 1."""
+    """RolloutActors of one arm. `spec` is the arm's RolloutSpec; actor k gets its own id and seed (actor_spec)."""
 
-    def __init__(self, spec: dict, replay, registry, *, lo: int, hi: int, start: int, num_cpus: float,
+    def __init__(self, spec, replay, registry, *, lo: int, hi: int, start: int, num_cpus: float,
                  interval_s: float, t0: float, episodes_per_update: int):
         self.spec, self.replay, self.registry = spec, replay, registry
-        self.arm, self.lo, self.hi, self.num_cpus = spec["arm"], lo, hi, num_cpus
+        self.arm, self.lo, self.hi, self.num_cpus = spec.arm.name, lo, hi, num_cpus
         self.interval_s, self.t0, self.episodes_per_update = interval_s, t0, episodes_per_update
         self.members: list[dict] = []  # live actors, oldest first: handle, run ref, ready ref
         self.retiring: list[dict] = []  # told to stop; killed once their round under way has finished
@@ -77,12 +79,11 @@ class ActorPool:
         return [{"CPU": self.num_cpus}] * self.size
 
     def _grow(self) -> None:
-        from actors.rollout import RolloutActor
+        from actors.rollout import RolloutActor, actor_spec
 
         k = self._next_k
         self._next_k += 1
-        spec = dict(self.spec, actor_id=f"{self.arm}{k}", seed=self.spec["seed"] + k + 1)
-        actor = RolloutActor.options(num_cpus=self.num_cpus).remote(spec, self.replay, self.registry)
+        actor = RolloutActor.options(num_cpus=self.num_cpus).remote(actor_spec(self.spec, k), self.replay, self.registry)
         self.members.append({"actor": actor, "run": actor.run.remote(), "ready": actor.status.remote()})
 
     def _shrink(self) -> None:
@@ -127,7 +128,7 @@ class ActorPool:
         return self._log(decision, reason, d, pending)
 
     def _log(self, decision: str, reason: str, d: Demand | None, pending: int = 0) -> dict:
-        row = dict(kind="pool", arm=self.arm, source=self.spec["source"], wall_time=time.time() - self.t0,
+        row = metric_row("pool", arm=self.arm, source=self.spec.arm.source, wall_time=time.time() - self.t0,
                    actors=self.size, actors_pending=pending, decision=decision, reason=reason,
                    learner_starved=d and d.starved, batches_waiting=d and d.batches_waiting,
                    fill_rate=d and d.fill_rate, consume_rate=d and d.consume_rate)

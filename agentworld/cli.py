@@ -10,12 +10,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentworld", description="Train language world models and agents inside "
                                 "them, beside real environments, on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_collect, _add_wm, _add_jobs, _add_others):
+        add(sub)
+    return p
+
+
+def _add_run(sub) -> None:
     for name, help_text in (("run", "run an experiment end to end and write its report"),
                             ("validate", "check an experiment YAML without starting anything")):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
         sp.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. agent.updates=10 arms.0.actors=2")
+
+
+def _add_collect(sub) -> None:
     co = sub.add_parser("collect", help="play a real env with a random, oracle or checkpoint policy; write Arrow "
                         "trajectories in the replay schema", description="play a real env and write its transitions "
                         "as Arrow trajectories (replay schema) to --out")
@@ -28,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--parallel", type=int, default=1, help="envs stepped together (default: 1)")
     co.add_argument("--arm", default="collect", help="arm name written on the rows")
     co.add_argument("--env-kwargs", default="{}", help="JSON object of env keyword arguments")
+
+
+def _add_wm(sub) -> None:
     wm = sub.add_parser("wm", help="world-model data and fidelity tools",
                         description="world-model data and fidelity tools").add_subparsers(dest="wm_command", required=True)
     tr = wm.add_parser("train", help="train only the world model (its stages) and write the fidelity table")
@@ -55,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--replay", required=True, help="replay dir")
     ex.add_argument("--out", required=True, help="JSONL file to write")
     ex.add_argument("--arm", help="only this arm's rows")
+
+
+def _add_jobs(sub) -> None:
     su = sub.add_parser("submit", help="submit an experiment to a Ray cluster as a Ray Job",
                         description="submit `agentworld run CONFIG` to a Ray cluster as a Ray Job (Ray Jobs SDK)")
     su.add_argument("config", help="experiment YAML, inside --working-dir")
@@ -81,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
             jp.add_argument("--follow", action="store_true", help="follow the logs until the job ends")
         if name == "fetch":
             jp.add_argument("--out", default="runs", help="local dir for the run dir (default: runs)")
+
+
+def _add_others(sub) -> None:
     cp = sub.add_parser("compare", help="overlay the arms of several runs: curves in PNG and HTML",
                         description="overlay the arms of several runs, scored in the real env; seeds of the "
                         "same experiment become a mean with a min-max band")
@@ -97,7 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("config", help="experiment YAML")
     sv.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. serve.port=8001")
     sv.add_argument("--model", help="HF checkpoint dir of the LWM (default: runs/<name>/checkpoints/wm)")
-    return p
 
 
 def _serve(args) -> int:
@@ -108,11 +125,11 @@ def _serve(args) -> int:
 
     from agentworld import sim_service
     from agentworld.config import load_config
-    from agentworld.driver import _start_ray
+    from agentworld.cluster import start_ray
 
     cfg = load_config(args.config, args.overrides)
     spec = sim_service.build_spec(cfg, args.model)  # bad input fails here, before Ray starts
-    _start_ray(cfg)
+    start_ray(cfg.ray)
     url = sim_service.start(cfg, spec)
     a = cfg.serve.autoscaling
     print(f"simulator of {args.config} ({spec['model_path']}) at {url}: {a.min_replicas}..{a.max_replicas} replicas, "
@@ -218,66 +235,10 @@ def _collect(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from agentworld.config import ConfigError
+def _run(args) -> int:
+    from agentworld.config import load_config
 
-    if args.command == "collect":
-        try:
-            return _collect(args)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"agentworld: error: {e}", file=sys.stderr)
-            return 2
-
-    if args.command in ("submit", "jobs"):
-        from agentworld.submit import SubmitError
-
-        try:
-            return _jobs(args)
-        except (SubmitError, ConfigError, FileNotFoundError) as e:
-            print(f"agentworld: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("agentworld: stopped waiting; the job goes on (agentworld jobs status|logs|stop)", file=sys.stderr)
-            return 130
-
-    if args.command == "serve":
-        try:
-            return _serve(args)
-        except (ConfigError, FileNotFoundError, ValueError) as e:
-            print(f"agentworld: error: {e}", file=sys.stderr)
-            return 2
-
-    if args.command == "dyna":
-        from agentworld.dyna import main as dyna_main
-
-        return dyna_main([args.config, *args.overrides])
-
-    if args.command == "compare":
-        from agentworld.compare import compare
-
-        try:
-            print(f"wrote {compare(args.run_dirs, args.out)}")
-            return 0
-        except (FileNotFoundError, ValueError) as e:
-            print(f"agentworld: error: {e}", file=sys.stderr)
-            return 2
-
-    if args.command == "wm":
-        from agentworld.worldmodel.judge import EndpointError
-
-        try:
-            return _wm(args)
-        except (EndpointError, FileNotFoundError, ValueError, ConfigError) as e:
-            print(f"agentworld: error: {e}", file=sys.stderr)
-            return 2
-    from agentworld.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"agentworld: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     if args.command == "validate":
         print(f"run {cfg.run.name}: envs {', '.join(f'{k}={v.id}' for k, v in cfg.envs.items())}")
         for arm in cfg.arms:
@@ -292,6 +253,54 @@ def main(argv: list[str] | None = None) -> int:
         print("agentworld: interrupted; rerun the same command to resume from the run dir", file=sys.stderr)
         return 130
     return 0
+
+
+def _dyna(args) -> int:
+    from agentworld.dyna import main as dyna_main
+
+    return dyna_main([args.config, *args.overrides])
+
+
+def _compare(args) -> int:
+    from agentworld.compare import compare
+
+    print(f"wrote {compare(args.run_dirs, args.out)}")
+    return 0
+
+
+def _bad_input(command: str) -> tuple:
+    """The errors that mean bad input to `command`: one line and exit code 2, no traceback."""
+    from agentworld.config import ConfigError
+
+    if command in ("run", "validate"):  # only the config: an error inside a run is the run's, with its traceback
+        return (ConfigError,)
+    if command in ("submit", "jobs"):
+        from agentworld.submit import SubmitError
+
+        return SubmitError, ConfigError, FileNotFoundError
+    if command == "wm":
+        from agentworld.worldmodel.judge import EndpointError
+
+        return EndpointError, FileNotFoundError, ValueError, ConfigError
+    return ConfigError, FileNotFoundError, ValueError
+
+
+COMMANDS = {"run": _run, "validate": _run, "collect": _collect, "submit": _jobs, "jobs": _jobs, "serve": _serve,
+            "dyna": _dyna, "compare": _compare, "wm": _wm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except _bad_input(args.command) as e:
+        print(f"agentworld: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.command not in ("submit", "jobs"):
+            raise
+        print("agentworld: stopped waiting; the job goes on (agentworld jobs status|logs|stop)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,30 +4,14 @@ transitions as Arrow trajectories in the replay schema (one durable batch per ro
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from actors.rollout import play_episodes
+from agentworld.episodes import play_episodes
 from agentworld.envs import make_env
+from agentworld.policy import behaviour_policy
 from agentworld.replay import ReplayStore
 from agentworld.schema import rows_to_batch
-
-
-def make_policy(policy: str, seed: int):
-    """`random`, `oracle`, or the path of an HF checkpoint (choice among admissible actions where the env
-    offers them, free generation otherwise)."""
-    from agentworld.policy import LLMPolicy, OraclePolicy, RandomPolicy
-
-    if policy == "random":
-        return RandomPolicy(seed)
-    if policy == "oracle":
-        return OraclePolicy(seed)
-    if not (Path(policy) / "config.json").is_file():
-        raise ValueError(f"--policy must be random, oracle or an HF checkpoint dir (no config.json at {policy!r})")
-    from agentworld.models.hf_engine import HFEngine
-
-    return LLMPolicy(HFEngine(policy, seed=seed), mode="choice", max_action_tokens=64)
 
 
 def collect(env_id: str, policy: str, episodes: int, out: str, *, seed: int = 0, max_steps: int = 50,
@@ -35,7 +19,7 @@ def collect(env_id: str, policy: str, episodes: int, out: str, *, seed: int = 0,
     """Returns counts and the success rate; every row is on disk when it returns."""
     if episodes < 1 or parallel < 1:
         raise ValueError("--episodes and --parallel must be >= 1")
-    pol = make_policy(policy, seed)
+    pol = behaviour_policy(policy, seed, key="--policy")
     envs = [make_env(env_id, max_steps=max_steps, **(env_kwargs or {})) for _ in range(min(parallel, episodes))]
     store = ReplayStore(out)
     run_id = f"collect-{int(time.time())}"

@@ -10,18 +10,24 @@ import base64
 import hashlib
 import html
 import json
+import math
 import os
 import re
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from agentworld.metrics import KINDS, TIME, Kind
+from agentworld.report import (MARKERS, curve_rows, fmt, headline_measures, measure_panels, series_of,
+                               sim_vs_real_axes, x_values)
+
 X_AXES = [("x_real", "real env steps (own + LWM data)"), ("x_total", "total env steps (real + simulated)"),
           ("x_wall", "wall-clock (min)")]
-METRICS = [("success", "real-env success"), ("return", "real-env return")]
+COLUMNS = 3  # panels per row of compare.png
 _NOT_THE_EXPERIMENT = {"run": ("name", "seed", "output_dir", "storage"), "replay": ("dir",)}
 
 
@@ -49,31 +55,48 @@ def _group_name(names: list[str]) -> str:
     return prefix or "+".join(names)
 
 
-def series(run_dirs) -> list[dict]:
-    """One entry per (experiment, arm): its label, source and one eval/pool frame per seed."""
+def _groups(run_dirs) -> list[tuple[str, list[tuple[dict, pd.DataFrame]]]]:
+    """The runs grouped by experiment: (group name, [(config, metrics) per seed])."""
     groups: dict[str, list] = {}
     for d in run_dirs:
         config, df = load_run(d)
         groups.setdefault(experiment_key(config), []).append((config, df))
+    return [(_group_name([c["run"]["name"] for c, _ in runs]), runs) for runs in groups.values()]
+
+
+def _of(df: pd.DataFrame, kind: str, arm: str | None = None) -> pd.DataFrame:
+    rows = df[df["kind"] == kind]
+    return (rows[rows["arm"] == arm] if arm is not None else rows).sort_values(TIME)
+
+
+def series(run_dirs) -> list[dict]:
+    """One entry per (experiment, arm): its label, source, seeds, and per seed its eval frame (with the
+    sim-vs-real axes), its pool frame and its rows of every kind that has an arm."""
+    return _arm_series(_groups(run_dirs))
+
+
+def _arm_series(groups) -> list[dict]:
     out = []
-    for runs in groups.values():
-        gname = _group_name([c["run"]["name"] for c, _ in runs])
+    for gname, runs in groups:
         arms = sorted({a for _, df in runs for a in df.loc[df["kind"] == "eval", "arm"].dropna()})
         for arm in arms:
-            evals, pools, seeds = [], [], []
-            for config, df in runs:
-                e = df[(df["kind"] == "eval") & (df["arm"] == arm)].sort_values("wall_time").copy()
-                if not len(e):
-                    continue
-                e["x_real"] = e["real_steps"].fillna(0) + e["wm_real_steps"].fillna(0)
-                e["x_total"] = e["x_real"] + e["sim_steps"].fillna(0)
-                e["x_wall"] = e["wall_time"] / 60
-                evals.append(e)
-                seeds.append(config["run"].get("seed"))
-                pools.append(df[(df["kind"] == "pool") & (df["arm"] == arm)].sort_values("wall_time"))
-            label = arm if len(groups) == 1 else f"{arm} · {gname}"
-            out.append(dict(label=label, arm=arm, source=str(evals[0]["source"].iloc[0]), evals=evals,
-                            pools=pools, seeds=seeds))
+            seeded = [(config, df) for config, df in runs if len(_of(df, "eval", arm))]
+            evals = [sim_vs_real_axes(_of(df, "eval", arm)) for _, df in seeded]
+            rows = {k.name: [_of(df, k.name, arm) for _, df in seeded] for k in KINDS.values() if "arm" in k.keys}
+            out.append(dict(label=arm if len(groups) == 1 else f"{arm} · {gname}", arm=arm,
+                            source=str(evals[0]["source"].iloc[0]), evals=evals, pools=rows["pool"],
+                            seeds=[config["run"].get("seed") for config, _ in seeded], rows=rows))
+    return out
+
+
+def _lwm_series(groups) -> list[dict]:
+    """One entry per experiment whose runs measured an LWM: per seed its rows of every kind without an arm."""
+    out = []
+    for gname, runs in groups:
+        rows = {k.name: [_of(df, k.name) for _, df in runs] for k in KINDS.values() if "arm" not in k.keys}
+        if any(len(f) for frames in rows.values() for f in frames):
+            out.append(dict(label="LWM" if len(groups) == 1 else f"LWM · {gname}", arm=None, source="lwm",
+                            seeds=[c["run"].get("seed") for c, _ in runs], rows=rows))
     return out
 
 
@@ -89,74 +112,141 @@ def band(curves: list[pd.DataFrame], x: str, y: str, points: int = 60):
         return grid, np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
 
 
-def plot(all_series: list[dict], path: Path, success_target: float | None) -> None:
+def detail_panels(all_series: list[dict], lwm: list[dict] = ()) -> list[tuple[Kind, str, list[str], list[dict]]]:
+    """(kind, title, measures, the series that own the kind) of each panel after the headline ones: every
+    declared measure with data in some run; kinds with an arm belong to the arm series, the others to the LWM."""
+    out = []
+    for kind in KINDS.values():
+        owners = all_series if "arm" in kind.keys else list(lwm)
+        frames = [curve_rows(kind, f) for s in owners for f in s["rows"][kind.name]]
+        every = pd.concat(frames) if frames else pd.DataFrame()
+        out += [(kind, title, names, owners) for title, names in measure_panels(kind, every)]
+    return out
+
+
+def plot(all_series: list[dict], path: Path, success_target: float | None, lwm: list[dict] = ()) -> None:
+    """The sim-vs-real panels, then a panel per declared measure with data (agentworld/metrics.py): each arm
+    of each experiment (and each experiment's LWM) as its seeds' mean with a min-max band."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    # the pool panel only where a pool scaled (fixed pools log holds, their start and their stop)
-    has_pool = any(len(p) and p["decision"].isin(["grow", "shrink"]).any() for s in all_series for p in s["pools"])
-    fig, axes = plt.subplots(3 if has_pool else 2, 3, figsize=(17, 13 if has_pool else 9), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, s in enumerate(all_series):
-        color, style = colors[k % len(colors)], "-" if s["source"] == "real" else "--"
-        n = len(s["evals"])
-        label = f"{s['label']} ({s['source']}, {n} seed{'s' if n > 1 else ''})"
-        for row, (metric, _) in enumerate(METRICS):
-            for col, (x, _) in enumerate(X_AXES):
-                ax = axes[row, col]
-                if n == 1 or all(e[x].nunique() == 1 for e in s["evals"]):
-                    # one seed, or an axis the arm does not move along (a sim arm's real steps): every point
-                    for k, e in enumerate(s["evals"]):
-                        ax.plot(e[x], e[metric], style, marker="o", ms=3, color=color,
-                                label=label if n == 1 else f"{label}: mean, band min-max" if k == 0 else None)
-                else:
-                    grid, mean, lo, hi = band(s["evals"], x, metric)
-                    ax.plot(grid, mean, style, color=color, label=f"{label}: mean, band min-max")
-                    ax.fill_between(grid, lo, hi, color=color, alpha=0.18, lw=0)
-        if has_pool:
-            for p in s["pools"]:
-                if len(p):
-                    axes[2, 0].step(p["wall_time"] / 60, p["actors"], where="post", color=color, ls=style,
-                                    label=label)
-    for row, (metric, ylabel) in enumerate(METRICS):
-        for col, (_, xlabel) in enumerate(X_AXES):
-            ax = axes[row, col]
-            if metric == "success":
-                if success_target is not None:
-                    ax.axhline(success_target, ls=":", color="grey", label=f"target {success_target:g}")
-                ax.set_ylim(-0.05, 1.05)
-            ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel}")
-            ax.grid(alpha=0.3)
-    if has_pool:
-        ax = axes[2, 0]
-        ax.set(xlabel="wall-clock (min)", ylabel="rollout actors", title="actor pool size (autoscaling)")
-        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    entries = list(all_series) + list(lwm)
+    for k, s in enumerate(entries):
+        s["color"], s["style"] = palette[k % len(palette)], "-" if s["source"] in ("real", "lwm") else "--"
+    headline = [(m, x) for m in headline_measures() for x in X_AXES]
+    details = detail_panels(all_series, lwm)
+    n, rows_n = len(headline) + len(details), math.ceil((len(headline) + len(details)) / COLUMNS)
+    fig, axes = plt.subplots(rows_n, COLUMNS, figsize=(5.7 * COLUMNS, 4.3 * rows_n + 1.2), squeeze=False)
+    axes = list(axes.ravel())
+    for ax, (measure, x) in zip(axes, headline):
+        _draw_headline(ax, all_series, measure, x, success_target)
+    for ax, panel in zip(axes[len(headline):], details):
+        _draw_measures(ax, *panel)
+    for ax in axes[:n]:
         ax.grid(alpha=0.3)
-        axes[2, 1].axis("off")
-        axes[2, 2].axis("off")
+    for ax in axes[n:]:
+        ax.axis("off")
     # one legend for all panels: every panel draws the same series in the same colours
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False)
+    handles = [Line2D([], [], color=s["color"], ls=s["style"], label=_series_label(s)) for s in entries]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=10, frameon=False)
+    height = fig.get_figheight()  # inches: room for the title above and the legend below
     fig.suptitle("AgentWorld: arms compared across runs, all scored in the real env (solid: trains on real "
-                 "steps, dashed: trains in the LWM)", fontsize=13)
-    fig.tight_layout(rect=(0, 0.03 + 0.02 * ((len(labels) + 2) // 3), 1, 1))
+                 "steps, dashed: trains in the LWM)", fontsize=13, y=1 - 0.15 / height)
+    fig.tight_layout(rect=(0, 0.35 * ((len(handles) + 2) // 3) / height, 1, 1 - 0.45 / height))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
+def _series_label(s: dict) -> str:
+    n = len(s["seeds"])
+    return f"{s['label']} ({s['source']}, {n} seed{'s' if n > 1 else ''})" + (": mean, band min-max" if n > 1 else "")
+
+
+def _draw_headline(ax, all_series: list[dict], measure: tuple[str, str], x: tuple[str, str],
+                   success_target: float | None) -> None:
+    (name, ylabel), (x, xlabel) = measure, x
+    for s in all_series:
+        _draw_band(ax, [e[[x, name]].set_axis(["x", "y"], axis=1) for e in s["evals"]], s["color"], s["style"], "o")
+    if name == "success":
+        if success_target is not None:
+            ax.axhline(success_target, ls=":", color="grey")
+            ax.annotate(f"target {success_target:g}", (1, success_target), xycoords=("axes fraction", "data"),
+                        xytext=(-3, 3), textcoords="offset points", ha="right", fontsize=8, color="grey")
+    if KINDS["eval"].measures[name].fmt == "fraction":
+        ax.set_ylim(-0.05, 1.05)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel}")
+
+
+def _draw_measures(ax, kind: Kind, title: str, names: list[str], owners: list[dict]) -> None:
+    """The measures `names` of `kind` for every series that has them; lines within a series (stages,
+    controls) and measures differ by marker, named in the panel's legend."""
+    import matplotlib.ticker
+    from matplotlib.lines import Line2D
+
+    legend, xlabel = {}, kind.x_label()
+    for s in owners:
+        per_line: dict[str, list] = {}  # the series' own lines (e.g. LWM training stages), each over its seeds
+        for f in s["rows"][kind.name]:
+            for keys, r in series_of(kind, curve_rows(kind, f), leave_out=("arm",)):
+                per_line.setdefault(" · ".join(str(v) for v in keys.values()), []).append(r)
+        for i, (line, frames) in enumerate(per_line.items()):
+            for m, name in enumerate(names):
+                curves = []
+                for r in frames:
+                    if name not in r:  # a run that never wrote this measure
+                        continue
+                    xs, xlabel = x_values(kind, r)
+                    curves.append(pd.DataFrame({"x": xs.to_numpy(float), "y": r[name].to_numpy(float)}).dropna())
+                curves = [c for c in curves if len(c)]
+                if not curves:
+                    continue
+                marker = MARKERS[(i * len(names) + m) % len(MARKERS)]
+                _draw_band(ax, curves, s["color"], s["style"], marker, step=kind.measures[name].step)
+                text = ": ".join(p for p in (line, kind.measures[name].label if len(names) > 1 else "") if p)
+                if text:
+                    legend.setdefault(text, Line2D([], [], color="grey", marker=marker, ms=4))
+    measures = [kind.measures[n] for n in names]
+    ax.set(xlabel=xlabel, ylabel=measures[0].label if len(measures) == 1 else title, title=f"{kind.title}: {title}")
+    if all(m.fmt == "fraction" for m in measures):
+        ax.set_ylim(-0.05, 1.05)
+    if all(m.fmt == "count" for m in measures):
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if legend:
+        ax.legend(legend.values(), legend.keys(), fontsize=8)
+
+
+def _draw_band(ax, curves: list[pd.DataFrame], color: str, style: str, marker: str, step: bool = False) -> None:
+    """Curves (columns x, y) of one series, one per seed: every point for one seed, or for an axis the series
+    does not move along (a sim arm's real steps); else the mean over seeds with a min-max band."""
+    draw = partial(ax.step, where="post") if step else ax.plot
+    if len(curves) == 1 or all(c["x"].nunique() == 1 for c in curves):
+        for c in curves:
+            draw(c["x"], c["y"], ls=style, marker=marker, ms=3, color=color)
+        return
+    grid, mean, lo, hi = band(curves, "x", "y")
+    draw(grid, mean, ls=style, marker=marker, ms=3, markevery=10, color=color)
+    ax.fill_between(grid, lo, hi, color=color, alpha=0.18, lw=0, step="post" if step else None)
+
+
 def _final(s: dict) -> dict:
+    """The series at its seeds' last real-env evaluation, formatted for reading."""
     last = [e.iloc[-1] for e in s["evals"]]
 
-    def stat(key, scale=1.0):
-        v = np.array([float(r[key]) for r in last]) / scale
-        return f"{v.mean():.2f}" + (f" ± {v.std():.2f}" if len(v) > 1 else "")
+    def stat(key, how):
+        v = np.array([float(r[key]) for r in last])
+        spread = v.std() if v.std() > 1e-9 * max(1.0, abs(v.mean())) else 0.0  # not float noise of equal seeds
+        if how == "min":  # x_wall is in minutes already
+            return f"{v.mean():,.1f}" + (f" ± {spread:,.1f}" if len(v) > 1 else "") + " min"
+        return fmt(v.mean(), how) + (f" ± {fmt(spread, how)}" if len(v) > 1 else "")
 
     return {"arm": s["label"], "trains in": s["source"], "seeds": ", ".join(str(x) for x in s["seeds"]),
-            "final success": stat("success"), "final return": stat("return"),
-            "real env steps": stat("x_real"), "total env steps": stat("x_total"), "wall-clock min": stat("x_wall")}
+            "final success": stat("success", "fraction"), "final return": stat("return", "number"),
+            "real env steps": stat("x_real", "count"), "total env steps": stat("x_total", "count"),
+            "wall-clock": stat("x_wall", "min")}
 
 
 def compare(run_dirs, out) -> Path:
@@ -165,21 +255,24 @@ def compare(run_dirs, out) -> Path:
         raise ValueError("give at least one run dir")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    all_series = series(run_dirs)
+    groups = _groups(run_dirs)
+    all_series = _arm_series(groups)
     if not all_series:
         raise ValueError("no eval rows in any of the run dirs")
     targets = {(yaml.safe_load((Path(d) / "config.yaml").read_text()).get("eval") or {}).get("success_target")
                for d in run_dirs}
-    plot(all_series, out / "compare.png", targets.pop() if len(targets) == 1 else None)
+    plot(all_series, out / "compare.png", targets.pop() if len(targets) == 1 else None, _lwm_series(groups))
     rows = [_final(s) for s in all_series]
     e = html.escape
     table = "<tr>" + "".join(f"<th>{e(k)}</th>" for k in rows[0]) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+        "<tr>" + "".join(f"<td class='{'txt' if k in ('arm', 'trains in') else 'num'}'>{e(str(v))}</td>"
+                         for k, v in r.items()) + "</tr>" for r in rows)
     runs = "".join(f"<li>{e(str(Path(d).resolve()))}</li>" for d in run_dirs)
     png = base64.b64encode((out / "compare.png").read_bytes()).decode()
     (out / "compare.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>AgentWorld: runs compared</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f3f3f3}td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}"
         "table{border-collapse:collapse;margin-bottom:1em}</style></head><body>"
         "<h1>AgentWorld: runs compared</h1><h2>At the last real-env evaluation (mean ± std over seeds)</h2>"
         f"<table>{table}</table><img src='data:image/png;base64,{png}' style='max-width:100%'>"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from agentworld.worldmodel.rewards import RewardWeights
+from agentworld.registry import ARM_KINDS, INFERENCE_ENGINES, LOSSES, TRAIN_ENGINES, WEIGHT_SYNCS
 
 
 @dataclass
@@ -44,8 +44,7 @@ class TinyModelConfig:
     intermediate_size: int = 512
     num_layers: int = 2
     num_heads: int = 2  # head_dim = hidden_size / num_heads; vLLM's CPU kernels need 64
-    max_positions: int = 1024
-    tokenizer_corpus_episodes: int = 200  # random-policy episodes whose text trains the BPE tokenizer
+    max_positions: int = 1024  # the BPE tokenizer is trained on the LWM's collected data, as the models will see it
 
 
 @dataclass
@@ -62,7 +61,7 @@ class GenerationConfig:
 
 @dataclass
 class WMDataConfig:
-    policy: str = "random"  # behaviour policy that gathers the LWM's real transitions
+    policy: str = "random"  # behaviour policy that gathers the LWM's real transitions: random | oracle | PATH of a checkpoint
     steps: int = 3000  # budget of real env steps for the LWM's training data
     heldout_fraction: float = 0.1  # share of episodes held out for fidelity
 
@@ -100,12 +99,25 @@ class WMCPTConfig:
 
 
 @dataclass
+class RewardWeights:
+    """Weights of the next-state RL reward's parts (agentworld/worldmodel/rewards.py)."""
+    exact: float = 1.0
+    edit: float = 1.0
+    line_f1: float = 0.5
+    field_f1: float = 0.5  # used only when the reference is a JSON object
+    outcome: float = 0.5  # reward and done both right
+    rubric: float = 0.0  # weight of the judge's normalised total
+    rubric_floor: float = 0.5  # the rubric counts only when the rule score reaches this share of its maximum
+    length_penalty: float = 0.5  # per unit of length beyond the reference, relative to its length
+
+
+@dataclass
 class WMRLConfig:
     """Next-state RL: G sampled predictions per prompt, hybrid reward, group-relative advantages."""
     steps: int = 40
     prompts_per_step: int = 8
     group_size: int = 8
-    algorithm: str = "gspo"  # gspo: sequence-level importance ratio | grpo: token-level ratio
+    algorithm: str = "gspo"  # a loss in learners/losses.py: gspo (sequence-level ratio) | grpo (token-level) | ppo | rloo
     lr: float = 3e-4
     clip: float = 0.2
     epochs: int = 1
@@ -142,7 +154,9 @@ class WorldModelConfig:
 
 @dataclass
 class AgentConfig:
-    algorithm: str = "grpo"  # group-relative advantages with a clipped importance ratio
+    # a loss in learners/losses.py: grpo (group-normalised advantages, clipped ratio) | ppo (group-mean baseline)
+    # | rloo (leave-one-out baseline) | gspo (sequence-level ratio: the same as grpo for one action)
+    algorithm: str = "grpo"
     init: str = "lwm"  # lwm | scratch | PATH to a checkpoint
     lr: float = 1e-3
     episodes_per_update: int = 32
@@ -186,8 +200,11 @@ class HybridConfig:
 @dataclass
 class ArmConfig:
     name: str = "real"
-    source: str = "real"  # real | sim
-    env: str = "frozenlake"  # key into `envs`
+    # The arm kind (agentworld/arms/): real: trains on real env steps | sim: only in the LWM simulator (with
+    # `control`, the controlled arm) | hybrid: in the LWM, shadow-checked in the real env and routed there while
+    # live fidelity is low (`hybrid`)
+    source: str = "real"
+    env: str = "frozenlake"  # key into `envs`: the real env it trains on and is scored in; sim episodes start from its states
     actors: int = 1  # rollout actors at the start; a fixed pool unless actors_min/actors_max widen it
     # The pool scales between these, driven by the learner's demand (actors/pool.py); None: `actors`.
     actors_min: Optional[int] = None
@@ -303,12 +320,32 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
+@dataclass
+class Runtime:
+    """Where and how an actor or learner runs, built once by the driver (`runtime(cfg, run_dir)`) from the `ray`
+    and `engine` sections: torch threads, CPU shares, engines, weight sync and its resolved directory."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    weights_dir: Optional[str] = None  # engine.weights_dir, or <run dir>/weights
+
+
+def section(cfg_node) -> Any:
+    """A config section as its dataclass (what actors and learners receive)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg_node)
+
+
+def runtime(cfg, run_dir) -> Runtime:
+    return Runtime(ray=section(cfg.ray), engine=section(cfg.engine),
+                   weights_dir=cfg.engine.weights_dir or str(Path(run_dir) / "weights"))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation: every error is one line naming the file and the dotted key.
 
-from agentworld.schema import SOURCES  # noqa: E402  (one list of sources, beside the schema)
 ACTION_MODES = ("choice", "generate")
-ALGORITHMS = ("grpo",)
+BEHAVIOUR_POLICIES = ("random", "oracle")
 WM_STAGES = ("cpt", "sft", "rl")
 
 
@@ -390,42 +427,46 @@ def load_config(path: str, overrides: Sequence[str] = ()):
 
 
 def validate_config(cfg, file: str) -> None:
-    """Checks that types alone cannot express."""
+    """Checks that types alone cannot express, section by section."""
     def fail(key, msg):
         raise ConfigError(file, key, msg)
 
-    if not cfg.arms:
-        fail("arms", "at least one arm is required")
+    _validate_envs(cfg, fail)
+    _validate_arms(cfg, fail)
     validate_engine(cfg.engine, fail)
-    names = [a.name for a in cfg.arms]
-    if len(set(names)) != len(names):
-        fail("arms", f"arm names must be unique (got {names})")
+    _validate_agent(cfg, fail)
+    _validate_world_model(cfg, fail)
+    _validate_run(cfg, fail)
+    _validate_serve(cfg.serve, fail)
+
+
+def _validate_envs(cfg, fail) -> None:
+    from agentworld.envs import resolve_env_id
+
     for name, env in cfg.envs.items():
-        try:
-            from agentworld.envs import resolve_env_id
-        except ImportError:
-            break
         try:
             resolve_env_id(env.id)
         except ValueError as e:
             fail(f"envs.{name}.id", str(e))
         if env.max_steps < 1:
             fail(f"envs.{name}.max_steps", "must be >= 1")
-    if cfg.world_model.env not in cfg.envs:
-        fail("world_model.env", f"{cfg.world_model.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
+
+
+def _env_key(cfg, key: str, where: str, fail) -> None:
+    if key not in cfg.envs:
+        fail(where, f"{key!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
+
+
+def _validate_arms(cfg, fail) -> None:
+    if not cfg.arms:
+        fail("arms", "at least one arm is required")
+    names = [a.name for a in cfg.arms]
+    if len(set(names)) != len(names):
+        fail("arms", f"arm names must be unique (got {names})")
     for i, arm in enumerate(cfg.arms):
-        if arm.source not in SOURCES + ("hybrid",):
-            fail(f"arms.{i}.source", f"must be one of {', '.join(SOURCES + ('hybrid',))} (got {arm.source!r})")
-        h = arm.hybrid
-        for key in ("shadow_fraction", "threshold", "recover_threshold"):
-            if not 0 <= getattr(h, key) <= 1:
-                fail(f"arms.{i}.hybrid.{key}", f"must be in [0, 1] (got {getattr(h, key)})")
-        if h.recover_threshold < h.threshold:
-            fail(f"arms.{i}.hybrid.recover_threshold", f"must be >= threshold ({h.threshold})")
-        if h.window < 1 or not 1 <= h.min_scores <= h.window:
-            fail(f"arms.{i}.hybrid.min_scores", f"window must be >= 1 and min_scores in [1, window] (got {h.window}, {h.min_scores})")
-        if arm.env not in cfg.envs:
-            fail(f"arms.{i}.env", f"{arm.env!r} is not a key of envs ({', '.join(cfg.envs) or 'none'})")
+        if arm.source not in ARM_KINDS:
+            fail(f"arms.{i}.source", f"must be one of {', '.join(ARM_KINDS.names())} (got {arm.source!r})")
+        _env_key(cfg, arm.env, f"arms.{i}.env", fail)
         for key in ("actors", "envs_per_actor"):
             if getattr(arm, key) < 1:
                 fail(f"arms.{i}.{key}", "must be >= 1")
@@ -434,17 +475,26 @@ def validate_config(cfg, file: str) -> None:
             fail(f"arms.{i}.actors_min", f"must be between 1 and actors ({arm.actors}), got {lo}")
         if hi < arm.actors:
             fail(f"arms.{i}.actors_max", f"must be >= actors ({arm.actors}), got {hi}")
-        from agentworld.controls import validate_control
-        validate_control(arm.control, arm.source, lambda key, msg, i=i: fail(f"arms.{i}.control.{key}", msg))
-    if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
+        ARM_KINDS.get(arm.source)().validate(arm, lambda key, msg, i=i: fail(f"arms.{i}.{key}", msg))
+
+
+def _checkpoint(path: str) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def _validate_agent(cfg, fail) -> None:
+    if cfg.model.path is not None and not _checkpoint(cfg.model.path):
         fail("model.path", f"no HF checkpoint (config.json) at {cfg.model.path!r}")
+    tiny = cfg.model.tiny
+    if tiny.hidden_size % tiny.num_heads:
+        fail("model.tiny.num_heads", f"must divide hidden_size {tiny.hidden_size}")
     a = cfg.agent
-    if a.init not in ("lwm", "scratch") and not (Path(a.init) / "config.json").is_file():
+    if a.init not in ("lwm", "scratch") and not _checkpoint(a.init):
         fail("agent.init", f"must be lwm, scratch or a checkpoint dir (no config.json at {a.init!r})")
     if a.action_mode not in ACTION_MODES:
         fail("agent.action_mode", f"must be one of {', '.join(ACTION_MODES)} (got {a.action_mode!r})")
-    if a.algorithm not in ALGORITHMS:
-        fail("agent.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {a.algorithm!r})")
+    if a.algorithm not in LOSSES:
+        fail("agent.algorithm", f"must be one of {', '.join(LOSSES.names())} (got {a.algorithm!r})")
     for key in ("updates", "episodes_per_update", "epochs"):
         if getattr(a, key) < 1:
             fail(f"agent.{key}", "must be >= 1")
@@ -452,7 +502,12 @@ def validate_config(cfg, file: str) -> None:
         fail("agent.max_staleness", "must be >= 0")
     if a.lr <= 0:
         fail("agent.lr", "must be > 0")
-    t = cfg.world_model.sft
+
+
+def _validate_world_model(cfg, fail) -> None:
+    wm = cfg.world_model
+    _env_key(cfg, wm.env, "world_model.env", fail)
+    t = wm.sft
     if t.steps < 0:
         fail("world_model.sft.steps", "must be >= 0")
     for key in ("batch_size", "eval_every", "eval_samples"):
@@ -460,32 +515,35 @@ def validate_config(cfg, file: str) -> None:
             fail(f"world_model.sft.{key}", "must be >= 1")
     if not 0 <= t.control_fraction <= 1:
         fail("world_model.sft.control_fraction", f"must be in [0, 1] (got {t.control_fraction})")
-    for i, stage in enumerate(cfg.world_model.stages):
+    for i, stage in enumerate(wm.stages):
         if stage not in WM_STAGES:
             fail(f"world_model.stages.{i}", f"must be one of {', '.join(WM_STAGES)} (got {stage!r})")
-    for corpus in cfg.world_model.cpt.corpora:
+    for corpus in wm.cpt.corpora:
         if not Path(corpus).exists():
             fail("world_model.cpt.corpora", f"no such file or folder {corpus!r}")
-    if cfg.world_model.continual.stage not in ("rl", "sft"):
-        fail("world_model.continual.stage", f"must be rl or sft (got {cfg.world_model.continual.stage!r})")
-    rl = cfg.world_model.rl
-    if rl.algorithm not in ("grpo", "gspo"):
-        fail("world_model.rl.algorithm", f"must be grpo or gspo (got {rl.algorithm!r})")
+    if wm.continual.stage not in ("rl", "sft"):
+        fail("world_model.continual.stage", f"must be rl or sft (got {wm.continual.stage!r})")
+    rl = wm.rl
+    if rl.algorithm not in LOSSES:
+        fail("world_model.rl.algorithm", f"must be one of {', '.join(LOSSES.names())} (got {rl.algorithm!r})")
     if rl.kl < 0:
         fail("world_model.rl.kl", "must be >= 0")
     if rl.group_size < 2:
         fail("world_model.rl.group_size", "must be >= 2 (advantages are relative to the group)")
     if rl.reward.rubric > 0 and not rl.judge_endpoint:
         fail("world_model.rl.judge_endpoint", "reward.rubric > 0 needs a judge endpoint")
-    if cfg.world_model.data.steps < 1:
+    d = wm.data
+    if d.policy not in BEHAVIOUR_POLICIES and not _checkpoint(d.policy):
+        fail("world_model.data.policy", f"must be random, oracle or a checkpoint dir (no config.json at {d.policy!r})")
+    if d.steps < 1:
         fail("world_model.data.steps", "must be >= 1")
-    if not 0 <= cfg.world_model.data.heldout_fraction < 1:
+    if not 0 <= d.heldout_fraction < 1:
         fail("world_model.data.heldout_fraction", "must be in [0, 1)")
-    if cfg.world_model.history_turns < 1:
+    if wm.history_turns < 1:
         fail("world_model.history_turns", "must be >= 1")
-    tiny = cfg.model.tiny
-    if tiny.hidden_size % tiny.num_heads:
-        fail("model.tiny.num_heads", f"must divide hidden_size {tiny.hidden_size}")
+
+
+def _validate_run(cfg, fail) -> None:
     if cfg.eval.episodes < 1 or cfg.eval.every_updates < 1:
         fail("eval", "episodes and every_updates must be >= 1")
     if cfg.run.max_minutes <= 0:
@@ -499,7 +557,9 @@ def validate_config(cfg, file: str) -> None:
 
         if importlib.util.find_spec("mlflow") is None:
             fail("tracking.mlflow", "mlflow is not installed (pip install mlflow-skinny)")
-    sv = cfg.serve
+
+
+def _validate_serve(sv, fail) -> None:
     if not 1 <= sv.port <= 65535:
         fail("serve.port", f"must be in 1..65535 (got {sv.port})")
     for key in ("session_ttl_s", "max_sessions", "max_tokens", "max_body_bytes"):
@@ -514,16 +574,12 @@ def validate_config(cfg, file: str) -> None:
 
 
 def validate_engine(e, fail) -> None:
-    """The engine section: known names, installed packages, and combinations that can run."""
+    """The engine section: registered names, installed packages, and combinations that can run."""
     import importlib.util
 
-    from agentworld.models.engine import ENGINES
-    from learners.train_engine import TRAIN_ENGINES
-    from learners.weight_sync import WEIGHT_SYNCS
-
-    for key, known in (("inference", ENGINES), ("train", TRAIN_ENGINES), ("weight_sync", WEIGHT_SYNCS)):
+    for key, known in (("inference", INFERENCE_ENGINES), ("train", TRAIN_ENGINES), ("weight_sync", WEIGHT_SYNCS)):
         if getattr(e, key) not in known:
-            fail(f"engine.{key}", f"must be one of {', '.join(known)} (got {getattr(e, key)!r})")
+            fail(f"engine.{key}", f"must be one of {', '.join(known.names())} (got {getattr(e, key)!r})")
     for key, package in (("inference", "vllm"), ("train", "deepspeed")):
         if getattr(e, key) == package and importlib.util.find_spec(package) is None:
             fail(f"engine.{key}", f"{package} is not installed (pip install -e '.[{package}]')")

@@ -214,13 +214,13 @@ def _names(kind: str) -> tuple[str, ...]:
     return {"hindsight": LABELS, "perturbation": PERTURBATIONS, "fictional": ("fictional",)}.get(kind, ())
 
 
-def validate_control(c, source: str, fail: Callable[[str, str], None]) -> None:
-    """Config checks of an arm's `control` section; `fail(key, message)` raises."""
+def validate_control(c, simulated: bool, fail: Callable[[str, str], None]) -> None:
+    """Config checks of an arm's `control` section (`simulated`: the arm steps the LWM); `fail(key, message)` raises."""
     if c.kind not in KINDS:
         fail("kind", f"must be one of {', '.join(KINDS)} (got {c.kind!r})")
     if c.kind == "none":
         return
-    if source == "real":
+    if not simulated:
         fail("kind", "controls steer the simulator: a real arm cannot have them")
     if not 0 <= c.fraction <= 1:
         fail("fraction", f"must be in [0, 1] (got {c.fraction})")
@@ -240,7 +240,7 @@ class ControlSampler:
     """Draws the control of each simulated step: None (uncontrolled) with probability 1 - fraction, else a
     control of `kind` named by the weighted `mix` (uniform over the kind's names when mix is empty)."""
 
-    def __init__(self, kind: str, fraction: float = 0.5, mix: Mapping[str, float] | None = None, domain: str = "",
+    def __init__(self, kind: str, fraction: float, mix: Mapping[str, float] | None = None, domain: str = "",
                  query: str = "", facts: list[str] | None = None, seed: int = 0):
         self.kind, self.fraction = kind, fraction
         self.rng = random.Random(seed)
@@ -252,12 +252,9 @@ class ControlSampler:
         self.controls = {n: make_control(kind, n, domain, query, facts) for n in self.names}
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None, domain: str, seed: int = 0) -> "ControlSampler":
-        """From an arm's `control` section (as a dict)."""
-        cfg = cfg or {}
-        f = cfg.get("fictional") or {}
-        return cls(cfg.get("kind", "none"), cfg.get("fraction", 0.5), cfg.get("mix"), domain,
-                   f.get("query", ""), list(f.get("facts") or []), seed)
+    def from_config(cls, c, domain: str, seed: int = 0) -> "ControlSampler":
+        """From an arm's `control` section (a ControlConfig)."""
+        return cls(c.kind, c.fraction, dict(c.mix), domain, c.fictional.query, list(c.fictional.facts), seed)
 
     def __call__(self) -> Control | None:
         if not self.names or self.rng.random() >= self.fraction:
@@ -339,6 +336,8 @@ def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlle
 def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.0) -> list[dict]:
     """`control` metrics rows from an arm's replay rows: per `bin_s` of wall-clock the controlled steps and
     the cumulative obedience rate (control "all"), then one final row per control name."""
+    from agentworld.metrics import metric_row
+
     rows = sorted((r for r in rows if parse_control(r.get("control")) is not None), key=lambda r: epoch_seconds(r["created_at"]))
     out, n, ok, b, b_ok = [], 0, 0, 0, 0
     for i, r in enumerate(rows):
@@ -347,11 +346,11 @@ def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 
         t = epoch_seconds(r["created_at"]) - t0
         end = (int(t // bin_s) + 1) * bin_s
         if i + 1 == len(rows) or epoch_seconds(rows[i + 1]["created_at"]) - t0 >= end:
-            out.append(dict(kind="control", arm=arm, control="all", wall_time=end, steps=b, obeyed=b_ok,
-                            obedience=ok / n, bin_obedience=b_ok / b))
+            out.append(metric_row("control", arm=arm, control="all", wall_time=end, steps=b, obeyed=b_ok,
+                                  obedience=ok / n, bin_obedience=b_ok / b))
             b = b_ok = 0
     end = out[-1]["wall_time"] if out else 0.0
     for name, (steps, obeyed) in sorted(obedience(rows).items()):
-        out.append(dict(kind="control", arm=arm, control=name, wall_time=end, steps=steps, obeyed=obeyed,
-                        obedience=obeyed / steps, final=True))
+        out.append(metric_row("control", arm=arm, control=name, wall_time=end, steps=steps, obeyed=obeyed,
+                              obedience=obeyed / steps, final=True))
     return out

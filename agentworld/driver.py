@@ -1,53 +1,157 @@
-"""The driver: builds the replay, the world model and the arms, waits, and reports (ARCHITECTURE.md).
+"""The driver: an experiment as a short recipe of phases (docs/architecture.md).
 
-1. A random policy gathers the LWM's budget of real transitions.
-2. The tiny default model (tokenizer trained on that text) is built, unless `model.path` names one.
-3. The WorldModelLearner trains the LWM on those transitions and publishes versions.
-4. Each arm's AgentLearner and RolloutActors train, real or in the simulator; every arm is scored in
-   the real env on a schedule.
-5. metrics.parquet, curves.png, report.html and summary.json are written to the run dir.
-A rerun of the same run dir reuses the collected data, the base model and a finished LWM."""
+    collect LWM data -> base model -> LWM -> arms -> wait, with a live table -> report
+
+Each phase is a function below, in that order. A rerun of the same run dir reuses the collected data, the base
+model and a finished LWM."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentworld.config import save_config
+from agentworld.cluster import start_ray
+from agentworld.config import ArmConfig, Runtime, runtime, save_config, section
+from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
+START_STATES = 64  # real resets a simulating arm draws its start states from
 
 
 def _fmt(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
-def _start_ray(cfg) -> None:
-    env_vars = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job: join its cluster
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
-    else:
-        # "local": always a new embedded cluster, even if `ray start` left one running on this machine
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
-                 log_to_driver=False)
+@dataclass
+class Run:
+    """One experiment under way: its config, run dir, clock, and the cluster-wide services every phase uses."""
+    cfg: Any
+    run_dir: Path
+    run_id: str
+    t0: float
+    runtime: Runtime
+    console: Console
+    replay: Any = None
+    registry: Any = None
+    failed: str | None = None  # which arm's learner failed: said after the report is written
+
+
+def open_run(cfg, config_path: str | None = None) -> Run:
+    """Make the run dir, save the resolved config, start Ray, the replay and the weight registry."""
+    from agentworld.replay import ReplayService
+    from learners.weight_sync import WeightRegistry
+
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    run = Run(cfg, run_dir, f"{cfg.run.name}-{int(time.time())}", time.time(), runtime(cfg, run_dir), Console())
+    run.console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
+    start_ray(cfg.ray)
+    run.replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
+    run.registry = WeightRegistry.remote()
+    return run
+
+
+def run_experiment(cfg, config_path: str | None = None) -> dict:
+    """Run an experiment end to end; returns the summary (also in <run dir>/summary.json)."""
+    import torch
+
+    from agentworld.tracking import Tracker
+
+    torch.set_num_threads(cfg.ray.torch_threads)
+    run = open_run(cfg, config_path)
+    tracker = Tracker(run.run_dir, cfg.tracking, section_dict(cfg), run.t0)
+    try:
+        rows = collect_lwm_data(run)
+        base_path = build_base_model(run, rows)
+        lwm, metrics, wm_learner = train_lwm(run, base_path, keep=cfg.world_model.continual.enabled)
+        tracker.log(metrics)
+        arms = start_arms(run, base_path, lwm, wm_real_steps=len(rows))
+        metrics += wait_for_arms(run, arms, tracker, lwm, metrics, wm_learner)
+    finally:
+        tracker.close()
+        ray.shutdown()
+    return write_outputs(run, metrics)
+
+
+def section_dict(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg)
+
+
+# -- 1. the LWM's real data ------------------------------------------------------------------------------
+
+def collect_lwm_data(run: Run) -> list[dict]:
+    """The LWM's budget of real transitions, gathered by `world_model.data.policy`; what an earlier attempt of
+    this run dir gathered counts."""
+    from actors.rollout import RolloutActor, RolloutSpec
+
+    cfg, wm = run.cfg, run.cfg.world_model
+    budget = wm.data.steps
+    have = ray.get(run.replay.count.remote(arm=WM_DATA_ARM, source="real"))
+    if have < budget:
+        env = section(cfg.envs[wm.env])
+        arm = ArmConfig(name=WM_DATA_ARM, source="real", env=wm.env, envs_per_actor=16)
+        spec = RolloutSpec(run_id=run.run_id, arm=arm, kind=ARM_KINDS.get("real")(), env=env, domain=env_domain(env),
+                           agent=section(cfg.agent), runtime=run.runtime, seed=cfg.run.seed + 7919 + have,
+                           policy=wm.data.policy, actor_id="random0")
+        actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
+        with run.console.status(f"collecting {budget - have} real transitions with the {wm.data.policy} policy"):
+            ray.get(actor.collect_steps.remote(budget - have))
+        ray.kill(actor)
+    table = ray.get(run.replay.sample.remote(arm=WM_DATA_ARM, source="real"))
+    run.console.print(f"LWM data: {table.num_rows} real transitions from {wm.env}")
+    return table.to_pylist()
+
+
+def env_domain(env) -> str:
+    """The domain an env reports (building it once also checks that it starts)."""
+    from agentworld.envs import make_env_from
+
+    probe = make_env_from(env)
+    try:
+        return probe.domain
+    finally:
+        probe.close()
+
+
+# -- 2. the base model -----------------------------------------------------------------------------------
+
+def build_base_model(run: Run, rows: list[dict]) -> str:
+    """`model.path`, or the tiny default: a BPE tokenizer trained on the run's own text and a tiny Qwen2."""
+    from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
+
+    cfg = run.cfg
+    if cfg.model.path:
+        return cfg.model.path
+    out = run.run_dir / "checkpoints" / "base"
+    if (out / "config.json").exists():
+        run.console.print(f"reusing base model {out}")
+        return str(out)
+    t = cfg.model.tiny
+    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml), t.vocab_size, out)
+    build_tiny_model(tok, out, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                     num_layers=t.num_layers, num_heads=t.num_heads, max_positions=t.max_positions, seed=cfg.run.seed)
+    run.console.print(f"built tiny Qwen2 (vocab {len(tok)}, hidden {t.hidden_size}, {t.num_layers} layers) in {out}")
+    return str(out)
 
 
 def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
     """The run's own text: LWM examples and policy turns rendered exactly as the models will see them."""
+    import pyarrow as pa
+
     from agentworld.policy import policy_messages
     from agentworld.worldmodel.data import episodes_from_table, wm_examples
-
-    import pyarrow as pa
 
     table = pa.Table.from_pylist(rows)
     texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes_from_table(table),
@@ -58,72 +162,14 @@ def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
     return texts
 
 
-def _build_base_model(cfg, run_dir: Path, rows: list[dict], console: Console) -> str:
-    from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
+# -- 3. the LWM ------------------------------------------------------------------------------------------
 
-    if cfg.model.path:
-        return cfg.model.path
-    out = run_dir / "checkpoints" / "base"
-    if (out / "config.json").exists():
-        console.print(f"reusing base model {out}")
-        return str(out)
-    t = cfg.model.tiny
-    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml), t.vocab_size, out)
-    build_tiny_model(tok, out, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-                     num_layers=t.num_layers, num_heads=t.num_heads, max_positions=t.max_positions, seed=cfg.run.seed)
-    console.print(f"built tiny Qwen2 (vocab {len(tok)}, hidden {t.hidden_size}, {t.num_layers} layers) in {out}")
-    return str(out)
-
-
-def _collect_wm_data(cfg, run_id, replay, registry, domain, console) -> list[dict]:
-    from actors.rollout import RolloutActor
-
-    budget = cfg.world_model.data.steps
-    have = ray.get(replay.count.remote(arm=WM_DATA_ARM, source="real"))
-    if have < budget:
-        env = OmegaConf.to_container(cfg.envs[cfg.world_model.env])
-        spec = dict(run_id=run_id, arm=WM_DATA_ARM, actor_id="random0", source="real", env=env, domain=domain,
-                    envs_per_actor=16, policy_path=None, agent=OmegaConf.to_container(cfg.agent),
-                    seed=cfg.run.seed + 7919 + have, torch_threads=cfg.ray.torch_threads)
-        actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, replay, registry)
-        with console.status(f"collecting {budget - have} real transitions with a random policy"):
-            ray.get(actor.collect_steps.remote(budget - have))
-        ray.kill(actor)
-    table = ray.get(replay.sample.remote(arm=WM_DATA_ARM, source="real"))
-    console.print(f"LWM data: {table.num_rows} real transitions from {cfg.world_model.env}")
-    return table.to_pylist()
-
-
-def _engine_section(cfg, run_dir: Path) -> dict:
-    """The engine section as learners and actors get it: the weights dir resolved, each rank's CPU share added."""
-    e = OmegaConf.to_container(cfg.engine)
-    e["weights_dir"] = e["weights_dir"] or str(run_dir / "weights")
-    e["num_cpus"] = cfg.ray.actor_num_cpus
-    return e
-
-
-def _shared_engines(cfg, engine: dict, arm, policy_path: str, wm_done: dict, registry, seed: int) -> dict:
-    """With engine.shared: the arm's policy engine actor, and for a sim arm its LWM engine actor."""
-    if not cfg.engine.shared:
-        return {}
-    from actors.engine_actor import EngineActor
-
-    def start(name: str, path: str, version: int, seed: int):
-        spec = dict(kind=cfg.engine.inference, path=path, seed=seed, version=version, vllm=engine["vllm"], name=name,
-                    engine=engine, torch_threads=cfg.ray.torch_threads)
-        return EngineActor.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(spec, registry)
-
-    shared = {"policy_engine": start(f"policy/{arm.name}", policy_path, 0, seed)}
-    if arm.source in ("sim", "hybrid"):
-        shared["wm_engine"] = start("wm", wm_done["path"], wm_done["wm_version"], seed + 1)
-    return shared
-
-
-def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console, keep: bool = False):
+def train_lwm(run: Run, base_path: str, keep: bool = False):
     """Returns (result, metrics, learner): the learner stays alive only when `keep` (continual training)."""
-    from learners.world_model import WorldModelLearner
+    from learners.world_model import WMLearnerSpec, WorldModelLearner
 
-    done_file = run_dir / "checkpoints" / "wm_done.json"
+    cfg, console = run.cfg, run.console
+    done_file = run.run_dir / "checkpoints" / "wm_done.json"
     if done_file.exists():
         done = json.loads(done_file.read_text())
         console.print(f"reusing trained LWM {done['path']} (exact match {done['exact_match']:.3f})")
@@ -131,11 +177,10 @@ def _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console, k
             console.print("[yellow]continual LWM training needs the LWM trained in this run: "
                           "delete checkpoints/wm_done.json to retrain it[/yellow]")
         return done, done.get("metrics", []), None
-    spec = dict(base_path=base_path, run_dir=str(run_dir), t0=t0, data_arm=WM_DATA_ARM, seed=cfg.run.seed,
-                world_model=OmegaConf.to_container(cfg.world_model), torch_threads=cfg.ray.torch_threads,
-                engine=_engine_section(cfg, run_dir))
+    spec = WMLearnerSpec(base_path=base_path, run_dir=str(run.run_dir), t0=run.t0, data_arm=WM_DATA_ARM,
+                         seed=cfg.run.seed, world_model=section(cfg.world_model), runtime=run.runtime)
     learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
-        spec, replay, registry)
+        spec, run.replay, run.registry)
     ref = learner.train.remote()
     with Progress(TextColumn("LWM {task.fields[stage]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("{task.fields[phase]}  exact {task.fields[em]}  edit-sim {task.fields[es]}"),
@@ -169,38 +214,199 @@ def stage_table(metrics: list[dict]) -> list[dict]:
 def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
     """Only the LWM: gather data, build the base model, run the stages; writes wm_stages.json and
     fidelity.md (held-out fidelity after each stage) to the run dir."""
-    from agentworld.replay import ReplayService
-    from learners.weight_sync import WeightRegistry
-
-    console = Console()
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "checkpoints" / "wm_done.json").unlink(missing_ok=True)  # this command always retrains
-    _start_ray(cfg)
+    (Path(cfg.run.output_dir) / cfg.run.name / "checkpoints" / "wm_done.json").unlink(missing_ok=True)  # always retrains
+    run = open_run(cfg, config_path)
     try:
-        replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
-        registry = WeightRegistry.remote()
-        rows = _collect_wm_data(cfg, f"{cfg.run.name}-{int(time.time())}", replay, registry,
-                                _env_domain(cfg.envs[cfg.world_model.env]), console)
-        base_path = _build_base_model(cfg, run_dir, rows, console)
-        _, metrics, _ = _train_world_model(cfg, run_dir, base_path, replay, registry, time.time(), console)
+        base_path = build_base_model(run, collect_lwm_data(run))
+        _, metrics, _ = train_lwm(run, base_path)
     finally:
         ray.shutdown()
     table = stage_table(metrics)
-    (run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "metrics": metrics}, indent=2, default=str))
+    (run.run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "metrics": metrics}, indent=2, default=str))
     lines = ["| stage | exact match | edit similarity | outcome accuracy | n |", "|---|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['exact_match']:.3f} | {r['edit_similarity']:.3f} | {r['outcome_accuracy']:.3f} | {r['n']} |"
               for r in table]
-    (run_dir / "fidelity.md").write_text("\n".join(lines) + "\n")
+    (run.run_dir / "fidelity.md").write_text("\n".join(lines) + "\n")
     out = Table(title=f"LWM held-out fidelity by stage ({cfg.world_model.env})")
     for col in ("stage", "exact", "edit-sim", "outcome", "n"):
         out.add_column(col)
     for r in table:
         out.add_row(r["stage"], f"{r['exact_match']:.3f}", f"{r['edit_similarity']:.3f}", f"{r['outcome_accuracy']:.3f}", str(r["n"]))
-    console.print(out)
-    console.print(f"wrote {run_dir / 'fidelity.md'}")
+    run.console.print(out)
+    run.console.print(f"wrote {run.run_dir / 'fidelity.md'}")
     return table
+
+
+# -- 4. the arms -----------------------------------------------------------------------------------------
+
+@dataclass
+class Arms:
+    learners: dict  # arm name -> AgentLearner
+    pools: dict  # arm name -> ActorPool
+    cursor: int  # replay rows before the arms started (earlier attempts' rows are not theirs)
+
+
+def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
+    """Each arm's AgentLearner and its pool of RolloutActors, of the arm's kind (agentworld/arms)."""
+    from actors.pool import request_cluster
+
+    cursor = ray.get(run.replay.count.remote())
+    arms = Arms({}, {}, cursor)
+    for a_idx, arm in enumerate(run.cfg.arms):
+        seed = run.cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
+        arms.learners[arm.name], arms.pools[arm.name] = start_arm(run, arm, seed, base_path, lwm, wm_real_steps, cursor)
+    request_cluster(arms.pools.values())
+    return arms
+
+
+def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
+    from actors.pool import ActorPool
+    from actors.rollout import LWMSpec, RolloutSpec
+    from agentworld.config import actor_bounds
+    from learners.agent import AgentLearner, LearnerSpec
+
+    cfg = run.cfg
+    kind, env = ARM_KINDS.get(arm.source)(), section(cfg.envs[arm.env])
+    init = {"lwm": lwm["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
+    arm_cfg, agent = section(arm), section(cfg.agent)
+    spec = LearnerSpec(arm=arm_cfg, kind=kind, loss=LOSSES.get(cfg.agent.algorithm), init_path=init,
+                       run_dir=str(run.run_dir), t0=run.t0, agent=agent, eval=section(cfg.eval), env=env, seed=seed,
+                       runtime=run.runtime, replay_cursor=cursor,
+                       wm_real_steps=wm_real_steps if kind.uses_lwm or cfg.agent.init == "lwm" else 0)
+    learner = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
+        spec, run.replay, run.registry)
+    domain, states = env_facts(env, START_STATES if kind.uses_lwm else 0)
+    wm = cfg.world_model
+    aspec = RolloutSpec(run_id=run.run_id, arm=arm_cfg, kind=kind, env=env, domain=domain, agent=agent,
+                        runtime=run.runtime, seed=seed, policy=init,
+                        lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, section(wm.generation), states)
+                        if kind.uses_lwm else None,
+                        **shared_engines(run, arm.name, kind, init, lwm, seed))
+    lo, hi = actor_bounds(arm)
+    pool = ActorPool(aspec, run.replay, run.registry, lo=lo, hi=hi, start=arm.actors, num_cpus=cfg.ray.actor_num_cpus,
+                     interval_s=cfg.pool.interval_s, t0=run.t0, episodes_per_update=cfg.agent.episodes_per_update)
+    return learner, pool
+
+
+def env_facts(env, starts: int) -> tuple[str, list]:
+    """The env's domain, and its distinct start states over `starts` seeded resets (where a simulated episode
+    begins: the observation and the actions the policy may choose among)."""
+    from agentworld.envs import make_env_from
+
+    probe = make_env_from(env)
+    try:
+        states: dict[str, tuple] = {}
+        for seed in range(starts):
+            obs, info = probe.reset(seed=seed)
+            states.setdefault(obs, (obs, {"admissible_actions": info.get("admissible_actions")}))
+        return probe.domain, list(states.values())
+    finally:
+        probe.close()
+
+
+def shared_engines(run: Run, arm_name: str, kind, policy_path: str, lwm: dict, seed: int) -> dict:
+    """With engine.shared: the arm's policy engine actor, and where the kind uses the LWM its LWM engine actor."""
+    if not run.cfg.engine.shared:
+        return {}
+    from actors.engine_actor import EngineActor
+
+    def start(name: str, path: str, version: int, seed: int):
+        return EngineActor.options(num_cpus=run.cfg.ray.actor_num_cpus, num_gpus=run.cfg.engine.num_gpus).remote(
+            name, path, seed, version, run.runtime, run.registry)
+
+    shared = {"policy_engine": start(f"policy/{arm_name}", policy_path, 0, seed)}
+    if kind.uses_lwm:
+        shared["wm_engine"] = start("wm", lwm["path"], lwm["wm_version"], seed + 1)
+    return shared
+
+
+# -- 5. waiting, with a live table -----------------------------------------------------------------------
+
+class Watch:
+    """What the driver reads from the learners on every tick: their new metric rows and what each has trained."""
+
+    def __init__(self, learners: dict):
+        self.learners = learners
+        self.seen = {name: 0 for name in learners}
+        self.trained = {name: (0, 0) for name in learners}  # rows and episodes each learner has trained on
+
+    def new_rows(self) -> list[dict]:
+        rows = []
+        refs = [l.metrics.remote(self.seen[name]) for name, l in self.learners.items()]
+        for name, new in zip(self.learners, ray.get(refs)):
+            self.seen[name] += len(new)
+            for r in new:
+                if r["kind"] == "train":
+                    steps, episodes = self.trained[name]
+                    self.trained[name] = (steps + r["batch_steps"], episodes + r["batch_episodes"])
+            rows += new
+        return rows
+
+
+def wait_for_arms(run: Run, arms: Arms, tracker, lwm: dict, metrics: list[dict], wm_learner) -> list[dict]:
+    """Until every arm's learner returns (or max_minutes): the live table, pool scaling, live metrics. Returns the
+    arms' metric rows (and the continual LWM's)."""
+    from actors.pool import request_cluster
+
+    cfg, console = run.cfg, run.console
+    runs = {name: l.run.remote() for name, l in arms.learners.items()}
+    wm_ref = wm_learner.continual.remote(arms.cursor) if wm_learner is not None else None
+    wm_rows_seen = len(metrics)
+    wm_last = next(m for m in reversed(metrics) if m["kind"] == "wm") if metrics else dict(lwm)
+    watch, rows = Watch(arms.learners), []
+    deadline = run.t0 + cfg.run.max_minutes * 60
+    with Live(console=console, refresh_per_second=2) as live:
+        pending = list(runs.values())
+        while pending:
+            _, pending = ray.wait(pending, timeout=1.0)
+            statuses = ray.get([l.status.remote() for l in arms.learners.values()])
+            new = watch.new_rows()
+            rows += new
+            tracker.log(new + _scale_pools(arms.pools, statuses, watch.trained))
+            if wm_learner is not None:
+                w = ray.get(wm_learner.status.remote())
+                wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"], "edit_similarity": w["edit_similarity"]}
+            live.update(_arms_table(statuses, arms.pools, wm_last, time.time() - run.t0))
+            if time.time() > deadline:
+                console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
+                for l in arms.learners.values():
+                    l.stop.remote()
+                deadline = float("inf")
+    run.failed = _results(runs)
+    actor_status = [s for p in arms.pools.values() for s in p.stop()]
+    request_cluster(arms.pools.values())  # all pools are empty now: the autoscaler may remove idle nodes
+    tail, wm_tail = watch.new_rows(), []
+    if wm_ref is not None:
+        wm_learner.stop.remote()
+        console.print(f"continual LWM training: {ray.get(wm_ref)} rounds on fresh real transitions")
+        wm_tail = ray.get(wm_learner.metrics.remote(wm_rows_seen))
+    tracker.log(wm_tail + tail)
+    for s in actor_status:
+        for err in s["errors"]:
+            console.print(f"[yellow]actor error:[/yellow] {err}")
+    pool_rows = [r for p in arms.pools.values() for r in p.rows]
+    return wm_tail + rows + tail + pool_rows + replay_metric_rows(run, arms.cursor)
+
+
+def _results(runs: dict) -> str | None:
+    """What failed among the arms' learners (the others' results stand)."""
+    failed = None
+    for name, ref in runs.items():
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as e:
+            failed = f"arm {name} failed: {e}"
+    return failed
+
+
+def _scale_pools(pools: dict, statuses: list[dict], trained: dict) -> list[dict]:
+    """One tick of every arm's actor pool; when one changes size, the autoscaler's request follows."""
+    from actors.pool import request_cluster
+
+    rows = [r for s in statuses if (r := pools[s["arm"]].step(s["phase"], *trained[s["arm"]]))]
+    if any(r["decision"] != "hold" for r in rows):
+        request_cluster(pools.values())
+    return rows
 
 
 def _arms_table(statuses: list[dict], pools: dict, wm: dict, elapsed: float) -> Table:
@@ -214,185 +420,36 @@ def _arms_table(statuses: list[dict], pools: dict, wm: dict, elapsed: float) -> 
     return table
 
 
-def _new_learner_rows(learners: dict, seen: dict, trained: dict) -> list[dict]:
-    """Metrics rows the learners wrote since the last call; keeps each arm's trained (steps, episodes)."""
-    rows = []
-    for name, new in zip(learners, ray.get([l.metrics.remote(seen[name]) for name, l in learners.items()])):
-        seen[name] += len(new)
-        for r in new:
-            if r["kind"] == "train":
-                trained[name] = (trained[name][0] + r["batch_steps"], trained[name][1] + r["batch_episodes"])
-        rows += new
-    return rows
-
-
-def _scale_pools(pools: dict, statuses: list[dict], trained: dict) -> list[dict]:
-    """One tick of every arm's actor pool; when one changes size, the autoscaler's request follows."""
-    from actors.pool import request_cluster
-
-    rows = [r for s in statuses if (r := pools[s["arm"]].step(s["phase"], *trained[s["arm"]]))]
-    if any(r["decision"] != "hold" for r in rows):
-        request_cluster(pools.values())
-    return rows
-
-
-def run_experiment(cfg, config_path: str | None = None) -> dict:
-    """Run an experiment end to end; returns the summary (also in <run dir>/summary.json)."""
-    from actors.pool import ActorPool, request_cluster
-    from agentworld.config import actor_bounds
-    from agentworld.replay import ReplayService
-    from agentworld.report import write_report
-    from agentworld.tracking import Tracker
-    from learners.agent import AgentLearner
-    from learners.weight_sync import WeightRegistry
-
-    import torch
-
-    console = Console()
-    torch.set_num_threads(cfg.ray.torch_threads)
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    run_id = f"{cfg.run.name}-{int(time.time())}"
-    t0 = time.time()
-    console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
-
-    tracker = Tracker(run_dir, cfg.tracking, OmegaConf.to_container(cfg), t0)
-    _start_ray(cfg)
-    try:
-        replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
-        registry = WeightRegistry.remote()
-        rows = _collect_wm_data(cfg, run_id, replay, registry, _env_domain(cfg.envs[cfg.world_model.env]), console)
-        base_path = _build_base_model(cfg, run_dir, rows, console)
-        continual = cfg.world_model.continual.enabled
-        wm_done, metrics, wm_learner = _train_world_model(cfg, run_dir, base_path, replay, registry, t0, console,
-                                                          keep=continual)
-        tracker.log(metrics)
-        wm_rows_seen = len(metrics)
-        wm_real_steps = len(rows)
-        initial_states = list({r["obs"]: (r["obs"], {"admissible_actions": r["choices"]})
-                               for r in rows if r["step"] == 0}.values())
-
-        cursor = ray.get(replay.count.remote())
-        learners, pools = {}, {}
-        engine = _engine_section(cfg, run_dir)
-        for a_idx, arm in enumerate(cfg.arms):
-            env = OmegaConf.to_container(cfg.envs[arm.env])
-            seed = cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
-            init = {"lwm": wm_done["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
-            uses_lwm = arm.source in ("sim", "hybrid") or cfg.agent.init == "lwm"
-            spec = dict(arm=arm.name, source=arm.source, init_path=init, run_dir=str(run_dir), t0=t0,
-                        agent=OmegaConf.to_container(cfg.agent), eval=OmegaConf.to_container(cfg.eval), env=env,
-                        wm_real_steps=wm_real_steps if uses_lwm else 0, seed=seed,
-                        torch_threads=cfg.ray.torch_threads, replay_cursor=cursor, engine=engine)
-            learners[arm.name] = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
-                spec, replay, registry)
-            aspec = dict(run_id=run_id, arm=arm.name, source=arm.source, env=env,
-                         domain=_env_domain(cfg.envs[arm.env]), envs_per_actor=arm.envs_per_actor, policy_path=init,
-                         agent=OmegaConf.to_container(cfg.agent), seed=seed,
-                         torch_threads=cfg.ray.torch_threads, wm_path=wm_done["path"],
-                         wm_version=wm_done["wm_version"], history_turns=cfg.world_model.history_turns,
-                         wm_generation=OmegaConf.to_container(cfg.world_model.generation),
-                         initial_states=initial_states, engine=engine, hybrid=OmegaConf.to_container(arm.hybrid),
-                         control=OmegaConf.to_container(arm.control),
-                         **_shared_engines(cfg, engine, arm, init, wm_done, registry, seed))
-            lo, hi = actor_bounds(arm)
-            pools[arm.name] = ActorPool(aspec, replay, registry, lo=lo, hi=hi, start=arm.actors,
-                                        num_cpus=cfg.ray.actor_num_cpus, interval_s=cfg.pool.interval_s, t0=t0,
-                                        episodes_per_update=cfg.agent.episodes_per_update)
-        request_cluster(pools.values())
-
-        runs = {name: l.run.remote() for name, l in learners.items()}
-        wm_ref = wm_learner.continual.remote(cursor) if wm_learner is not None else None
-        deadline = t0 + cfg.run.max_minutes * 60
-        failed = None
-        wm_last = next(m for m in reversed(metrics) if m["kind"] == "wm") if metrics else dict(wm_done)
-        seen = {name: 0 for name in learners}
-        trained = {name: (0, 0) for name in learners}  # rows and episodes each learner has trained on
-        learner_rows = []
-        with Live(console=console, refresh_per_second=2) as live:
-            pending = list(runs.values())
-            while pending:
-                _, pending = ray.wait(pending, timeout=1.0)
-                statuses = ray.get([l.status.remote() for l in learners.values()])
-                new = _new_learner_rows(learners, seen, trained)
-                learner_rows += new
-                tracker.log(new + _scale_pools(pools, statuses, trained))
-                if wm_learner is not None:
-                    w = ray.get(wm_learner.status.remote())
-                    wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"],
-                               "edit_similarity": w["edit_similarity"]}
-                live.update(_arms_table(statuses, pools, wm_last, time.time() - t0))
-                if time.time() > deadline:
-                    console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
-                    for l in learners.values():
-                        l.stop.remote()
-                    deadline = float("inf")
-        results = {}
-        for name, ref in runs.items():
-            try:
-                results[name] = ray.get(ref)
-            except ray.exceptions.RayError as e:  # report what the other arms did, then fail
-                failed = f"arm {name} failed: {e}"
-        actor_status = [s for p in pools.values() for s in p.stop()]
-        request_cluster(pools.values())  # all pools are empty now: the autoscaler may remove idle nodes
-        learner_tail = _new_learner_rows(learners, seen, trained)
-        wm_tail = []
-        if wm_ref is not None:
-            wm_learner.stop.remote()
-            console.print(f"continual LWM training: {ray.get(wm_ref)} rounds on fresh real transitions")
-            wm_tail = ray.get(wm_learner.metrics.remote(wm_rows_seen))
-        tracker.log(wm_tail + learner_tail)
-        metrics += wm_tail + learner_rows + learner_tail + [r for p in pools.values() for r in p.rows]
-        metrics += _replay_metric_rows(cfg, replay, cursor, t0)
-        for s in actor_status:
-            for err in s["errors"]:
-                console.print(f"[yellow]actor error:[/yellow] {err}")
-    finally:
-        tracker.close()
-        ray.shutdown()
-
-    summary = write_report(run_dir, metrics, OmegaConf.to_container(cfg), success_target=cfg.eval.success_target)
-    console.print(_final_table(summary))
-    console.print(f"report: [bold]{(run_dir / 'report.html').resolve()}[/bold]")
-    if cfg.run.storage:
-        from agentworld.storage import upload
-
-        console.print(f"run dir copied to {upload(run_dir, cfg.run.storage)}")
-    if failed:
-        raise RuntimeError(failed)
-    return summary
-
-
-def _replay_metric_rows(cfg, replay, cursor: int, t0: float) -> list[dict]:
-    """From each arm's replay rows, read once: live fidelity and routing over time of a hybrid arm (`hybrid` rows,
-    from the rows' provenance) and obedience over time of an arm with controls (`control` rows)."""
-    from agentworld.controls import obedience_metric_rows
-    from agentworld.worldmodel.hybrid import hybrid_metric_rows
-
+def replay_metric_rows(run: Run, cursor: int) -> list[dict]:
+    """The metric rows each arm's kind derives from the arm's replay rows (hybrid routing, control obedience)."""
     out = []
-    for arm in cfg.arms:
-        hybrid, controlled = arm.source == "hybrid", arm.control.kind != "none"
-        if not (hybrid or controlled):
-            continue
-        table, _ = ray.get(replay.since.remote(cursor, arm=arm.name))
-        rows = table.to_pylist()
-        if hybrid:
-            out += hybrid_metric_rows(rows, arm.name, t0)
-        if controlled:
-            out += obedience_metric_rows(rows, arm.name, t0)
+    for arm in run.cfg.arms:
+        producers = ARM_KINDS.get(arm.source)().replay_metrics(arm)
+        if producers:
+            table, _ = ray.get(run.replay.since.remote(cursor, arm=arm.name))
+            rows = table.to_pylist()
+            for produce in producers:
+                out += produce(rows, arm.name, run.t0)
     return out
 
 
-def _env_domain(env) -> str:
-    """The domain an env reports (building it once also checks that it starts)."""
-    from agentworld.envs import make_env
+# -- 6. the report ---------------------------------------------------------------------------------------
 
-    probe = make_env(env.id, max_steps=env.max_steps, domain=env.domain, **OmegaConf.to_container(env.kwargs))
-    try:
-        return probe.domain
-    finally:
-        probe.close()
+def write_outputs(run: Run, metrics: list[dict]) -> dict:
+    """metrics.parquet, curves.png, report.html, summary.json; the final table; the copy to storage."""
+    from agentworld.report import write_report
+
+    cfg, console = run.cfg, run.console
+    summary = write_report(run.run_dir, metrics, section_dict(cfg), success_target=cfg.eval.success_target)
+    console.print(_final_table(summary))
+    console.print(f"report: [bold]{(run.run_dir / 'report.html').resolve()}[/bold]")
+    if cfg.run.storage:
+        from agentworld.storage import upload
+
+        console.print(f"run dir copied to {upload(run.run_dir, cfg.run.storage)}")
+    if run.failed:
+        raise RuntimeError(run.failed)
+    return summary
 
 
 def _final_table(summary: dict) -> Table:

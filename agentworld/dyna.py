@@ -183,6 +183,8 @@ def evaluate_real(evaluator, algo, episodes: int, greedy: bool) -> dict:
 
 def train_arm(cfg, lwm: dict, arm: str, run_dir: Path, console: Console) -> list[dict]:
     """One PPO arm, trained in the real env or in the LWM, scored in the real env; returns its metrics rows."""
+    from agentworld.metrics import metric_row
+
     algo = ppo_config(cfg, lwm, arm).build_algo()
     evaluator = real_evaluator(cfg, lwm)
     sim = algo.env_runner.env.unwrapped if arm == "sim" else None
@@ -191,8 +193,9 @@ def train_arm(cfg, lwm: dict, arm: str, run_dir: Path, console: Console) -> list
     t0, steps = time.time(), 0
 
     def log(kind: str, it: int, **row) -> dict:
-        rows.append(dict(kind=kind, arm=arm, source=arm, update=it, real_steps=0 if sim else steps,
-                         sim_steps=steps if sim else 0, wm_real_steps=wm_real_steps, wall_time=time.time() - t0, **row))
+        rows.append(metric_row(kind, arm=arm, source=arm, update=it, real_steps=0 if sim else steps,
+                               sim_steps=steps if sim else 0, wm_real_steps=wm_real_steps, wall_time=time.time() - t0,
+                               **row))
         return rows[-1]
 
     ev = cfg.eval

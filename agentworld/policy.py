@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -102,3 +103,18 @@ class LLMPolicy:
             k = int(logp.argmax()) if self.greedy else int(torch.multinomial(logp.exp(), 1, generator=self.generator))
             acts.append(Act(cs[k], [float(logp[k])], cs))
         return acts
+
+
+def behaviour_policy(policy: str, seed: int, key: str = "policy"):
+    """`random`, `oracle`, or the path of an HF checkpoint (choice among admissible actions where the env
+    offers them, free generation otherwise): the policies that gather data for the LWM. `key` names the
+    setting in the error."""
+    if policy == "random":
+        return RandomPolicy(seed)
+    if policy == "oracle":
+        return OraclePolicy(seed)
+    if not (Path(policy) / "config.json").is_file():
+        raise ValueError(f"{key} must be random, oracle or an HF checkpoint dir (no config.json at {policy!r})")
+    from agentworld.models.hf_engine import HFEngine
+
+    return LLMPolicy(HFEngine(policy, seed=seed), mode="choice", max_action_tokens=64)

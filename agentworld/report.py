@@ -1,4 +1,8 @@
-"""The run report: metrics.parquet (the canonical record), curves.png, report.html and summary.json."""
+"""The run report: metrics.parquet (the canonical record), curves.png, report.html and summary.json.
+
+curves.png starts with the sim-vs-real panels (each headline measure of the `eval` rows against real env steps,
+simulated steps, all steps and wall-clock), then draws one panel per declared measure (agentworld/metrics.py)
+of each kind of row that has data, in a computed grid. report.html puts the summary in tables for people."""
 
 from __future__ import annotations
 
@@ -7,8 +11,19 @@ import html
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
+
+from agentworld.metrics import KINDS, TIME, Kind
+
+# The headline panels' x axes, derived from the eval rows by `sim_vs_real_axes`.
+HEADLINE_X = [("x_real", "real env steps (own + LWM data)"), ("sim_steps", "simulated env steps"),
+              ("x_total", "all env steps (real + simulated)"), ("x_wall", "wall-clock (min)")]
+COLUMNS = 4  # panels per row of curves.png
+MARKERS = "osD^vP*X"  # tell apart the measures of a panel that share a colour
+HOW_TO_READ = ("Every arm is scored in the real env. Solid: trains on real steps; dashed: trains in the LWM. "
+               "Real env steps of LWM-based arms include the LWM's data budget.")
 
 
 def _num(x):
@@ -92,111 +107,374 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
     return {"run": run, "success_target": success_target, "arms": arms, "lwm": lwm}
 
 
+# ------------------------------------------------------------------------------------------------
+# Numbers for people
+
+def fmt(value, how: str = "number") -> str:
+    """`value` for reading: fractions to three significant digits, counts with thousands separators, seconds
+    as minutes; flags as yes/no; missing as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if how == "seconds":
+        return f"{value / 60:,.1f} min"
+    if how == "count":
+        return f"{value:,.0f}"
+    if how == "fraction":
+        return f"{value:#.3g}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:#.3g}".rstrip(".")
+
+
+def to_target_words(t: dict | None) -> str:
+    """An arm's summary `to_target` in words: when it first reached the success target, and at what cost."""
+    if t is None:
+        return "not reached"
+    parts = [f"update {fmt(t['update'], 'count')}", f"{fmt(t['real_env_steps'], 'count')} real env steps"]
+    if t.get("sim_steps"):
+        parts.append(f"{fmt(t['sim_steps'], 'count')} simulated steps")
+    return " · ".join(parts + [fmt(t["wall_clock_s"], "seconds")])
+
+
+# ------------------------------------------------------------------------------------------------
+# Which panels: the headline ones, then the declared measures that have data
+
+def sim_vs_real_axes(evals: pd.DataFrame) -> pd.DataFrame:
+    """Eval rows with the headline x axes: real env steps (own + the LWM's data), all steps, wall-clock in min."""
+    evals = evals.copy()
+    evals["x_real"] = evals["real_steps"].fillna(0) + evals["wm_real_steps"].fillna(0)
+    evals["x_total"] = evals["x_real"] + evals["sim_steps"].fillna(0)
+    evals["x_wall"] = evals[TIME] / 60
+    return evals
+
+
+def headline_measures() -> list[tuple[str, str]]:
+    return [(name, m.label) for name, m in KINDS["eval"].measures.items() if m.headline]
+
+
+def _has(rows: pd.DataFrame, column: str) -> bool:
+    return column in rows and rows[column].notna().any()
+
+
+def curve_rows(kind: Kind, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are points of curves: not the end-of-run totals."""
+    if kind.totals and kind.totals in rows:
+        return rows[rows[kind.totals] != True]  # noqa: E712  (NaN on curve rows)
+    return rows
+
+
+def total_rows(kind: Kind, rows: pd.DataFrame) -> pd.DataFrame:
+    if kind.totals and kind.totals in rows:
+        return rows[rows[kind.totals] == True]  # noqa: E712
+    return rows.iloc[0:0]
+
+
+def measure_panels(kind: Kind, rows: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(title, measures with data) of each of the kind's panels that has any data in `rows`."""
+    if not len(rows) or (kind.drawn is not None and not kind.drawn(rows)):
+        return []
+    out = []
+    for title, names in kind.panels().items():
+        names = [n for n in names if _has(rows, n)]
+        if names:
+            out.append((title, names))
+    return out
+
+
+def x_values(kind: Kind, rows: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The kind's x for `rows` and its label: wall-clock in minutes, or the kind's counter."""
+    if kind.x != TIME and kind.x in rows:
+        return rows[kind.x], kind.x_label()
+    return rows[TIME] / 60, "wall-clock (min)"
+
+
+def series_of(kind: Kind, rows: pd.DataFrame, leave_out: tuple = ()) -> list[tuple[dict, pd.DataFrame]]:
+    """({key: value}, rows) of each line: the rows split by the kind's series keys (arm, stage, control...)."""
+    keys = [k for k in kind.series_keys() if k in rows and k not in leave_out]
+    if not keys:
+        return [({}, rows.sort_values(TIME))]
+    return [(dict(zip(keys, values if isinstance(values, tuple) else (values,))), r.sort_values(TIME))
+            for values, r in rows.groupby(keys, dropna=False, sort=True)]
+
+
+def _line_style(rows: pd.DataFrame) -> str:
+    """Solid for rows of arms that train on real steps, dashed for those that train in the LWM."""
+    return "--" if "source" in rows and rows["source"].notna().any() and (rows["source"] != "real").any() else "-"
+
+
+class Panel(NamedTuple):
+    kind: Kind
+    title: str
+    names: list[str]  # its measures
+    rows: pd.DataFrame
+    totals: bool  # end-of-run totals (bars), not curves
+
+
+def detail_panels(df: pd.DataFrame) -> list[Panel]:
+    """The panels after the headline ones: each kind's (in declaration order) that have data."""
+    out = []
+    for kind in KINDS.values():
+        rows = _rows(df, kind.name)
+        for totals, part in ((False, curve_rows(kind, rows)), (True, total_rows(kind, rows))):
+            out += [Panel(kind, title, names, part, totals) for title, names in measure_panels(kind, part)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# curves.png: colour is the arm's in every panel (the legend at the top says which); a panel's own legend
+# names only what the arm does not: its measures, stages, controls.
+
 def plot_curves(df: pd.DataFrame, path: Path, success_target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals, wm = _rows(df, "eval").copy(), _rows(df, "wm")
-    if len(evals):
-        evals["x_real"] = evals["real_steps"].fillna(0) + evals["wm_real_steps"].fillna(0)
-        evals["x_total"] = evals["x_real"] + evals["sim_steps"].fillna(0)
-        evals["x_wall"] = evals["wall_time"] / 60
-    xs = [("x_real", "real env steps (own + LWM data)"), ("sim_steps", "simulated env steps"),
-          ("x_total", "all env steps (real + simulated)"), ("x_wall", "wall-clock (min)")]
-    ctl = _rows(df, "control")
-    fig, axes = plt.subplots(3 + bool(len(ctl)), 4, figsize=(18, 11 + 3.7 * bool(len(ctl))))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    arms = sorted(set(evals["arm"])) if len(evals) else []
-    for row, (metric, label) in enumerate((("success", "real-env success"), ("return", "real-env return"))):
-        for col, (x, xlabel) in enumerate(xs):
-            ax = axes[row, col]
-            for k, arm in enumerate(arms):
-                e = evals[evals["arm"] == arm].sort_values("wall_time")
-                style = "-" if (e["source"] == "real").all() else "--"
-                ax.plot(e[x], e[metric], style, marker="o", ms=3, color=colors[k % len(colors)],
-                        label=f"{arm} ({e['source'].iloc[0]})")
-            if metric == "success":
-                ax.axhline(success_target, ls=":", color="grey", label=f"target {success_target:g}")
-                ax.set_ylim(-0.05, 1.05)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(label)
-            ax.set_title(f"{label} vs {xlabel}", fontsize=10)
-            ax.grid(alpha=0.3)
-            if arms:
-                ax.legend(fontsize=8)
-    for col, (x, xlabel) in enumerate((("train_step", "LWM training step"), ("wall_time", "wall-clock (min)"))):
-        ax = axes[2, col]
-        if len(wm):
-            w = wm.sort_values("wall_time")
-            xv = w[x] / (60 if x == "wall_time" else 1)
-            for k, m in enumerate(("exact_match", "edit_similarity", "outcome_accuracy")):
-                ax.plot(xv, w[m], marker="o", ms=3, label=m.replace("_", " "), color=colors[(k + 3) % len(colors)])
-            ax.legend(fontsize=8)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out next-state fidelity")
-        ax.set_title(f"LWM fidelity vs {xlabel}", fontsize=10)
+    evals = sim_vs_real_axes(_rows(df, "eval"))
+    colors = _Colors(df, plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    headline = [(m, x) for m in headline_measures() for x in HEADLINE_X]
+    details = detail_panels(df)
+    n, rows_n = len(headline) + len(details), math.ceil((len(headline) + len(details)) / COLUMNS)
+    fig, axes = plt.subplots(rows_n, COLUMNS, figsize=(4.5 * COLUMNS, 3.7 * rows_n + 1.2), squeeze=False)
+    axes = list(axes.ravel())
+    for ax, (measure, x) in zip(axes, headline):
+        _draw_headline(ax, evals, measure, x, colors, success_target)
+    for ax, panel in zip(axes[len(headline):], details):
+        (_draw_totals if panel.totals else _draw_curves)(ax, panel, colors)
+    for ax in axes[:n]:
         ax.grid(alpha=0.3)
-    pool = _rows(df, "pool")
-    if len(pool) and pool["decision"].isin(["grow", "shrink"]).any():  # the actor pools' sizes, where arms autoscale
-        ax = axes[2, 3]
-        for k, arm in enumerate(sorted(set(pool["arm"]))):
-            p = pool[pool["arm"] == arm].sort_values("wall_time")
-            ax.step(p["wall_time"] / 60, p["actors"], where="post", color=colors[k % len(colors)], label=arm)
-        ax.set(xlabel="wall-clock (min)", ylabel="rollout actors", title="actor pool size")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    else:
-        axes[2, 3].axis("off")
-    hyb = _rows(df, "hybrid")
-    if len(hyb):  # the hybrid arms' live fidelity and the share of their steps routed to the real env
-        ax = axes[2, 2]
-        for k, arm in enumerate(sorted(set(hyb["arm"]))):
-            h = hyb[hyb["arm"] == arm].sort_values("wall_time")
-            ax.plot(h["wall_time"] / 60, h["fidelity"], marker="o", ms=3, color=colors[k % len(colors)],
-                    label=f"{arm}: live fidelity")
-            ax.fill_between(h["wall_time"] / 60, 0, h["routed_share"], step="pre", alpha=0.25,
-                            color=colors[(k + 5) % len(colors)], label=f"{arm}: share routed to real")
-        ax.set(xlabel="wall-clock (min)", ylabel="fidelity / routed share", ylim=(-0.05, 1.05),
-               title="hybrid: live fidelity (shadow exact match) and routing")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        axes[2, 2].text(0.01, 0.02, "Every arm is scored in the real env.", transform=ax.transAxes, fontsize=8)
-    else:
-        axes[2, 2].axis("off")
-        axes[2, 2].text(0, 0.9, "Every arm is scored in the real env.\nSolid: trains on real steps; dashed: trains in the LWM.\n"
-                    "Real env steps of LWM-based arms include the LWM's data budget.", va="top", fontsize=10)
-    if len(ctl):  # controlled arms: obedience over time, and per control
-        _plot_obedience(axes[3], ctl, colors)
-    fig.suptitle("AgentWorld: sim-vs-real learning curves", fontsize=14)
-    fig.tight_layout()
+    for ax in axes[n:]:
+        ax.axis("off")
+    height = fig.get_figheight()  # inches: room for the title and the arms' legend above the panels
+    fig.suptitle(f"AgentWorld: sim-vs-real learning curves\n{HOW_TO_READ}", fontsize=12, y=1 - 0.1 / height)
+    if colors.arm:
+        fig.legend(handles=colors.arm_handles(df), loc="upper center", ncol=min(6, len(colors.arm)), fontsize=10,
+                   frameon=False, bbox_to_anchor=(0.5, 1 - 0.55 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def _plot_obedience(axes, ctl: pd.DataFrame, colors) -> None:
-    """Obedience: the share of controlled sim steps whose outcome the labeler confirms."""
-    final = ctl["final"] == True  # noqa: E712
-    names = sorted(set(ctl.loc[final & (ctl["control"] != "all"), "control"]))
-    arms = sorted(set(ctl["arm"]))
-    for k, arm in enumerate(arms):
-        c = ctl[(ctl["arm"] == arm) & ~final & (ctl["control"] == "all")].sort_values("wall_time")
-        axes[0].plot(c["wall_time"] / 60, c["obedience"], marker="o", ms=3, color=colors[k % len(colors)], label=arm)
-        f = ctl[(ctl["arm"] == arm) & final].set_index("control")
-        width = 0.8 / len(arms)
-        axes[1].bar([i + k * width for i in range(len(names))], [f["obedience"].get(n, 0.0) for n in names], width,
-                    color=colors[k % len(colors)], label=arm)
-    axes[0].set(xlabel="wall-clock (min)", ylabel="obedience (cumulative)", ylim=(-0.05, 1.05),
-                title="controlled sim steps the labeler confirms")
-    axes[1].set(ylabel="obedience", ylim=(0, 1.05), title="obedience by control")
-    axes[1].set_xticks([i + 0.4 - 0.4 / len(arms) for i in range(len(names))], names, fontsize=8)
-    for ax in axes[:2]:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes[2:]:
-        ax.axis("off")
+class _Colors:
+    """One colour per arm across all panels (evaluated arms first, by name); the other colours of the cycle
+    tell apart measures, stages and controls where no arm does."""
+
+    def __init__(self, df: pd.DataFrame, palette: list[str]):
+        evaluated = sorted(set(_rows(df, "eval")["arm"].dropna())) if "arm" in df else []
+        others = sorted(set(df["arm"].dropna()) - set(evaluated)) if "arm" in df else []
+        self.arm = {arm: palette[k % len(palette)] for k, arm in enumerate(evaluated + others)}
+        self.free = [c for c in palette if c not in self.arm.values()] or palette
+
+    def other(self, k: int) -> str:
+        return self.free[k % len(self.free)]
+
+    def arm_handles(self, df: pd.DataFrame) -> list:
+        from matplotlib.lines import Line2D
+
+        sources = df.dropna(subset=["arm"]).groupby("arm")["source"].first() if "source" in df else {}
+        return [Line2D([], [], color=c, ls="-" if sources.get(arm) == "real" else "--", marker="o", ms=4,
+                       label=f"{arm} (trains in {sources.get(arm, '?')})") for arm, c in self.arm.items()]
+
+
+def _draw_headline(ax, evals: pd.DataFrame, measure: tuple[str, str], x: tuple[str, str], colors: _Colors,
+                   success_target: float) -> None:
+    (name, label), (x, xlabel) = measure, x
+    for arm, e in evals.groupby("arm", sort=True) if len(evals) else []:
+        e = e.sort_values(TIME)
+        ax.plot(e[x], e[name], _line_style(e), marker="o", ms=3, color=colors.arm[arm])
+    if KINDS["eval"].measures[name].fmt == "fraction":
+        ax.set_ylim(-0.05, 1.05)
+    if name == "success":
+        ax.axhline(success_target, ls=":", color="grey")
+        ax.annotate(f"target {success_target:g}", (1, success_target), xycoords=("axes fraction", "data"),
+                    xytext=(-3, 3), textcoords="offset points", ha="right", fontsize=8, color="grey")
+    ax.set(xlabel=xlabel, ylabel=label)
+    ax.set_title(f"{label} vs {xlabel}", fontsize=10)
+
+
+def _draw_curves(ax, panel: Panel, colors: _Colors) -> None:
+    """The panel's measures over its kind's x: a line per series and measure. Colour is the arm's, markers
+    tell the measures apart; a panel of a single series colours its measures instead."""
+    import matplotlib.ticker
+
+    kind, title, names, rows = panel.kind, panel.title, panel.names, panel.rows
+    lines = series_of(kind, rows)
+    single = len(lines) == 1
+    legend = {}
+    for s, (keys, r) in enumerate(lines):
+        xs, xlabel = x_values(kind, r)
+        arm, style = keys.get("arm"), _line_style(r)
+        arm = arm if isinstance(arm, str) else None  # rows without an arm group under NaN
+        for m, name in enumerate(names):
+            y = r[name]
+            ok = y.notna()
+            if not ok.any():
+                continue
+            by_arm = arm is not None and not (single and len(names) > 1)
+            text = _legend_text(keys, kind.measures[name].label if len(names) > 1 else "", with_arm=not by_arm)
+            color = colors.arm[arm] if by_arm else colors.other(s * len(names) + m)
+            marker = MARKERS[m % len(MARKERS)] if len(names) > 1 else "o"
+            draw = ax.step if kind.measures[name].step else ax.plot
+            extra = dict(where="post") if kind.measures[name].step else {}
+            (line,) = draw(xs[ok], y[ok], ls=style, marker=marker, ms=3, markevery=max(1, int(ok.sum()) // 15),
+                           lw=1.2, color=color, **extra)
+            if text:  # an arm's line needs no entry of its own: the figure's legend has it
+                legend.setdefault(text, _grey(line) if by_arm and len(lines) > 1 else line)
+    _decorate(ax, kind, title, names, xlabel)
+    if all(kind.measures[n].fmt == "count" for n in names):
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if legend:
+        ax.legend(legend.values(), legend.keys(), fontsize=8)
+
+
+def _draw_totals(ax, panel: Panel, colors: _Colors) -> None:
+    """End-of-run totals as bars: a group per `totals_by` value (e.g. per control), a bar per series and measure."""
+    kind, title, names, rows = panel.kind, panel.title, panel.names, panel.rows
+    by = kind.totals_by
+    cats = sorted(set(rows[by].dropna()), key=lambda c: (c != "all", c))  # "all" first
+    bars = [(keys, r, name) for keys, r in series_of(kind, rows, leave_out=(by,)) for name in names
+            if r[name].notna().any()]
+    width = 0.8 / len(bars)
+    legend = {}
+    for b, (keys, r, name) in enumerate(bars):
+        values = r.set_index(by)[name]
+        shade = 1.0 - 0.45 * (names.index(name) % 2)  # a second measure: the same colour, lighter
+        color = colors.arm.get(keys.get("arm")) or colors.other(b)
+        bar = ax.bar([i + b * width for i in range(len(cats))], [values.get(c, 0.0) for c in cats], width,
+                     color=color, alpha=shade)
+        if len(names) > 1:
+            legend.setdefault(kind.measures[name].label, bar)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, fontsize=8)
+    _decorate(ax, kind, title, names, None, suffix=f" by {by}, end of run")
+    if legend:
+        ax.legend(legend.values(), legend.keys(), fontsize=8)
+
+
+def _legend_text(keys: dict, measure: str, with_arm: bool) -> str:
+    """What a line is: its keys (the arm only where its colour does not say it; stage, control) and its measure."""
+    names = " · ".join(str(v) for k, v in keys.items() if with_arm or k != "arm")
+    return ": ".join(p for p in (names, measure) if p)
+
+
+def _grey(line):
+    """A legend handle with the line's style and marker but no arm colour: it stands for every arm's line."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="grey", ls="-", marker=line.get_marker(), ms=4)
+
+
+def _decorate(ax, kind: Kind, title: str, names: list[str], xlabel: str | None, suffix: str = "") -> None:
+    measures = [kind.measures[n] for n in names]
+    ax.set_title(f"{kind.title}: {title}{suffix}", fontsize=10)
+    ax.set_ylabel(measures[0].label if len(measures) == 1 else title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if all(m.fmt == "fraction" for m in measures):
+        ax.set_ylim(-0.05, 1.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# report.html
+
+def _table(header: list[str], rows: list[list], text: int | set[int] = 1) -> str:
+    """An HTML table of formatted cells; the `text` columns (the first `text` ones, or those indices) are
+    left-aligned words, the others right-aligned numbers."""
+    e = html.escape
+    text = set(range(text)) if isinstance(text, int) else text
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td class='{'txt' if i in text else 'num'}'>{e(str(v))}</td>"
+                                     for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _arms_html(summary: dict) -> str:
+    target = summary["success_target"]
+    rows = [[name, a["source"], fmt(a["final_success"], "fraction"), fmt(a["best_success"], "fraction"),
+             fmt(a["final_return"]), fmt(a["real_steps"], "count"), fmt(a["sim_steps"], "count"),
+             fmt(a["wm_real_steps"], "count"), fmt(a["updates"], "count"), fmt(a["wall_clock_s"], "seconds"),
+             to_target_words(a["to_target"])]
+            for name, a in summary["arms"].items() if "source" in a]  # not an arm known only from hybrid/control rows
+    header = ["arm", "trains in", "final success", "best success", "final return", "own real env steps",
+              "simulated steps", "LWM data steps", "updates", "wall-clock", f"first success ≥ {target:g}"]
+    return (f"<h2>Arms, scored in the real env (target success {target:g})</h2>"
+            + _table(header, rows, text={0, 1, len(header) - 1})
+            + "<p>Real env steps in “first success” count the arm's own and the LWM's data.</p>")
+
+
+def _hybrid_html(summary: dict) -> str:
+    rows = [[name, fmt(h["final_fidelity"], "fraction"), fmt(h["min_fidelity"], "fraction"),
+             fmt(h["match_rate"], "fraction"), fmt(h["routed_steps"], "count"), fmt(h["shadow_steps"], "count"),
+             fmt(h["sim_steps"], "count"), fmt(h["scored"], "count"), f"{h['routed_bins']} of {h['bins']}"]
+            for name, a in summary["arms"].items() if (h := a.get("hybrid"))]
+    if not rows:
+        return ""
+    header = ["arm", "live fidelity at the end", "lowest live fidelity", "shadow match rate", "routed steps",
+              "shadow steps", "simulated steps", "shadow-scored steps", "bins with routing"]
+    return ("<h2>Hybrid arms: live fidelity and routing to the real env</h2>" + _table(header, rows)
+            + "<p>Live fidelity: the gate's share of shadow-executed steps the LWM predicted exactly. The "
+              "<code>hybrid</code> rows of metrics.parquet, and their panels below, give both over time.</p>")
+
+
+def _controls_html(summary: dict) -> str:
+    rows = []
+    for name, a in summary["arms"].items():
+        if c := a.get("control"):
+            rows.append([name, "all controls", fmt(c["obedience"], "fraction"), fmt(c["controlled_steps"], "count")])
+            rows += [[name, control, fmt(v["obedience"], "fraction"), fmt(v["steps"], "count")]
+                     for control, v in c["by_control"].items()]
+    if not rows:
+        return ""
+    return ("<h2>Controls: obedience of the simulator</h2>"
+            + _table(["arm", "control", "obedience", "controlled sim steps"], rows, text=2)
+            + "<p>Obedience: the share of controlled sim steps whose outcome the labeler confirms "
+              "(<code>control</code> rows of metrics.parquet).</p>")
+
+
+def kind_table(kind: Kind, rows: pd.DataFrame) -> str:
+    """Every row of `kind`, in time order, with each declared column that has data, labelled and formatted."""
+    keys = [k for k in kind.keys if _has(rows, k)]
+    measures = [m for m in kind.measures if _has(rows, m)]
+    header = [kind.keys[k].label for k in keys] + [kind.measures[m].label for m in measures] + ["wall-clock"]
+    body = [[fmt(r[k]) for k in keys] + [fmt(r[m], kind.measures[m].fmt) for m in measures]
+            + [fmt(r[TIME], "seconds")] for _, r in rows.sort_values(TIME).iterrows()]
+    return _table(header, body, text=len(keys))
+
+
+def _lwm_html(summary: dict, df: pd.DataFrame) -> str:
+    wm = _rows(df, "wm")
+    if not len(wm):
+        return "<h2>LWM fidelity on held-out real transitions</h2><p>No LWM measurements in this run.</p>"
+    versions = summary["lwm"]["versions"]
+    return ("<h2>LWM fidelity on held-out real transitions</h2>" + kind_table(KINDS["wm"], wm)
+            + f"<p>{versions} version{'s' if versions != 1 else ''} measured (version 0 is the untrained model). "
+              "Obedience, when the LWM trains with hindsight controls: the share of held-out counterfactual "
+              "controls it follows, with the control line and without it.</p>")
+
+
+def _config_html(config: dict | None) -> str:
+    if not config:
+        return ""
+    import yaml
+
+    text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False, width=110)
+    return f"<details><summary><h2>Config</h2></summary><pre>{html.escape(text)}</pre></details>"
+
+
+def render_html(summary: dict, df: pd.DataFrame, config: dict | None, png: bytes, name: str) -> str:
+    title = html.escape(f"AgentWorld report: {summary['run'] or name}")
+    image = base64.b64encode(png).decode()
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1500px}h2{font-size:1.2em;margin-top:1.5em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}th{background:#f3f3f3;font-weight:600}"
+        "td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "table{border-collapse:collapse;margin-bottom:0.5em}p{color:#444;font-size:0.9em}"
+        "summary h2{display:inline}</style></head><body>"
+        f"<h1>{title}</h1>{_arms_html(summary)}{_hybrid_html(summary)}{_controls_html(summary)}"
+        f"{_lwm_html(summary, df)}<h2>Curves</h2>"
+        f"<img src='data:image/png;base64,{image}' style='max-width:100%'>{_config_html(config)}</body></html>")
 
 
 def write_report(run_dir, metrics, config: dict | None = None, success_target: float = 0.8) -> dict:
@@ -209,34 +487,6 @@ def write_report(run_dir, metrics, config: dict | None = None, success_target: f
     summary = summarize(df, config, success_target)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_curves(df, run_dir / "curves.png", success_target)
-    png = base64.b64encode((run_dir / "curves.png").read_bytes()).decode()
-    e = html.escape
-    arm_rows = "".join(
-        f"<tr><td>{e(name)}</td><td>{e(a['source'])}</td><td>{a['final_success']}</td><td>{a['final_return']}</td>"
-        f"<td>{a['real_steps']}</td><td>{a['sim_steps']}</td><td>{a['wm_real_steps']}</td>"
-        f"<td>{e(json.dumps(a['to_target']))}</td><td>{a['wall_clock_s']}</td></tr>" for name, a in summary["arms"].items())
-    hyb_rows = "".join(f"<tr><td>{e(name)}</td><td>{e(json.dumps(a['hybrid']))}</td></tr>"
-                       for name, a in summary["arms"].items() if a.get("hybrid"))
-    hyb_html = (f"<h2>Hybrid arms: live fidelity and routing to the real env</h2><table>{hyb_rows}</table>"
-                "<p>`hybrid` rows of metrics.parquet, and the panel below, give both over time.</p>") if hyb_rows else ""
-    ctl_rows = "".join(f"<tr><td>{e(name)}</td><td>{a['control']['obedience']}</td><td>{a['control']['controlled_steps']}</td>"
-                       f"<td>{e(json.dumps(a['control']['by_control']))}</td></tr>"
-                       for name, a in summary["arms"].items() if a.get("control"))
-    ctl_html = (f"<h2>Controls: obedience of the simulator</h2><table><tr><th>arm</th><th>obedience</th>"
-                 f"<th>controlled sim steps</th><th>by control</th></tr>{ctl_rows}</table><p>Obedience: the share "
-                 "of controlled sim steps whose outcome the labeler confirms (`control` rows of metrics.parquet)."
-                 "</p>") if ctl_rows else ""
-    lwm = summary["lwm"]
-    lwm_rows = "".join(f"<tr><td>{k}</td><td>{e(json.dumps(v))}</td></tr>" for k, v in lwm.items())
-    cfg = f"<h2>Config</h2><pre>{e(json.dumps(config, indent=2, default=str))}</pre>" if config else ""
-    title = e(f"AgentWorld report: {summary['run'] or run_dir.name}")
-    (run_dir / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "table{border-collapse:collapse;margin-bottom:1em}</style></head><body>"
-        f"<h1>{title}</h1><h2>Arms, scored in the real env (target success {success_target:g})</h2>"
-        "<table><tr><th>arm</th><th>trains in</th><th>final success</th><th>final return</th><th>real steps</th>"
-        f"<th>sim steps</th><th>LWM data steps</th><th>to target</th><th>wall-clock s</th></tr>{arm_rows}</table>"
-        f"{hyb_html}{ctl_html}<h2>LWM fidelity on held-out real transitions</h2><table>{lwm_rows}</table>"
-        f"<img src='data:image/png;base64,{png}' style='max-width:100%'>{cfg}</body></html>")
+    page = render_html(summary, df, config, (run_dir / "curves.png").read_bytes(), run_dir.name)
+    (run_dir / "report.html").write_text(page)
     return summary

@@ -1,4 +1,4 @@
-"""The trajectory schema: one row per transition, provenance on every row (see ARCHITECTURE.md)."""
+"""The trajectory schema: one row per transition, provenance on every row (docs/architecture.md)."""
 
 from __future__ import annotations
 

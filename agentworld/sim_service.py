@@ -136,13 +136,11 @@ class Simulator:
         return serve.get_deployment_actor("sessions")
 
     def _real_reset(self, key: str, seed: int):
-        from agentworld.envs import make_env
+        from agentworld.envs import make_env_from
 
-        env = self.spec["envs"][key]
         with self.real_lock:
             if key not in self.real:
-                self.real[key] = make_env(env["id"], max_steps=env["max_steps"], domain=env.get("domain"),
-                                          **env.get("kwargs", {}))
+                self.real[key] = make_env_from(self.spec["envs"][key])
             real = self.real[key]
             obs, info = real.reset(seed=seed)
         return real, obs, json.loads(json.dumps(info, default=str))
@@ -164,8 +162,8 @@ class Simulator:
         real, obs, info = self._real_reset(req.env, req.seed)
         gen = self.spec["generation"]
         sim = WorldModelEnv(self.engine, real.env_id, real.domain, [(obs, info)],
-                            max_steps=self.spec["envs"][req.env]["max_steps"], history_turns=self.spec["history_turns"],
-                            max_new_tokens=gen["max_new_tokens"], temperature=gen["temperature"], control=req.control)
+                            max_steps=self.spec["envs"][req.env].max_steps, history_turns=self.spec["history_turns"],
+                            max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, control=req.control)
         sim.reset(req.seed)
         sim.engine = None  # the engine stays in this replica; only the episode goes to the store
         sid = ray.get(self._store().create.remote({"sim": sim, "done": False}))
@@ -215,7 +213,7 @@ def is_loopback(host: str) -> bool:
 
 def build_spec(cfg, model_path: str | None = None) -> dict:
     """What every replica needs, checked before anything starts: the model exists, and an exposed host has a token."""
-    from omegaconf import OmegaConf
+    from agentworld.config import section
 
     s = cfg.serve
     model = model_path or str(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints" / "wm")
@@ -226,9 +224,9 @@ def build_spec(cfg, model_path: str | None = None) -> dict:
     if not token and not is_loopback(s.host):
         raise ValueError(f"serve.host {s.host!r} is not a loopback address: a token is required "
                          f"(serve.token or ${TOKEN_ENV})")
-    return dict(model_path=model, model_name=s.model_name, token=token, envs=OmegaConf.to_container(cfg.envs),
-                history_turns=cfg.world_model.history_turns,
-                generation=OmegaConf.to_container(cfg.world_model.generation), max_tokens=s.max_tokens,
+    return dict(model_path=model, model_name=s.model_name, token=token, envs={k: section(v) for k, v in cfg.envs.items()},
+                history_turns=cfg.world_model.history_turns, generation=section(cfg.world_model.generation),
+                max_tokens=s.max_tokens,
                 max_body_bytes=s.max_body_bytes, max_sessions=s.max_sessions, torch_threads=cfg.ray.torch_threads)
 
 

@@ -7,19 +7,19 @@ import math
 import os
 from pathlib import Path
 
+from agentworld.metrics import KINDS, TIME
+
 FLUSH_S = 5  # seconds between writes of the TensorBoard event files
-# Rows are keyed by these, not measured: they never become scalars.
-_NOT_SCALARS = {"kind", "arm", "source", "stage", "decision", "reason", "wall_time"}
-# The step a row is plotted at in TensorBoard/MLflow, per kind (each has one x axis per scalar).
-_STEP = {"eval": "update", "train": "update", "wm": "train_step", "wm_train": "train_step"}
 
 
 def _scalars(row: dict) -> dict[str, float]:
+    """The row's measures, as its kind declares them (agentworld/metrics.py); keys, flags, the row's time
+    and missing values are no scalars. A row of an undeclared kind: every number but its time."""
+    kind = KINDS.get(row.get("kind"))
     out = {}
     for k, v in row.items():
-        if k in _NOT_SCALARS or isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(v):
+        measured = k in kind.measures if kind else k != TIME
+        if measured and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)
     return out
 
@@ -49,7 +49,8 @@ class Tracker:
 
     def _step(self, row: dict) -> int:
         """The row's own counter where it has one, else a per-(kind, arm) count (pool decisions)."""
-        key = _STEP.get(row.get("kind"))
+        kind = KINDS.get(row.get("kind"))
+        key = kind.x if kind and kind.x != TIME else None  # a kind drawn against time has no counter of its own
         if key and isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
             return int(row[key])
         k = (row.get("kind"), row.get("arm"))

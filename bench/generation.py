@@ -79,6 +79,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)  # before vLLM starts: it pins torch's thread count from then on
     import models
+    from agentworld.config import VLLMConfig
     from agentworld.models.engine import make_engine
 
     print(f"{'model':8} {'params':>7} {'batch':>5} {'HF tok/s':>9} {'vLLM tok/s':>10} {'vLLM/HF':>8} {'GEMM tok/s':>10} "
@@ -86,7 +87,7 @@ def main() -> None:
     for size in args.sizes:
         path = models.build(size, args.root)
         hf = make_engine("hf", path)
-        vllm = make_engine("vllm", path, vllm=dict(kv_cache_gb=1.0, max_model_len=2048, dtype=args.vllm_dtype))
+        vllm = make_engine("vllm", path, vllm=VLLMConfig(kv_cache_gb=1.0, max_model_len=2048, dtype=args.vllm_dtype))
         for batch in args.batches:
             prompts = models.prompts(batch)
             for engine in (hf, vllm):

@@ -21,7 +21,7 @@ import torch
 
 def collect(env_id: str, kwargs: dict, steps: int, max_steps: int, seed: int = 0) -> list[list[dict]]:
     """Random-policy episodes as trajectory-schema row dicts, until `steps` transitions."""
-    from actors.rollout import play_episodes
+    from agentworld.episodes import play_episodes
     from agentworld.envs import make_env
     from agentworld.policy import RandomPolicy
 
@@ -43,6 +43,7 @@ def train_lwm(base: str, train_eps, control_fraction: float, sft_steps: int, see
     """A copy of the base model after next-state SFT, hindsight controls on `control_fraction` of examples."""
     from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
     from agentworld.worldmodel.data import wm_examples
+    from agentworld.config import WMSFTConfig
     from learners.wm_recipe import run_sft
 
     torch.manual_seed(seed)
@@ -50,8 +51,8 @@ def train_lwm(base: str, train_eps, control_fraction: float, sft_steps: int, see
     engine = HFEngine.from_model(model, tok)
     rng = random.Random(seed)
     train = wm_examples(train_eps, engine.render, control_fraction=control_fraction, rng=rng)
-    cfg = dict(lr=2e-3, steps=sft_steps, warmup_steps=20, weight_decay=0.0, batch_size=batch_size, eval_every=sft_steps + 1,
-               balance_transitions=1.0, balance_outcomes=0.5)
+    cfg = WMSFTConfig(lr=2e-3, steps=sft_steps, warmup_steps=20, weight_decay=0.0, batch_size=batch_size,
+                      eval_every=sft_steps + 1, balance_transitions=1.0, balance_outcomes=0.5)
     run_sft(model, tok, train, cfg, rng, lambda step, loss: None, lambda step: None)
     model.eval()
     return engine

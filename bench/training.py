@@ -23,17 +23,20 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def engine_section(kind: str, ranks: int, num_cpus: float) -> dict | None:
+def learner_runtime(kind: str, ranks: int, num_cpus: float):
+    """The Runtime a learner would get: None for torch (every default), else ZeRO-2 over `ranks` with gloo."""
+    from agentworld.config import DeepSpeedConfig, EngineConfig, RayConfig, Runtime
+
     if kind == "torch":
         return None
-    return {"train": "deepspeed", "num_cpus": num_cpus,
-            "deepspeed": {"zero_stage": 2, "data_parallel": ranks, "backend": "gloo", "offload_optimizer": False,
-                          "torch_adam": True}}
+    return Runtime(ray=RayConfig(actor_num_cpus=num_cpus), engine=EngineConfig(
+        train="deepspeed", deepspeed=DeepSpeedConfig(zero_stage=2, data_parallel=ranks, backend="gloo",
+                                                     offload_optimizer=False, torch_adam=True)))
 
 
 @ray.remote
 class Trainer:
-    def __init__(self, path: str, engine: dict | None, threads: int, seq_len: int):
+    def __init__(self, path: str, runtime, threads: int, seq_len: int):
         import torch
 
         torch.set_num_threads(threads)
@@ -43,7 +46,7 @@ class Trainer:
         from learners.wm_recipe import pack
 
         model, tok = load_model_and_tokenizer(path)
-        self.trainer = make_trainer(model, tok, lr=1e-4, total_steps=10_000, engine=engine)
+        self.trainer = make_trainer(model, tok, lr=1e-4, total_steps=10_000, runtime=runtime)
         self.rows, self.k = pack(tok, models.corpus(2000), seq_len), 0
 
     def step_times(self, steps: int, batch: int) -> list[float]:
@@ -86,8 +89,8 @@ def main() -> None:
             actors = []
             for _, kind, ranks in configs:
                 threads = max(1, args.threads // ranks)
-                actors.append(Trainer.options(num_cpus=threads).remote(path, engine_section(kind, ranks, threads),
-                                                                       threads, args.seq_len))
+                actors.append(Trainer.options(num_cpus=threads).remote(
+                    path, learner_runtime(kind, ranks, threads), threads, args.seq_len))
             ray.get([a.step_times.remote(args.warmup, args.batch) for a in actors])  # warm-up (untimed)
             times = [[] for _ in actors]
             while len(times[0]) < args.steps:

@@ -34,8 +34,11 @@ def state_dict(millions: float) -> dict:
     return {f"layer{k}.weight": torch.randn(rows, 1024) for k in range(4)}
 
 
-def engine_section(kind: str, root: str) -> dict:
-    return {"weight_sync": kind, "weights_dir": root}
+def sync_runtime(kind: str, root: str):
+    """The Runtime a learner and its readers would get, with the `kind` weight sync and its directory."""
+    from agentworld.config import EngineConfig, Runtime
+
+    return Runtime(engine=EngineConfig(weight_sync=kind), weights_dir=root)
 
 
 @ray.remote(num_cpus=0)
@@ -44,7 +47,7 @@ class Writer:
         from learners.weight_sync import make_weight_sync
 
         self.kind, self.sd = kind, {}
-        self.sync = None if kind == "raw" else make_weight_sync(engine_section(kind, root), registry)
+        self.sync = None if kind == "raw" else make_weight_sync(sync_runtime(kind, root), registry)
 
     def prepare(self, millions: float) -> None:
         self.sd = state_dict(millions)
@@ -63,7 +66,7 @@ class Reader:
     def __init__(self, kind: str, registry, root: str):
         from learners.weight_sync import make_weight_sync
 
-        self.sync = None if kind == "raw" else make_weight_sync(engine_section(kind, root), registry)
+        self.sync = None if kind == "raw" else make_weight_sync(sync_runtime(kind, root), registry)
         self.version = 0
         if kind == "broadcast":
             ray.get(registry.subscribe.remote("bench", ray.get_runtime_context().current_actor))
@@ -118,9 +121,10 @@ class VLLMHost:
     """A vLLM engine in its own process (in_process False adds vLLM's engine-core and worker processes)."""
 
     def __init__(self, path: str, in_process: bool):
+        from agentworld.config import VLLMConfig
         from agentworld.models.engine import make_engine, read_weights
 
-        self.engine = make_engine("vllm", path, vllm=dict(kv_cache_gb=0.5, max_model_len=2048, in_process=in_process))
+        self.engine = make_engine("vllm", path, vllm=VLLMConfig(kv_cache_gb=0.5, max_model_len=2048, in_process=in_process))
         self.sd = read_weights(path)
 
     def time_updates(self, repeats: int) -> dict:

@@ -12,40 +12,23 @@ actor sampled it; in `generate` mode it is the logprob of the generated action t
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import ray
 import torch
 
+from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Runtime
+from agentworld.envs import make_env_from
+from agentworld.metrics import metric_row
+from agentworld.episodes import evaluate
 from agentworld.models.hf_engine import (HFEngine, choice_logprobs, completion_logprobs, encode_pairs,
                                          load_model_and_tokenizer)
 from agentworld.policy import LLMPolicy, choice_logits, policy_messages
-
-
-def group_advantages(rows: list[dict]) -> list[float]:
-    """Episode return minus the group mean, over the group std (0 where a group has no spread)."""
-    returns: dict[str, float] = defaultdict(float)
-    group_of: dict[str, str] = {}
-    for r in rows:
-        returns[r["episode_id"]] += r["reward"]
-        group_of[r["episode_id"]] = r["env_id"]
-    groups: dict[str, list[float]] = defaultdict(list)
-    for ep, g in group_of.items():
-        groups[g].append(returns[ep])
-    stats = {}
-    for g, rs in groups.items():
-        mean = sum(rs) / len(rs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in rs) / len(rs))
-        stats[g] = (mean, std)
-    adv = []
-    for r in rows:
-        mean, std = stats[group_of[r["episode_id"]]]
-        adv.append(0.0 if std < 1e-8 else (returns[r["episode_id"]] - mean) / (std + 1e-6))
-    return adv
+from learners.losses import GRPO, Loss, group_advantages
 
 
 MAX_BEHAVIOUR_WEIGHT = 5.0  # caps proximal / behaviour probability: one surprising stale row cannot dominate
@@ -62,8 +45,8 @@ def action_logprobs(model, tok, render, rows: list[dict], mode: str, temperature
 
 
 def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: str, temperature: float,
-                clip: float, prox: list[float] | None = None) -> torch.Tensor:
-    """Decoupled PPO over `rows` (transitions) with per-row advantages: min(r A, clip(r) A) with r = pi / pi_prox,
+                clip: float, prox: list[float] | None = None, loss: Loss = GRPO) -> torch.Tensor:
+    """Decoupled PPO over `rows` (transitions) with per-row advantages: `loss`'s clipped objective on r = pi / pi_prox,
     weighted by pi_prox / pi_behaviour (capped). `prox`: the rows' logprobs under the proximal policy; None makes
     it the behaviour policy, which is plain PPO."""
     new = action_logprobs(model, tok, render, rows, mode, temperature)
@@ -71,18 +54,19 @@ def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: s
     prox_t = behaviour if prox is None else torch.tensor(prox, device=new.device, dtype=new.dtype)
     weight = torch.exp(prox_t - behaviour).clamp(max=MAX_BEHAVIOUR_WEIGHT)
     adv = torch.tensor(advs, device=new.device)
-    ratio = torch.exp(new - prox_t)
-    return -(weight * torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)).mean()
+    # one summed logprob per row: a sequence of one "token"
+    return loss.objective(new[:, None], prox_t[:, None], torch.ones_like(new)[:, None], adv, clip, weight)
 
 
-def agent_loss(model, tok, items: list[tuple], mode: str, temperature: float, clip: float) -> torch.Tensor:
+def agent_loss(model, tok, items: list[tuple], mode: str, temperature: float, clip: float,
+               loss: Loss = GRPO) -> torch.Tensor:
     """`policy_loss` over (row, advantage[, proximal logprob]) items: the training engines' loss function
-    (picklable, for every rank)."""
+    (picklable, for every rank; so is the `Loss`, passed whole so that one registered in a script reaches them)."""
     def render(messages):
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prox = [it[2] for it in items] if all(len(it) > 2 for it in items) else None
     return policy_loss(model, tok, render, [it[0] for it in items], [it[1] for it in items], mode, temperature, clip,
-                       prox)
+                       prox, loss)
 
 
 @torch.no_grad()
@@ -100,119 +84,135 @@ def proximal_logprobs(model, tok, rows: list[dict], version: int, mode: str, tem
     return out
 
 
+@dataclass
+class LearnerSpec:
+    """What one arm's AgentLearner trains and how it is scored; built by the driver from the config sections."""
+    arm: ArmConfig
+    kind: Any  # the arm's ArmKind (agentworld/arms)
+    loss: Loss  # agent.algorithm, resolved by the driver (a loss registered in the driver's process reaches here)
+    init_path: str  # the checkpoint the policy starts from
+    run_dir: str
+    t0: float
+    agent: AgentConfig
+    eval: EvalConfig
+    env: EnvConfig  # the real env every evaluation plays
+    seed: int
+    runtime: Runtime
+    wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
+    replay_cursor: int = 0  # replay rows before it belong to earlier attempts of the run dir
+
+
 @ray.remote(max_concurrency=2)
 class AgentLearner:
-    """`spec` keys: arm, source, init_path, run_dir, t0, agent, eval (configs as dicts), env (the real
-    env's EnvConfig as dict, for evaluation), wm_real_steps, seed, torch_threads."""
-
-    def __init__(self, spec: dict, replay, registry):
-        torch.set_num_threads(spec.get("torch_threads", 1))
+    def __init__(self, spec: LearnerSpec, replay, registry):
+        torch.set_num_threads(spec.runtime.ray.torch_threads)
         from learners.weight_sync import make_weight_sync
 
         self.spec, self.replay, self.registry = spec, replay, registry
-        self.sync = make_weight_sync(spec.get("engine"), registry)
-        self.name = f"policy/{spec['arm']}"
+        self.sync = make_weight_sync(spec.runtime, registry)
+        self.name = f"policy/{spec.arm.name}"
         self.rows: list[dict] = []
         self.version = 0
         self.steps = {"real": 0, "sim": 0}
         self._stop = False
         self.phase = "starting"
         self.last_eval: dict = {}
+        self.cursor = spec.replay_cursor
 
     def _log(self, kind: str, **row) -> None:
-        self.rows.append(dict(kind=kind, arm=self.spec["arm"], source=self.spec["source"], update=self.version,
+        s = self.spec
+        self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, update=self.version,
                               real_steps=self.steps["real"], sim_steps=self.steps["sim"],
-                              wm_real_steps=self.spec["wm_real_steps"], wall_time=time.time() - self.spec["t0"], **row))
+                              wm_real_steps=s.wm_real_steps, wall_time=time.time() - s.t0, **row))
 
     def _evaluate(self, engine, envs) -> None:
-        from actors.rollout import evaluate
-
         self.phase = "evaluating"
-        ev = self.spec["eval"]
-        policy = LLMPolicy(engine, mode=self.spec["agent"]["action_mode"], temperature=self.spec["agent"]["temperature"],
-                           greedy=ev["greedy"], max_action_tokens=self.spec["agent"]["max_action_tokens"])
-        self.last_eval = dict(evaluate(envs, policy, ev["episodes"]), policy_version=self.version)
+        a, ev = self.spec.agent, self.spec.eval
+        policy = LLMPolicy(engine, mode=a.action_mode, temperature=a.temperature, greedy=ev.greedy,
+                           max_action_tokens=a.max_action_tokens)
+        self.last_eval = dict(evaluate(envs, policy, ev.episodes), policy_version=self.version)
         self._log("eval", **self.last_eval)
         self.phase = "training"
 
+    def _landed(self) -> list[dict]:
+        """The arm's rows that reached the replay since the last call; counts its real and simulated steps."""
+        table, self.cursor = ray.get(self.replay.since.remote(self.cursor, arm=self.spec.arm.name))
+        rows = table.to_pylist()
+        for r in rows:
+            self.steps[r["source"]] += 1
+            self.steps["real"] += r.get("shadow_steps") or 0  # hybrid: real steps spent checking the LWM
+        return rows
+
+    def _batch(self) -> list[dict] | None:
+        """Wait for `episodes_per_update` episodes, then close the batch: no round may start now that this update
+        would leave too stale, and rounds under way that would be are waited for, so they land in this batch.
+        None when stopped first."""
+        a, pending = self.spec.agent, []
+        while not self._stop:
+            self.phase = "waiting for rollouts"
+            pending += self._landed()
+            if len({r["episode_id"] for r in pending}) >= a.episodes_per_update and ray.get(
+                    self.registry.close_batch.remote(self.name, self.version + 1, a.max_staleness)):
+                return pending + self._landed()
+            time.sleep(0.05)
+        return None
+
     def run(self) -> dict:
-        from agentworld.envs import make_env
         from learners.train_engine import make_trainer
 
-        spec, a, ev = self.spec, self.spec["agent"], self.spec["eval"]
-        torch.manual_seed(spec["seed"])
-        model, tok = load_model_and_tokenizer(spec["init_path"])
+        spec, a, ev = self.spec, self.spec.agent, self.spec.eval
+        torch.manual_seed(spec.seed)
+        model, tok = load_model_and_tokenizer(spec.init_path)
         engine = HFEngine.from_model(model, tok)
-        env = spec["env"]
-        eval_envs = [make_env(env["id"], max_steps=env["max_steps"], domain=env.get("domain"), **env.get("kwargs", {}))
-                     for _ in range(min(16, ev["episodes"]))]
-        trainer = make_trainer(model, tok, a["lr"], a["updates"] * a["epochs"], engine=spec.get("engine"))
-        loss_fn = partial(agent_loss, mode=a["action_mode"], temperature=a["temperature"], clip=a["clip"])
-        rng = random.Random(spec["seed"])
+        eval_envs = [make_env_from(spec.env) for _ in range(min(16, ev.episodes))]
+        trainer = make_trainer(model, tok, a.lr, a.updates * a.epochs, runtime=spec.runtime)
+        loss = spec.loss
+        loss_fn = partial(agent_loss, mode=a.action_mode, temperature=a.temperature, clip=a.clip, loss=loss)
+        rng = random.Random(spec.seed)
         self._evaluate(engine, eval_envs)
-        cursor, pending = spec.get("replay_cursor", 0), []  # rows before it belong to earlier attempts
-
-        def landed() -> list[dict]:
-            nonlocal cursor
-            table, cursor = ray.get(self.replay.since.remote(cursor, arm=spec["arm"]))
-            rows = table.to_pylist()
-            for r in rows:
-                self.steps[r["source"]] += 1
-                self.steps["real"] += r.get("shadow_steps") or 0  # hybrid: real steps spent checking the LWM
-            return rows
-
         t_wait = time.time()  # the learner's time split, per update: waiting for rollouts, then training
-        while self.version < a["updates"] and not self._stop:
-            self.phase = "waiting for rollouts"
-            pending += landed()
-            if len({r["episode_id"] for r in pending}) < a["episodes_per_update"]:
-                time.sleep(0.05)
-                continue
-            # Close the batch: no round may start now that this update would leave too stale, and rounds under
-            # way that would be are waited for, so their rows are trained on in this batch.
-            if not ray.get(self.registry.close_batch.remote(self.name, self.version + 1, a["max_staleness"])):
-                time.sleep(0.05)
-                continue
-            batch, pending = pending + landed(), []
+        while self.version < a.updates and (batch := self._batch()) is not None:
             t_train = time.time()
             self.phase = "training"
-            advs = group_advantages(batch)
+            advs = group_advantages(batch, loss)
             live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]
-            prox = proximal_logprobs(model, tok, [r for r, _ in live], self.version, a["action_mode"], a["temperature"])
+            prox = proximal_logprobs(model, tok, [r for r, _ in live], self.version, a.action_mode, a.temperature)
             live = [(r, x, p) for (r, x), p in zip(live, prox)]
             losses = []
-            for _ in range(a["epochs"] if live else 0):
+            for _ in range(a.epochs if live else 0):
                 rng.shuffle(live)
                 for i in range(0, len(live), 64):
                     losses.append(trainer.step(loss_fn, live[i : i + 64]))
             self.version += 1
             engine.version = self.version
             self.sync.publish(self.name, self.version, model.state_dict())
-            episodes = {r["episode_id"]: 0.0 for r in batch}
-            for r in batch:
-                episodes[r["episode_id"]] += r["reward"]
-            staleness = [self.version - 1 - r["policy_version"] for r in batch]
-            self._log("train", loss=sum(losses) / len(losses) if losses else float("nan"),
-                      mean_reward=sum(episodes.values()) / len(episodes), batch_episodes=len(episodes),
-                      batch_steps=len(batch), max_staleness_seen=max(staleness), wait_s=t_train - t_wait,
-                      train_s=time.time() - t_train)
-            if self.version % ev["every_updates"] == 0 or self.version == a["updates"]:
+            self._log_train(batch, losses, wait_s=t_train - t_wait, train_s=time.time() - t_train)
+            if self.version % ev.every_updates == 0 or self.version == a.updates:
                 self._evaluate(engine, eval_envs)
             t_wait = time.time()
         if self.last_eval.get("policy_version") != self.version:  # stopped early: score what was trained
             self._evaluate(engine, eval_envs)
         self.phase = "saving"
-        out = trainer.save(f"{spec['run_dir']}/checkpoints/agent-{spec['arm']}", tok)
+        out = trainer.save(f"{spec.run_dir}/checkpoints/agent-{spec.arm.name}", tok)
         for e in eval_envs:
             e.close()
         self.phase = "done"
-        return {"arm": spec["arm"], "path": str(out), "version": self.version, **self.last_eval}
+        return {"arm": spec.arm.name, "path": str(out), "version": self.version, **self.last_eval}
+
+    def _log_train(self, batch: list[dict], losses: list[float], **seconds) -> None:
+        episodes = {r["episode_id"]: 0.0 for r in batch}
+        for r in batch:
+            episodes[r["episode_id"]] += r["reward"]
+        staleness = [self.version - 1 - r["policy_version"] for r in batch]
+        self._log("train", loss=sum(losses) / len(losses) if losses else float("nan"),
+                  mean_reward=sum(episodes.values()) / len(episodes), batch_episodes=len(episodes),
+                  batch_steps=len(batch), max_staleness_seen=max(staleness), **seconds)
 
     def stop(self) -> None:
         self._stop = True
 
     def status(self) -> dict:
-        return {"arm": self.spec["arm"], "version": self.version, "updates": self.spec["agent"]["updates"],
+        return {"arm": self.spec.arm.name, "version": self.version, "updates": self.spec.agent.updates,
                 "phase": self.phase, **self.steps, "success": self.last_eval.get("success"),
                 "return": self.last_eval.get("return")}
 

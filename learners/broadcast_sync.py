@@ -13,6 +13,9 @@ import ray
 import torch
 import torch.distributed as dist
 
+from agentworld.registry import WEIGHT_SYNCS
+from learners.weight_sync import WeightSync
+
 
 def flatten(state_dict: dict, device) -> tuple[list, dict]:
     """One flat buffer per dtype (a collective per dtype, not per tensor), and what is needed to cut it up."""
@@ -71,9 +74,11 @@ def receive_broadcast(meta: list, host: str, port: int, rank: int, world: int, b
     return unflatten(meta, flat)
 
 
-class BroadcastWeightSync:
+class BroadcastWeightSync(WeightSync):
     """Publish pushes to the subscribed engine actors (their `receive_broadcast`) and records the version; a
     fetch never has weights to return, the readers already hold them."""
+
+    pushes = True
 
     def __init__(self, registry, backend: str = "gloo", timeout_s: float = 300):
         self.registry, self.backend, self.timeout_s = registry, backend, timeout_s
@@ -97,3 +102,7 @@ class BroadcastWeightSync:
 
     def version(self, name: str) -> int:
         return ray.get(self.registry.version.remote(name))
+
+
+WEIGHT_SYNCS.register("broadcast", lambda runtime, registry: BroadcastWeightSync(
+    registry, backend="nccl" if runtime.engine.num_gpus > 0 else "gloo"))

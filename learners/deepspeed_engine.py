@@ -13,11 +13,16 @@ import os
 import random
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import torch
 
+from agentworld.registry import TRAIN_ENGINES
 from learners.torch_engine import lr_schedule
+
+if TYPE_CHECKING:
+    from agentworld.config import DeepSpeedConfig
 
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
@@ -170,16 +175,15 @@ def shard(items: list, world: int) -> list[list]:
 
 
 class DeepSpeedEngine:
-    """ZeRO `zero_stage` (0-2) with optional optimizer offload, over `data_parallel` ranks."""
+    """ZeRO `config.zero_stage` (0-2) with optional optimizer offload, over `config.data_parallel` ranks; each
+    rank's actor reserves `num_cpus` and `num_gpus`."""
 
     def __init__(self, model, tok, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 max_grad_norm: float = 1.0, *, zero_stage: int = 2, offload_optimizer: bool = False,
-                 torch_adam: bool = True, data_parallel: int = 1, backend: str = "gloo", num_cpus: float = 0.25,
-                 num_gpus: float = 0):
-        self.model, self.tok, self.steps, self.world = model, tok, 0, data_parallel
-        self.ranks = _data_parallel_ranks(model.name_or_path, data_parallel, backend, num_cpus, num_gpus)
-        args = (lr, total_steps, warmup_steps, weight_decay, max_grad_norm, data_parallel, zero_stage,
-                offload_optimizer, torch_adam)
+                 max_grad_norm: float = 1.0, *, config: DeepSpeedConfig, num_cpus: float, num_gpus: float):
+        self.model, self.tok, self.steps, self.world = model, tok, 0, config.data_parallel
+        self.ranks = _data_parallel_ranks(model.name_or_path, config.data_parallel, config.backend, num_cpus, num_gpus)
+        args = (lr, total_steps, warmup_steps, weight_decay, max_grad_norm, config.data_parallel, config.zero_stage,
+                config.offload_optimizer, config.torch_adam)
         refs = [r.build.remote(*args) for r in self.ranks]  # wrapping is a collective: all ranks at once
         self.local = _Shard(model, tok, *args)
         ray.get(refs)
@@ -214,3 +218,11 @@ class DeepSpeedEngine:
         self.steps = state["steps"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["py_rng"])
+
+
+@TRAIN_ENGINES.register("deepspeed")  # deepspeed itself is imported only when an engine is built
+def build_deepspeed_engine(model, tok, lr: float, total_steps: int, warmup_steps: int, weight_decay: float,
+                           runtime) -> DeepSpeedEngine:
+    """The TRAIN_ENGINES builder: engine.deepspeed, and each rank's share of the Ray resources."""
+    return DeepSpeedEngine(model, tok, lr, total_steps, warmup_steps, weight_decay, config=runtime.engine.deepspeed,
+                           num_cpus=runtime.ray.actor_num_cpus, num_gpus=runtime.engine.num_gpus)

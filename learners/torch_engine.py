@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from agentworld.registry import TRAIN_ENGINES
+
 
 def lr_schedule(total_steps: int, warmup_steps: int):
     """Linear warm-up, then cosine decay to a tenth of the peak."""
@@ -64,3 +66,12 @@ class TorchEngine:
         self.steps = state["steps"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["py_rng"])
+
+
+@TRAIN_ENGINES.register("torch")
+def build_torch_engine(model, tok, lr: float, total_steps: int, warmup_steps: int, weight_decay: float,
+                       runtime) -> TorchEngine:
+    """The TRAIN_ENGINES builder: the model goes to the GPU when the learner has one."""
+    if runtime.engine.num_gpus > 0:
+        model.to("cuda")  # DeepSpeed places its model itself
+    return TorchEngine(model, lr, total_steps, warmup_steps, weight_decay, tok=tok)

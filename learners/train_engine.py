@@ -1,7 +1,9 @@
 """Training engines behind one interface, used by the WorldModelLearner and the AgentLearner.
 
 `torch` (torch_engine.py, the default) and `deepspeed` (deepspeed_engine.py: ZeRO, data-parallel over Ray actors)
-both hold the learner's `model` and answer:
+register themselves in TRAIN_ENGINES (agentworld/registry.py) as a builder
+`build(model, tok, lr, total_steps, warmup_steps, weight_decay, runtime: Runtime) -> engine`. Both hold the
+learner's `model` and answer:
 - `step(loss_fn, items)`: one optimizer step on `loss_fn(model, tok, items)`, a picklable function, so that a
   data-parallel engine can run it on each rank's share of `items`; returns the loss;
 - `save(path, tokenizer)`: HF weights loadable by path, and beside them `trainer_state.pt` (optimizer, scheduler
@@ -10,9 +12,12 @@ both hold the learner's `model` and answer:
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-TRAIN_ENGINES = ("torch", "deepspeed")
+from agentworld.registry import TRAIN_ENGINES
+
+if TYPE_CHECKING:
+    from agentworld.config import Runtime
 
 
 class TrainEngine(Protocol):
@@ -27,18 +32,9 @@ class TrainEngine(Protocol):
 
 
 def make_trainer(model, tok, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 engine: dict | None = None) -> TrainEngine:
-    """The training engine the `engine` config section names (None: torch) around `model`."""
-    kind = (engine or {}).get("train", "torch")
-    if kind == "torch":
-        from learners.torch_engine import TorchEngine
+                 runtime: Runtime | None = None) -> TrainEngine:
+    """The training engine `runtime.engine.train` names (None: every default, so torch) around `model`."""
+    from agentworld.config import Runtime
 
-        if (engine or {}).get("num_gpus", 0) > 0:
-            model.to("cuda")  # DeepSpeed places its model itself
-        return TorchEngine(model, lr, total_steps, warmup_steps, weight_decay, tok=tok)
-    if kind == "deepspeed":
-        from learners.deepspeed_engine import DeepSpeedEngine
-
-        return DeepSpeedEngine(model, tok, lr, total_steps, warmup_steps, weight_decay, **engine["deepspeed"],
-                               num_gpus=engine.get("num_gpus", 0), num_cpus=engine.get("num_cpus", 0.25))
-    raise ValueError(f"unknown training engine {kind!r} (one of {', '.join(TRAIN_ENGINES)})")
+    runtime = runtime or Runtime()
+    return TRAIN_ENGINES.get(runtime.engine.train)(model, tok, lr, total_steps, warmup_steps, weight_decay, runtime)

@@ -1,22 +1,44 @@
 """Weight sync: learners publish versioned weights, rollout actors and simulators load them in place.
 
-Three strategies behind one interface (`publish`, `fetch`, `version`), chosen by `engine.weight_sync`:
+Three strategies behind one interface (`WeightSync`: `publish`, `fetch`, `version`), registered in WEIGHT_SYNCS
+(agentworld/registry.py) as a builder `build(runtime, registry) -> WeightSync` and chosen by `engine.weight_sync`:
 - `object_store` (default): one `ray.put` per version; readers fetch the state dict when a newer one exists;
 - `filesystem`: the learner writes each version as safetensors to a directory every node sees; readers get the
   directory and load it (vLLM reloads from it directly);
 - `broadcast` (learners/broadcast_sync.py): the learner sends each version to the shared engine actors over a
   collective group, gloo on CPU and NCCL on GPUs.
-A small registry actor records each name's latest version (and what readers need to fetch it). It is also where
-admission control lives: which rounds of episodes are under way, with which policy version."""
+A small registry actor records each name's latest version (and what readers need to fetch it). It also holds
+admission control (learners/admission.py): which rounds of episodes are under way, with which policy version."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import ray
 
-WEIGHT_SYNCS = ("object_store", "filesystem", "broadcast")
+from agentworld.registry import WEIGHT_SYNCS
+from learners.admission import Admission
+
+if TYPE_CHECKING:
+    from agentworld.config import Runtime
+
+
+class WeightSync(Protocol):
+    """How a name's weight versions go from its learner to its readers."""
+
+    # True: `publish` sends each version to the engine actors that subscribed (actors/engine_actor.py), which
+    # then hold it without fetching; False: readers fetch
+    pushes: bool = False
+
+    def publish(self, name: str, version: int, state_dict: dict) -> None: ...
+
+    def fetch(self, name: str, have: int) -> tuple[int, dict | str | None]:
+        """(newest version, its weights if newer than `have` else None): a state dict or a checkpoint dir."""
+        ...
+
+    def version(self, name: str) -> int: ...
 
 
 @ray.remote(num_cpus=0)
@@ -26,8 +48,7 @@ class WeightRegistry:
     def __init__(self):
         self.entries: dict[str, tuple[int, list]] = {}
         self.subscribed: dict[str, list] = {}
-        self.admit: dict[str, int] = {}  # name -> the version the learner trains towards once its batch is closed
-        self.rounds: dict[str, dict[str, int]] = {}  # name -> actor_id -> policy version of its round under way
+        self.admission = Admission()
 
     def publish(self, name: str, version: int, refs: list) -> None:
         if version > self.entries.get(name, (-1, None))[0]:
@@ -47,27 +68,18 @@ class WeightRegistry:
     def subscribers(self, name: str) -> list:
         return list(self.subscribed.get(name, []))
 
-    # -- admission control (actors/rollout.py, learners/agent.py) ------------------------------------
+    # -- admission control (learners/admission.py), called by actors/rollout.py and learners/agent.py ------
     def begin_round(self, name: str, actor_id: str, version: int, max_staleness: int) -> bool:
-        """May an actor start a round with policy `version`? Only if its rows cannot end up more than
-        `max_staleness` versions behind the learner version that trains on them."""
-        if version < max(self.admit.get(name, 0), self.version(name)) - max_staleness:
-            return False
-        self.rounds.setdefault(name, {})[actor_id] = version
-        return True
+        return self.admission.begin_round(name, actor_id, version, max_staleness, self.version(name))
 
     def end_round(self, name: str, actor_id: str) -> None:
-        self.rounds.get(name, {}).pop(actor_id, None)
+        self.admission.end_round(name, actor_id)
 
     def close_batch(self, name: str, next_version: int, max_staleness: int) -> bool:
-        """The learner is about to train towards `next_version`: from now on no round may start that would
-        be too stale for it. True once no round under way is too stale either (rows already in the replay
-        then hold every such round's episodes)."""
-        self.admit[name] = max(self.admit.get(name, 0), next_version)
-        return all(v >= next_version - max_staleness for v in self.rounds.get(name, {}).values())
+        return self.admission.close_batch(name, next_version, max_staleness)
 
 
-class ObjectStoreWeightSync:
+class ObjectStoreWeightSync(WeightSync):
     """Publish with one `ray.put`; readers fetch only when a newer version exists."""
 
     def __init__(self, registry):
@@ -85,7 +97,7 @@ class ObjectStoreWeightSync:
         return ray.get(self.registry.version.remote(name))
 
 
-class FilesystemWeightSync:
+class FilesystemWeightSync(WeightSync):
     """Publish writes `root/<name>/v<version>/model.safetensors` (complete before it is announced); readers get
     that directory. The newest `keep` versions stay on disk: readers lag by at most a few versions."""
 
@@ -115,18 +127,16 @@ class FilesystemWeightSync:
         return ray.get(self.registry.version.remote(name))
 
 
-def make_weight_sync(engine: dict | None, registry):
-    """The strategy the config's engine section names (None: the object store)."""
-    kind = (engine or {}).get("weight_sync", "object_store")
-    if kind == "object_store":
-        return ObjectStoreWeightSync(registry)
-    if kind == "filesystem":
-        return FilesystemWeightSync(registry, engine["weights_dir"])
-    if kind == "broadcast":
-        from learners.broadcast_sync import BroadcastWeightSync
+WEIGHT_SYNCS.register("object_store", lambda runtime, registry: ObjectStoreWeightSync(registry))
+WEIGHT_SYNCS.register("filesystem", lambda runtime, registry: FilesystemWeightSync(registry, runtime.weights_dir))
 
-        return BroadcastWeightSync(registry, backend="nccl" if engine.get("num_gpus", 0) > 0 else "gloo")
-    raise ValueError(f"unknown weight sync {kind!r} (one of {', '.join(WEIGHT_SYNCS)})")
+
+def make_weight_sync(runtime: Runtime | None, registry) -> WeightSync:
+    """The strategy `runtime.engine.weight_sync` names (None: every default, so the object store)."""
+    from agentworld.config import Runtime
+
+    runtime = runtime or Runtime()
+    return WEIGHT_SYNCS.get(runtime.engine.weight_sync)(runtime, registry)
 
 
 def pull_weights(engine, sync, name: str) -> None:

@@ -2,8 +2,8 @@
 
 CPT injects dynamics (causal LM on packed raw text), SFT activates predict-the-next-state in the chat
 format (loss on the state tokens only), RL sharpens fidelity: G sampled predictions per prompt, a hybrid
-rule (+ rubric) reward, group-relative advantages, and a clipped importance ratio taken per token (GRPO)
-or per sequence (GSPO: the length-normalised sequence ratio)."""
+rule (+ rubric) reward, and the loss `rl.algorithm` names in learners/losses.py: group-relative advantages and a
+clipped importance ratio taken per token (GRPO) or per sequence (GSPO: the length-normalised sequence ratio)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from typing import Callable
 
 import torch
 
+from agentworld.config import Runtime, WMCPTConfig, WMRLConfig, WMSFTConfig
 from agentworld.models.hf_engine import completion_logprobs, encode_pairs
-from agentworld.worldmodel.rewards import RewardWeights, hybrid_reward, rule_scores
+from agentworld.registry import LOSSES
+from agentworld.worldmodel.rewards import hybrid_reward, rule_scores
+from learners.losses import Loss, kl_penalty
 from learners.train_engine import make_trainer
 
 OnStep = Callable[[int, float], None]  # (step, loss or, for RL, mean reward)
@@ -50,14 +53,14 @@ def cpt_loss(model, tok, rows: list[torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch, labels=batch).loss
 
 
-def run_cpt(model, tok, texts: list[str], cfg: dict, rng: random.Random, on_step: OnStep,
-            engine: dict | None = None):
-    """`engine` is the config's engine section: which training engine runs the steps (None: torch). Returns the
-    trainer, whose `save` checkpoints the stage with its optimizer, scheduler and RNG state."""
-    rows = pack(tok, texts, cfg["seq_len"])
-    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"], min(20, cfg["steps"] // 10), engine=engine)
-    for step in range(1, cfg["steps"] + 1):
-        batch = [rows[rng.randrange(len(rows))] for _ in range(cfg["batch_size"])]
+def run_cpt(model, tok, texts: list[str], cfg: WMCPTConfig, rng: random.Random, on_step: OnStep,
+            runtime: Runtime | None = None):
+    """`runtime.engine` names the training engine that runs the steps (None: torch). Returns the trainer, whose
+    `save` checkpoints the stage with its optimizer, scheduler and RNG state."""
+    rows = pack(tok, texts, cfg.seq_len)
+    trainer = make_trainer(model, tok, cfg.lr, cfg.steps, min(20, cfg.steps // 10), runtime=runtime)
+    for step in range(1, cfg.steps + 1):
+        batch = [rows[rng.randrange(len(rows))] for _ in range(cfg.batch_size)]
         on_step(step, trainer.step(cpt_loss, batch))
     return trainer
 
@@ -78,13 +81,13 @@ def sft_loss(model, tok, batch) -> torch.Tensor:
     return -completion_logprobs(model, ids, attn, comp).sum() / comp[:, 1:].sum()
 
 
-def run_sft(model, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
-            on_eval: Callable[[int], None], engine: dict | None = None):
-    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"], cfg["warmup_steps"], cfg["weight_decay"], engine=engine)
-    weights = sampling_weights(train, cfg["balance_transitions"], cfg["balance_outcomes"])
-    for step in range(1, cfg["steps"] + 1):
-        on_step(step, trainer.step(sft_loss, rng.choices(train, weights, k=cfg["batch_size"])))
-        if step % cfg["eval_every"] == 0 and step != cfg["steps"]:
+def run_sft(model, tok, train, cfg: WMSFTConfig, rng: random.Random, on_step: OnStep,
+            on_eval: Callable[[int], None], runtime: Runtime | None = None):
+    trainer = make_trainer(model, tok, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.weight_decay, runtime=runtime)
+    weights = sampling_weights(train, cfg.balance_transitions, cfg.balance_outcomes)
+    for step in range(1, cfg.steps + 1):
+        on_step(step, trainer.step(sft_loss, rng.choices(train, weights, k=cfg.batch_size)))
+        if step % cfg.eval_every == 0 and step != cfg.steps:
             on_eval(step)
     return trainer
 
@@ -115,23 +118,6 @@ def token_logprobs(model, tok, prompts: list[str], completions: list[list[int]],
     return out, mask
 
 
-def rl_objective(new, old, mask, adv, algorithm: str, clip: float) -> torch.Tensor:
-    """Clipped surrogate: per token (GRPO) or on the length-normalised sequence ratio (GSPO)."""
-    if algorithm == "gspo":
-        ratio = torch.exp(((new - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1))
-        return -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
-    ratio = torch.exp(new - old)
-    a = adv[:, None]
-    per_token = torch.min(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
-    return -(per_token * mask).sum() / mask.sum().clamp(min=1)
-
-
-def kl_penalty(new, ref, mask) -> torch.Tensor:
-    """Mean per-token KL(new || ref) on the sampled tokens, by the unbiased, non-negative k3 estimator."""
-    d = ref - new
-    return ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1)
-
-
 def padded(rows: list[list[float]], device) -> torch.Tensor:
     out = torch.zeros((len(rows), max(map(len, rows))), device=device)
     for j, r in enumerate(rows):
@@ -139,35 +125,35 @@ def padded(rows: list[list[float]], device) -> torch.Tensor:
     return out
 
 
-def rl_loss(model, tok, items: list[dict], algorithm: str, clip: float, temperature: float, kl: float) -> torch.Tensor:
-    """The clipped objective on sampled completions (`prompt`, `comp` ids, behaviour logprobs `old`, `adv`), plus
-    `kl` times the KL to the reference logprobs `ref`."""
+def rl_loss(model, tok, items: list[dict], loss: Loss, clip: float, temperature: float, kl: float) -> torch.Tensor:
+    """`loss`'s clipped objective on sampled completions (`prompt`, `comp` ids, behaviour logprobs `old`, `adv`),
+    plus `kl` times the KL to the reference logprobs `ref`."""
     new, mask = token_logprobs(model, tok, [i["prompt"] for i in items], [i["comp"] for i in items], temperature)
     old = padded([i["old"] for i in items], new.device)
     adv = torch.tensor([i["adv"] for i in items], device=new.device)
-    loss = rl_objective(new, old, mask, adv, algorithm, clip)
+    out = loss.objective(new, old, mask, adv, clip)
     if kl > 0:
-        loss = loss + kl * kl_penalty(new, padded([i["ref"] for i in items], new.device), mask)
-    return loss
+        out = out + kl * kl_penalty(new, padded([i["ref"] for i in items], new.device), mask)
+    return out
 
 
-def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: OnStep,
-           weights: list[float] | None = None, rubric=None, train_engine: dict | None = None):
+def run_rl(model, engine, tok, train, cfg: WMRLConfig, rng: random.Random, on_step: OnStep,
+           weights: list[float] | None = None, rubric=None, runtime: Runtime | None = None):
     """`rubric(example, reply) -> 0..1 or None` adds the judge's part when the reward config weighs it.
-    `engine` samples the predictions; `train_engine` is the config's engine section."""
-    w = RewardWeights(**cfg["reward"])
-    trainer = make_trainer(model, tok, cfg["lr"], cfg["steps"] * cfg["epochs"], engine=train_engine)
-    g = cfg["group_size"]
-    beta = cfg.get("kl", 0.0)
+    `engine` samples the predictions; `runtime.engine` names the training engine."""
+    w, rl = cfg.reward, LOSSES.get(cfg.algorithm)
+    trainer = make_trainer(model, tok, cfg.lr, cfg.steps * cfg.epochs, runtime=runtime)
+    g = cfg.group_size
+    beta = cfg.kl
     ref = None
     if beta > 0:  # a frozen copy of the model RL starts from: the KL term keeps sharpening from drifting
         import copy
 
         ref = copy.deepcopy(model).eval().requires_grad_(False)
-    for step in range(1, cfg["steps"] + 1):
-        prompts_ex = rng.choices(train, weights, k=cfg["prompts_per_step"])
+    for step in range(1, cfg.steps + 1):
+        prompts_ex = rng.choices(train, weights, k=cfg.prompts_per_step)
         prompts = [e.prompt for e in prompts_ex for _ in range(g)]
-        gens = engine.generate(prompts, max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"])
+        gens = engine.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
         rewards = []
         for i, gen in enumerate(gens):
             e = prompts_ex[i // g]
@@ -175,7 +161,8 @@ def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: On
             finished = len(gen.logprobs) > len(gen.token_ids)  # ended with EOS, not cut at max_new_tokens
             rewards.append(hybrid_reward(rule_scores(gen.text, e.next_obs, e.reward, e.done), w, rb) if finished else 0.0)
         r = torch.tensor(rewards).view(-1, g)
-        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
+        # torch's unbiased std, as this RL always had it (the agent's groups use the population std): same numbers
+        adv = rl.advantage(r, r.mean(1, keepdim=True), r.std(1, keepdim=True), g).view(-1)
         # the completion is what was sampled, EOS included when the model ended with it
         comps = [gen.token_ids + ([tok.eos_token_id] if len(gen.logprobs) > len(gen.token_ids) else []) for gen in gens]
         keep = [i for i in range(len(gens)) if abs(float(adv[i])) > 1e-6 and comps[i]]
@@ -184,12 +171,11 @@ def run_rl(model, engine, tok, train, cfg: dict, rng: random.Random, on_step: On
             if ref is not None:  # frozen: computed once per step, on this rank only
                 with torch.no_grad():
                     ref_lp, mask = token_logprobs(ref, tok, [prompts[i] for i in keep], [comps[i] for i in keep],
-                                                  cfg["temperature"])
+                                                  cfg.temperature)
                 for item, lp, m in zip(items, ref_lp, mask):
                     item["ref"] = lp[: int(m.sum())].tolist()
-            loss_fn = partial(rl_loss, algorithm=cfg["algorithm"], clip=cfg["clip"], temperature=cfg["temperature"],
-                              kl=beta)
-            for _ in range(cfg["epochs"]):
+            loss_fn = partial(rl_loss, loss=rl, clip=cfg.clip, temperature=cfg.temperature, kl=beta)
+            for _ in range(cfg.epochs):
                 trainer.step(loss_fn, items)
         on_step(step, float(r.mean()))
     return trainer

@@ -4,11 +4,16 @@ and publishes versioned weights that the simulators reload."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
+from dataclasses import dataclass
 
 import ray
 import torch
+
+from agentworld.config import Runtime, WorldModelConfig
+from agentworld.metrics import metric_row
 
 from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
 from agentworld.worldmodel.data import episodes_from_table, split_episodes, trajectory_text, wm_examples
@@ -31,56 +36,65 @@ def distinct(examples):
     return list({e.prompt: e for e in examples}.values())
 
 
+@dataclass
+class WMLearnerSpec:
+    """What the WorldModelLearner trains: built by the driver from the config sections."""
+    base_path: str  # the checkpoint the stages start from
+    run_dir: str
+    t0: float
+    data_arm: str  # the replay arm holding its real transitions
+    seed: int
+    world_model: WorldModelConfig
+    runtime: Runtime
+
+
 @ray.remote(max_concurrency=2)
 class WorldModelLearner:
-    """`spec` keys: base_path, run_dir, t0, data_arm, world_model (WorldModelConfig as dict), seed,
-    torch_threads."""
-
-    def __init__(self, spec: dict, replay, registry):
-        torch.set_num_threads(spec.get("torch_threads", 1))
+    def __init__(self, spec: WMLearnerSpec, replay, registry):
+        torch.set_num_threads(spec.runtime.ray.torch_threads)
         from learners.weight_sync import make_weight_sync
 
         self.spec, self.replay = spec, replay
-        self.sync = make_weight_sync(spec.get("engine"), registry)
+        self.sync = make_weight_sync(spec.runtime, registry)
         self.rows: list[dict] = []
         self.version = 0
         self.stage, self.step, self.total_steps = "starting", 0, 0
         self.phase = "starting"
 
     def _log(self, kind: str, **row) -> None:
-        self.rows.append(dict(kind=kind, wall_time=time.time() - self.spec["t0"], **row))
+        self.rows.append(metric_row(kind, wall_time=time.time() - self.spec.t0, **row))
 
     def train(self) -> dict:
         """Run every configured stage; returns the final checkpoint path, version and fidelity."""
         from learners import wm_recipe
 
-        spec, wm = self.spec, self.spec["world_model"]
-        torch.manual_seed(spec["seed"])
-        rng = random.Random(spec["seed"])
-        model, tok = load_model_and_tokenizer(spec["base_path"])
+        spec, wm = self.spec, self.spec.world_model
+        torch.manual_seed(spec.seed)
+        rng = random.Random(spec.seed)
+        model, tok = load_model_and_tokenizer(spec.base_path)
         engine = HFEngine.from_model(model, tok)
-        table = ray.get(self.replay.sample.remote(arm=spec["data_arm"], source="real"))
-        train_eps, held_eps = split_episodes(episodes_from_table(table), wm["data"]["heldout_fraction"], spec["seed"])
+        table = ray.get(self.replay.sample.remote(arm=spec.data_arm, source="real"))
+        train_eps, held_eps = split_episodes(episodes_from_table(table), wm.data.heldout_fraction, spec.seed)
         if not train_eps:
-            raise RuntimeError(f"no real transitions for arm {spec['data_arm']!r} in the replay")
+            raise RuntimeError(f"no real transitions for arm {spec.data_arm!r} in the replay")
         count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm["history_turns"], wm["sft"]["think"],  # noqa: E731
-                                               wm["history_budget_tokens"], count, cf, rng)
+        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm.history_turns, wm.sft.think,  # noqa: E731
+                                               wm.history_budget_tokens, count, cf, rng)
         # hindsight controls on training examples only: held-out fidelity is measured without them
-        train, held = make(train_eps, wm["sft"].get("control_fraction", 0.0)), make(held_eps)
+        train, held = make(train_eps, wm.sft.control_fraction), make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
-        held = rng.sample(held, min(len(held), wm["sft"]["eval_samples"]))
-        max_new = wm["generation"]["max_new_tokens"]
-        out = f"{spec['run_dir']}/checkpoints/wm"
+        held = rng.sample(held, min(len(held), wm.sft.eval_samples))
+        max_new = wm.generation.max_new_tokens
+        out = f"{spec.run_dir}/checkpoints/wm"
         # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
         # did not have), with the control line and without it (the chance that the LWM predicts it anyway)
         probe = []
-        if wm["sft"].get("control_fraction", 0.0) > 0:
+        if wm.sft.control_fraction > 0:
             from agentworld.controls import measure_obedience, obedience_probe
 
-            probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec["seed"] + 1),
-                                    wm["history_turns"], counterfactual=True)
-            probe = random.Random(spec["seed"]).sample(probe, min(len(probe), wm["sft"]["eval_samples"]))
+            probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 1),
+                                    wm.history_turns, counterfactual=True)
+            probe = random.Random(spec.seed).sample(probe, min(len(probe), wm.sft.eval_samples))
 
         def measure(stage: str) -> dict:
             self.phase = f"{stage}: measuring fidelity"
@@ -114,20 +128,20 @@ class WorldModelLearner:
         self.step_total = 0
         losses: list[float] = []
         f = measure("untrained")  # version 0
-        for stage in wm["stages"]:
-            cfg = wm[stage]
-            self.stage, self.step, self.total_steps = stage, 0, cfg["steps"]
+        for stage in wm.stages:
+            cfg = getattr(wm, stage)
+            self.stage, self.step, self.total_steps = stage, 0, cfg.steps
             if stage == "cpt":
-                texts = [trajectory_text(e) for e in train_eps] if cfg["trajectories"] else []
-                trainer = wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg["corpora"]), cfg, rng,
-                                            on_step("cpt"), engine=spec.get("engine"))
+                texts = [trajectory_text(e) for e in train_eps] if cfg.trajectories else []
+                trainer = wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg.corpora), cfg, rng,
+                                            on_step("cpt"), runtime=spec.runtime)
             elif stage == "sft":
                 trainer = wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"),
-                                            engine=spec.get("engine"))
+                                            runtime=spec.runtime)
             elif stage == "rl":
-                weights = wm_recipe.sampling_weights(train, wm["sft"]["balance_transitions"], wm["sft"]["balance_outcomes"])
+                weights = wm_recipe.sampling_weights(train, wm.sft.balance_transitions, wm.sft.balance_outcomes)
                 trainer = wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights,
-                                           self._rubric(cfg), train_engine=spec.get("engine"))
+                                           self._rubric(cfg), runtime=spec.runtime)
             f = publish(stage)
             trainer.save(f"{out}-{stage}", tok)  # HF weights + optimizer, scheduler and RNG state: resumable
         if self.version == 0:  # no stage asked for: the untrained model is the world model
@@ -145,25 +159,24 @@ class WorldModelLearner:
         if not hasattr(self, "_state"):
             raise RuntimeError("continual() needs train() to have run in this learner")
         model, tok, engine, rng, held, max_new, measure, publish, on_step, make = self._state
-        wm = self.spec["world_model"]
-        c = wm["continual"]
+        wm = self.spec.world_model
+        c = wm.continual
         self._stop, rounds, fresh = False, 0, []
         while not self._stop:
             table, cursor = ray.get(self.replay.since.remote(cursor, source="real"))
             if table.num_rows:
                 fresh += episodes_from_table(table)
-            if sum(len(e) for e in fresh) < c["min_new"]:
+            if sum(len(e) for e in fresh) < c.min_new:
                 time.sleep(0.5)
                 continue
             examples, fresh = make(fresh), []
-            self.stage, self.step, self.total_steps = f"continual-{c['stage']}", 0, c["steps"]
-            cfg = dict(wm[c["stage"]], steps=c["steps"])
-            if c["stage"] == "sft":
-                wm_recipe.run_sft(model, tok, examples, dict(cfg, eval_every=c["steps"] + 1), rng,
-                                  on_step(self.stage), lambda step: None, engine=self.spec.get("engine"))
+            self.stage, self.step, self.total_steps = f"continual-{c.stage}", 0, c.steps
+            cfg = dataclasses.replace(getattr(wm, c.stage), steps=c.steps)
+            if c.stage == "sft":
+                wm_recipe.run_sft(model, tok, examples, dataclasses.replace(cfg, eval_every=c.steps + 1), rng,
+                                  on_step(self.stage), lambda step: None, runtime=self.spec.runtime)
             else:
-                wm_recipe.run_rl(model, engine, tok, examples, cfg, rng, on_step(self.stage),
-                                 train_engine=self.spec.get("engine"))
+                wm_recipe.run_rl(model, engine, tok, examples, cfg, rng, on_step(self.stage), runtime=self.spec.runtime)
             publish(self.stage)
             rounds += 1
         return rounds
@@ -172,14 +185,15 @@ class WorldModelLearner:
         self._stop = True
 
     @staticmethod
-    def _rubric(cfg: dict):
-        if not cfg.get("judge_endpoint") or cfg["reward"]["rubric"] <= 0:
+    def _rubric(cfg):
+        """The judge's part of the RL reward (a WMRLConfig), where it is weighed."""
+        if not cfg.judge_endpoint or cfg.reward.rubric <= 0:
             return None
         from agentworld.worldmodel.judge import judge, normalized_total
         from agentworld.worldmodel.prompt import parse_prediction
 
         def score(example, reply: str):
-            scores, _, _ = judge(cfg["judge_endpoint"], cfg["judge_model"], [{"role": "user", "content": example.prompt}],
+            scores, _, _ = judge(cfg.judge_endpoint, cfg.judge_model, [{"role": "user", "content": example.prompt}],
                                  parse_prediction(reply).obs, example.next_obs)
             return None if scores is None else normalized_total(scores) / 100
 

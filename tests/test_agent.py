@@ -5,7 +5,8 @@ import torch
 from agentworld.models.hf_engine import HFEngine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.policy import LLMPolicy, policy_messages
-from learners.agent import agent_loss, group_advantages
+from learners.agent import agent_loss
+from learners.losses import group_advantages
 from learners.torch_engine import TorchEngine
 
 

@@ -75,11 +75,12 @@ def scenario(address: str) -> dict:
     first it consumes every row at once and waits for more (the pool grows), then it stops consuming (the
     pool shrinks), then the pool stops. Returns the worker-node counts seen and the pool's decisions."""
     import ray
-    from omegaconf import OmegaConf
 
     from actors.pool import ActorPool, request_cluster
-    from agentworld.config import AgentConfig
-    from agentworld.envs import make_env
+    from actors.rollout import RolloutSpec
+    from agentworld.arms.real import Real
+    from agentworld.config import AgentConfig, ArmConfig, EnvConfig, Runtime
+    from agentworld.envs import make_env_from
     from agentworld.replay import ReplayService
     from learners.weight_sync import WeightRegistry
 
@@ -93,13 +94,10 @@ def scenario(address: str) -> dict:
             timeline.append((round(time.time() - t0, 1), n))
         return n
 
-    env = {"id": "gymnasium:FrozenLake-v1", "kwargs": {"map_name": "4x4", "is_slippery": False}, "max_steps": 30,
-           "domain": None}
-    probe = make_env(env["id"], max_steps=30, **env["kwargs"])
-    agent = dict(OmegaConf.to_container(OmegaConf.structured(AgentConfig)), episodes_per_update=8,
-                 max_staleness=10**9)  # no learner publishes versions here: never throttle the actors
-    spec = dict(run_id="autoscale", arm="real", source="real", env=env, domain=probe.domain, envs_per_actor=4,
-                policy_path=None, agent=agent, seed=0, torch_threads=1)
+    env = EnvConfig(id="gymnasium:FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False}, max_steps=30)
+    agent = AgentConfig(episodes_per_update=8, max_staleness=10**9)  # no learner publishes: never throttle the actors
+    spec = RolloutSpec(run_id="autoscale", arm=ArmConfig(name="real", envs_per_actor=4), kind=Real(), env=env,
+                       domain=make_env_from(env).domain, agent=agent, runtime=Runtime(), seed=0)
     replay = ReplayService.options(num_cpus=0).remote(tempfile.mkdtemp())
     registry = WeightRegistry.options(num_cpus=0).remote()
     pool = ActorPool(spec, replay, registry, lo=1, hi=4, start=1, num_cpus=1, interval_s=2, t0=t0,

@@ -154,3 +154,26 @@ def test_tracker_logs_to_a_local_mlflow_file_store_when_enabled(tmp_path):
     run = client.search_runs([client.get_experiment_by_name("agentworld").experiment_id])[0]
     assert run.info.run_name == "tracked" and run.data.params["agent.updates"] == "40"
     assert run.data.metrics["eval/real/success"] == 0.75 and run.data.metrics["pool/real/actors"] == 2.0
+
+
+def test_compare_draws_every_declared_kind_with_data(tmp_path):
+    """Runs with every kind of row: their declared measures get banded panels, the LWM's as a series of its own."""
+    from agentworld.compare import _arm_series, _groups, _lwm_series, detail_panels
+    from tests.test_report import every_kind_rows
+
+    runs = []
+    for seed in (0, 1):
+        cfg = load_config(QUICKSTART, [f"run.name=every_s{seed}", f"run.seed={seed}", f"run.output_dir={tmp_path}"])
+        (tmp_path / cfg.run.name).mkdir()
+        (tmp_path / cfg.run.name / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        rows = [dict(r, wall_time=r["wall_time"] * (1 + 0.1 * seed)) for r in every_kind_rows()]
+        write_report(tmp_path / cfg.run.name, rows, OmegaConf.to_container(cfg))
+        runs.append(tmp_path / cfg.run.name)
+    groups = _groups(runs)
+    lwm = _lwm_series(groups)
+    assert [s["label"] for s in lwm] == ["LWM"] and lwm[0]["seeds"] == [0, 1]
+    titles = {(kind.name, title) for kind, title, _, _ in detail_panels(_arm_series(groups), lwm)}
+    assert {("wm", "held-out next-state fidelity"), ("train", "time per update (s)"), ("pool", "rollout actors"),
+            ("hybrid", "live fidelity and routing"), ("control", "obedience")} <= titles
+    page = compare(runs, tmp_path / "cmp").read_text()
+    assert page.count("<tr>") == 1 + 3 and "3,038 ± 0" in page  # counts with thousands separators

@@ -102,3 +102,28 @@ def test_cli_bad_input_exits_2_with_one_line(override, key):
 def test_cli_validate_ok():
     r = cli("validate", QUICKSTART)
     assert r.returncode == 0 and "OK" in r.stdout
+
+
+@pytest.mark.parametrize("override, key", [
+    ("world_model.data.policy=/no/such/checkpoint", "world_model.data.policy"),
+    ("agent.algorithm=nope", "agent.algorithm"),
+    ("world_model.rl.algorithm=nope", "world_model.rl.algorithm"),
+    ("arms.1.source=nope", "arms.1.source"),
+    ("engine.weight_sync=nope", "engine.weight_sync"),
+])
+def test_a_name_no_registry_or_path_knows_is_one_line_naming_the_key(override, key):
+    msg = error_of(QUICKSTART, [override])
+    assert key in msg and "\n" not in msg
+
+
+def test_every_registered_loss_and_behaviour_policy_validates():
+    for name in ("grpo", "ppo", "rloo", "gspo"):
+        assert load_config(QUICKSTART, [f"agent.algorithm={name}", f"world_model.rl.algorithm={name}"])
+    assert load_config(QUICKSTART, ["world_model.data.policy=oracle"]).world_model.data.policy == "oracle"
+
+
+def test_hybrid_checks_belong_to_the_hybrid_kind():
+    msg = error_of(QUICKSTART, ["arms.1.source=hybrid", "arms.1.hybrid.threshold=1.5"])
+    assert "arms.1.hybrid.threshold" in msg
+    msg = error_of(QUICKSTART, ["arms.0.control.kind=hindsight"])
+    assert "arms.0.control.kind" in msg and "real arm" in msg

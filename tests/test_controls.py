@@ -9,6 +9,7 @@ import pytest
 
 from agentworld.controls import (LABELS, PERTURBATIONS, ControlSampler, contains_facts, label, labels, make_control,
                                  obedience_metric_rows, parse_control, row_obeyed)
+from agentworld.config import ControlConfig
 from agentworld.envs import make_env
 
 
@@ -50,7 +51,7 @@ def test_labeler_hits_every_label_on_real_frozenlake():
 
 def test_sampler_draws_the_configured_mix_and_fraction():
     mix = {"success": 0.5, "failure": 0.3, "noop": 0.2}
-    s = ControlSampler.from_config({"kind": "hindsight", "fraction": 0.4, "mix": mix}, "gridworld", seed=1)
+    s = ControlSampler.from_config(ControlConfig(kind="hindsight", fraction=0.4, mix=mix), "gridworld", seed=1)
     draws = [s() for _ in range(20_000)]
     controlled = [c for c in draws if c is not None]
     assert abs(len(controlled) / len(draws) - 0.4) < 0.015
@@ -60,7 +61,7 @@ def test_sampler_draws_the_configured_mix_and_fraction():
     assert set(counts) == set(mix)
     uniform = ControlSampler("perturbation", 1.0, {}, "mcp", seed=2)
     assert set(Counter(uniform().name for _ in range(500))) == set(PERTURBATIONS)
-    assert ControlSampler.from_config({"kind": "none"}, "gridworld")() is None
+    assert ControlSampler.from_config(ControlConfig(), "gridworld")() is None
 
 
 def test_perturbation_and_fictional_controls_render_and_check_real_obs():

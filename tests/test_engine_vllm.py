@@ -11,6 +11,7 @@ pytest.importorskip("vllm", reason="the vllm extra is not installed (pip install
 pytestmark = pytest.mark.slow  # one engine start (~30-60 s on 2 cores) for the module
 
 from actors.engine_actor import EngineActor, RemoteEngine  # noqa: E402
+from agentworld.config import EngineConfig, Runtime, VLLMConfig  # noqa: E402
 from agentworld.models.engine import make_engine  # noqa: E402
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer  # noqa: E402
 from learners.weight_sync import FilesystemWeightSync, WeightRegistry  # noqa: E402
@@ -36,9 +37,9 @@ def setup(ray_local, tmp_path_factory):
     hf.model.save_pretrained(str(path))
     registry = WeightRegistry.remote()
     weights_dir = str(tmp_path_factory.mktemp("weights"))
-    spec = dict(kind="vllm", path=str(path), seed=0, name="policy/a", vllm=dict(kv_cache_gb=0.25),
-                engine=dict(weight_sync="filesystem", weights_dir=weights_dir))
-    actor = EngineActor.options(num_cpus=0).remote(spec, registry)
+    runtime = Runtime(engine=EngineConfig(inference="vllm", weight_sync="filesystem", vllm=VLLMConfig(kv_cache_gb=0.25)),
+                      weights_dir=weights_dir)
+    actor = EngineActor.options(num_cpus=0).remote("policy/a", str(path), 0, 0, runtime, registry)
     vllm = RemoteEngine(actor, str(path))
     return hf, vllm, FilesystemWeightSync(registry, weights_dir)
 

@@ -5,7 +5,8 @@ that always predicts "nothing changes" (bad); the env is always the real one."""
 import json
 import random
 
-from actors.rollout import play_episodes
+from agentworld.config import HybridConfig
+from agentworld.episodes import play_episodes
 from agentworld.envs import make_env
 from agentworld.models.engine import Generation
 from agentworld.policy import RandomPolicy
@@ -83,7 +84,7 @@ def test_shadow_execution_reproduces_the_real_transition():
     assert real[-1][1] == 1.0 and real[-1][2]
 
     counted = []
-    h = hybrid(TableLWM(TABLE), FidelityGate(window=8), shadow_fraction=1.0, counted=counted)
+    h = hybrid(TableLWM(TABLE), FidelityGate(HybridConfig(window=8)), shadow_fraction=1.0, counted=counted)
     obs, _ = h.reset(seed=3)
     assert obs == start  # the simulation starts from the seeded real env's initial state
     for a, (robs, rr, rterm, _, _) in zip(actions, real):
@@ -93,7 +94,7 @@ def test_shadow_execution_reproduces_the_real_transition():
     assert counted == actions and h.gate.fidelity == 1.0
 
     # the bad LWM's "nothing changes" is caught by the same shadow: the real env moved
-    bad = hybrid(TableLWM(TABLE, bad=True), FidelityGate(window=8), shadow_fraction=1.0)
+    bad = hybrid(TableLWM(TABLE, bad=True), FidelityGate(HybridConfig(window=8)), shadow_fraction=1.0)
     bad.reset(seed=3)
     assert bad.step("right")[4]["fidelity_match"] is False
     assert bad.step("left")[4]["fidelity_match"] is False  # the real env is at column 1; the sim thinks 0
@@ -101,7 +102,7 @@ def test_shadow_execution_reproduces_the_real_transition():
 
 def test_shadow_replays_the_action_prefix_and_counts_every_real_step():
     counted, infos = [], []
-    h = hybrid(TableLWM(TABLE), FidelityGate(window=8), shadow_fraction=0.3, counted=counted)
+    h = hybrid(TableLWM(TABLE), FidelityGate(HybridConfig(window=8)), shadow_fraction=0.3, counted=counted)
     taken = []
     for seed in range(40):
         h.reset(seed=seed)
@@ -136,7 +137,7 @@ def _play(envs, policy, rounds, seed0, rows):
 
 
 def test_low_fidelity_routes_to_real_and_recovery_routes_back():
-    gate = FidelityGate(window=8, threshold=0.8, recover_threshold=0.9, min_scores=4)
+    gate = FidelityGate(HybridConfig(window=8, threshold=0.8, recover_threshold=0.9, min_scores=4))
     counted = []
     bad, good = TableLWM(TABLE, bad=True), TableLWM(TABLE, version=2)
     envs = [hybrid(bad, gate, shadow_fraction=0.5, counted=counted) for _ in range(4)]
@@ -179,7 +180,7 @@ def test_step_all_batches_hybrid_envs_with_one_generation():
             calls.append(len(prompts))
             return super().generate(prompts, **kw)
 
-    gate, lwm = FidelityGate(), Counting(TABLE)
+    gate, lwm = FidelityGate(HybridConfig()), Counting(TABLE)
     envs = [hybrid(lwm, gate, 0.0) for _ in range(3)]
     for k, h in enumerate(envs):
         h.reset(seed=k)

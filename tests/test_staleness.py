@@ -5,29 +5,30 @@ after the policy version that produced it; `max_staleness: 0` is the synchronous
 import math
 import random
 import time
-from dataclasses import asdict
 
 import pytest
 import ray
 import torch
 
-from actors.rollout import RolloutActor
-from agentworld.config import AgentConfig
-from agentworld.envs import make_env
+from actors.rollout import RolloutActor, RolloutSpec
+from agentworld.arms.real import Real
+from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Runtime
+from agentworld.envs import make_env_from
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.policy import policy_messages
 from agentworld.replay import ReplayService
 from agentworld.models.hf_engine import HFEngine
 from agentworld.policy import LLMPolicy
-from learners.agent import AgentLearner, agent_loss, proximal_logprobs
+from learners.agent import AgentLearner, LearnerSpec, agent_loss, proximal_logprobs
+from learners.losses import GRPO
 from learners.weight_sync import WeightRegistry
 
-ENV = dict(id="gymnasium:FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False}, max_steps=12)
+ENV = EnvConfig(id="gymnasium:FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False}, max_steps=12)
 
 
 @pytest.fixture(scope="module")
 def policy_path(tmp_path_factory):
-    env, rng, texts = make_env(ENV["id"], max_steps=12, **ENV["kwargs"]), random.Random(0), []
+    env, rng, texts = make_env_from(ENV), random.Random(0), []
     for ep in range(20):
         obs, info = env.reset(seed=ep)
         for _ in range(6):
@@ -45,14 +46,14 @@ def run_arm(policy_path: str, run_dir, max_staleness: int, updates: int = 5) -> 
     """One real arm: a learner and two actors, concurrently. Returns (the arm's replay rows, its train rows)."""
     replay = ReplayService.options(num_cpus=0).remote(str(run_dir / "replay"))
     registry = WeightRegistry.remote()
-    agent = dict(asdict(AgentConfig()), updates=updates, episodes_per_update=8, epochs=1, max_staleness=max_staleness)
-    learner = AgentLearner.options(num_cpus=0).remote(dict(
-        arm="a", source="real", init_path=policy_path, run_dir=str(run_dir), t0=time.time(), agent=agent,
-        eval=dict(every_updates=100, episodes=2, greedy=False, success_target=0.8), env=ENV, wm_real_steps=0, seed=0,
-        torch_threads=1), replay, registry)
-    actors = [RolloutActor.options(num_cpus=0).remote(dict(
-        run_id="r", arm="a", actor_id=f"a{k}", source="real", env=ENV, domain="gridworld", envs_per_actor=4,
-        policy_path=policy_path, agent=agent, seed=k, torch_threads=1), replay, registry) for k in range(2)]
+    agent = AgentConfig(updates=updates, episodes_per_update=8, epochs=1, max_staleness=max_staleness)
+    arm = ArmConfig(name="a", envs_per_actor=4)
+    learner = AgentLearner.options(num_cpus=0).remote(LearnerSpec(
+        arm=arm, kind=Real(), loss=GRPO, init_path=policy_path, run_dir=str(run_dir), t0=time.time(), agent=agent,
+        eval=EvalConfig(every_updates=100, episodes=2), env=ENV, seed=0, runtime=Runtime()), replay, registry)
+    actors = [RolloutActor.options(num_cpus=0).remote(RolloutSpec(
+        run_id="r", arm=arm, kind=Real(), env=ENV, domain="gridworld", agent=agent, runtime=Runtime(), seed=k,
+        policy=policy_path, actor_id=f"a{k}"), replay, registry) for k in range(2)]
     runs = [a.run.remote() for a in actors]
     ray.get(learner.run.remote())
     for a in actors:
@@ -93,7 +94,7 @@ def test_the_agent_loss_corrects_stale_rows_instead_of_clipping_them_away(policy
     the proximal policy (the current weights, ratio 1) and weights the row by proximal / behaviour probability."""
     torch.manual_seed(0)
     engine = HFEngine(policy_path)
-    env = make_env(ENV["id"], max_steps=12, **ENV["kwargs"])
+    env = make_env_from(ENV)
     obs, info = env.reset(seed=0)
     act = LLMPolicy(engine, mode="choice", temperature=1.0).act([env.env_id], [obs], [info])[0]
     row = dict(env_id=env.env_id, obs=obs, action=act.action, choices=act.choices, policy_version=0)

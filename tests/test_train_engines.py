@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
+from agentworld.config import DeepSpeedConfig, EngineConfig, RayConfig, Runtime  # noqa: E402
 from agentworld.models.hf_engine import load_model_and_tokenizer  # noqa: E402
 from agentworld.models.tiny import build_tiny_model, train_tokenizer  # noqa: E402
 from learners.train_engine import make_trainer  # noqa: E402
@@ -15,9 +16,9 @@ from learners.wm_recipe import cpt_loss, pack  # noqa: E402
 
 TEXTS = [f"state {i % 7}: the agent moves {'left' if i % 3 else 'down'} and sees [S]FF{i % 5}H" for i in range(200)]
 SCHEDULE = dict(lr=3e-3, total_steps=30, warmup_steps=2)
-DEEPSPEED = {"train": "deepspeed", "num_cpus": 0.25,
-             "deepspeed": {"zero_stage": 2, "data_parallel": 2, "backend": "gloo", "offload_optimizer": False,
-                           "torch_adam": True}}
+DEEPSPEED = Runtime(ray=RayConfig(actor_num_cpus=0.25), engine=EngineConfig(
+    train="deepspeed", deepspeed=DeepSpeedConfig(zero_stage=2, data_parallel=2, backend="gloo", offload_optimizer=False,
+                                                 torch_adam=True)))
 
 
 @ray.remote
@@ -30,7 +31,7 @@ class Learner:
 
     def open(self, path: str, resume: bool = False) -> None:
         self.model, self.tok = load_model_and_tokenizer(path)
-        self.trainer = make_trainer(self.model, self.tok, engine=DEEPSPEED, **SCHEDULE)
+        self.trainer = make_trainer(self.model, self.tok, runtime=DEEPSPEED, **SCHEDULE)
         if resume:
             self.trainer.load_trainer_state(path)
 

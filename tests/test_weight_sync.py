@@ -6,6 +6,7 @@ import ray
 import torch
 
 from actors.engine_actor import EngineActor, RemoteEngine
+from agentworld.config import EngineConfig, Runtime
 from agentworld.models.engine import make_engine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from learners.weight_sync import FilesystemWeightSync, ObjectStoreWeightSync, WeightRegistry, make_weight_sync
@@ -49,14 +50,14 @@ def test_object_store_and_filesystem_deliver_the_same_weights(ray_local, tiny, t
 
 def test_broadcast_pushes_weights_to_every_shared_engine(ray_local, tiny):
     registry = WeightRegistry.remote()
-    engine_cfg = {"weight_sync": "broadcast"}
-    spec = dict(kind="hf", path=tiny, name="policy/a", engine=engine_cfg)
-    readers = [RemoteEngine(EngineActor.options(num_cpus=0).remote(dict(spec, seed=k), registry), tiny) for k in range(2)]
+    runtime = Runtime(engine=EngineConfig(weight_sync="broadcast"))
+    readers = [RemoteEngine(EngineActor.options(num_cpus=0).remote("policy/a", tiny, k, 0, runtime, registry), tiny)
+               for k in range(2)]
     assert len(ray.get(registry.subscribers.remote("policy/a"))) == 2
     ref = make_engine("hf", tiny)
     new = perturbed(ref, 2)
     ref.load_weights(new, 3)
-    make_weight_sync(engine_cfg, registry).publish("policy/a", 3, new)  # gloo: the same code as NCCL on GPUs
+    make_weight_sync(runtime, registry).publish("policy/a", 3, new)  # gloo: the same code as NCCL on GPUs
     for r in readers:
         r.pull()  # nothing to fetch: the weights were pushed
         assert r.version == 3

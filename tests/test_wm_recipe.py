@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from agentworld.config import RewardWeights, WMRLConfig, WMSFTConfig
 from agentworld.models.hf_engine import HFEngine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.worldmodel.data import THINK_EMPTY, wm_examples
 from agentworld.worldmodel.prompt import parse_prediction
-from learners.wm_recipe import pack, rl_objective, run_rl, token_logprobs
+from agentworld.registry import LOSSES
+from learners.wm_recipe import pack, run_rl, token_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +65,9 @@ def test_clipped_objectives(algorithm):
     old = torch.zeros(2, 3)
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
     adv = torch.tensor([1.0, -1.0])
-    assert abs(rl_objective(old, old, mask, adv, algorithm, 0.2).item()) < 1e-6 or algorithm == "grpo"
+    assert abs(LOSSES.get(algorithm).objective(old, old, mask, adv, 0.2).item()) < 1e-6 or algorithm == "grpo"
     big = old + 1.0  # ratio e > 1 + clip: the positive advantage is clipped
-    loss = rl_objective(big, old, mask, torch.tensor([1.0, 1.0]), algorithm, 0.2)
+    loss = LOSSES.get(algorithm).objective(big, old, mask, torch.tensor([1.0, 1.0]), 0.2)
     assert abs(loss.item() + 1.2) < 1e-5
 
 
@@ -74,13 +76,13 @@ def test_rl_raises_reward_on_a_fixed_prompt(tiny, kl):
     from learners.wm_recipe import run_sft
 
     ex = wm_examples([episode()], tiny.render, history_turns=1)
-    sft = dict(steps=40, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_steps=2, eval_every=100,
-               balance_transitions=0.0, balance_outcomes=0.0)
+    sft = WMSFTConfig(steps=40, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_steps=2, eval_every=100,
+                      balance_transitions=0.0, balance_outcomes=0.0)
     run_sft(tiny.model, tiny.tok, ex, sft, random.Random(0), lambda step, loss: None, lambda step: None)  # the format
-    cfg = dict(steps=15, prompts_per_step=4, group_size=8, algorithm="gspo", lr=3e-3, clip=0.2, epochs=1,
-               temperature=1.0, max_new_tokens=12, kl=kl,
-               reward=dict(exact=1.0, edit=1.0, line_f1=0.5, field_f1=0.5, outcome=0.5, rubric=0.0,
-                           rubric_floor=0.5, length_penalty=0.5))
+    cfg = WMRLConfig(steps=15, prompts_per_step=4, group_size=8, algorithm="gspo", lr=3e-3, clip=0.2, epochs=1,
+                     temperature=1.0, max_new_tokens=12, kl=kl,
+                     reward=RewardWeights(exact=1.0, edit=1.0, line_f1=0.5, field_f1=0.5, outcome=0.5, rubric=0.0,
+                                          rubric_floor=0.5, length_penalty=0.5))
     rewards = []
     run_rl(tiny.model, tiny, tiny.tok, ex, cfg, random.Random(0), lambda step, r: rewards.append(r))
     assert len(rewards) == 15 and sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5
@@ -103,7 +105,7 @@ def test_wm_train_runs_every_stage(tmp_path):
 
 
 def test_kl_penalty_is_zero_at_the_reference_and_grows_away_from_it():
-    from learners.wm_recipe import kl_penalty
+    from learners.losses import kl_penalty
 
     lp = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
     mask = torch.tensor([[1.0, 1.0, 0.0]])

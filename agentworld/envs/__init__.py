@@ -65,3 +65,8 @@ def make_env(env_id: str, max_steps: int | None = None, domain: str | None = Non
     prefix, _, name = env_id.partition(":")
     factory, default_domain, _ = _family(prefix)
     return Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))
+
+
+def make_env_from(cfg) -> TextEnv:
+    """`make_env` from an EnvConfig (an `envs.<key>` section)."""
+    return make_env(cfg.id, max_steps=cfg.max_steps, domain=cfg.domain, **cfg.kwargs)

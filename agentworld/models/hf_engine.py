@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agentworld.models.engine import Generation, read_weights
+from agentworld.registry import INFERENCE_ENGINES
 
 
 def load_model_and_tokenizer(path: str):
@@ -173,3 +174,9 @@ class HFEngine:
     def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
         """Flat summed logprobs of each `choice + EOS`, sharing each prompt's KV cache."""
         return choice_logprobs(self.model, self.tok, prompts, choices)
+
+
+@INFERENCE_ENGINES.register("hf")
+def build_hf_engine(path: str, seed: int, vllm) -> HFEngine:
+    """The INFERENCE_ENGINES builder; the vllm options do not apply to it."""
+    return HFEngine(path, seed=seed)

@@ -11,30 +11,38 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from transformers import AutoTokenizer
 
 from agentworld.models.engine import Generation
+from agentworld.registry import INFERENCE_ENGINES
+
+if TYPE_CHECKING:
+    from agentworld.config import VLLMConfig
 
 
+@INFERENCE_ENGINES.register("vllm")  # vllm itself is imported only when an engine is built
 class VLLMEngine:
+    """A vLLM engine over the checkpoint at `path`, set up by a VLLMConfig (None: its defaults)."""
+
     kind = "vllm"
 
-    def __init__(self, path: str, seed: int = 0, dtype: str = "float32", max_model_len: int = 1024,
-                 kv_cache_gb: float | None = 1.0, gpu_memory_utilization: float = 0.1, enforce_eager: bool = True,
-                 tensor_parallel_size: int = 1, in_process: bool = True):
-        self.in_process = in_process = in_process and tensor_parallel_size == 1
+    def __init__(self, path: str, seed: int = 0, config: VLLMConfig | None = None):
+        from agentworld.config import VLLMConfig
+
+        c = config or VLLMConfig()
+        self.in_process = in_process = c.in_process and c.tensor_parallel_size == 1
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         from vllm import LLM
 
         self.tok = AutoTokenizer.from_pretrained(path)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.llm = LLM(model=path, seed=seed, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager,
-                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                       kv_cache_memory_bytes=None if kv_cache_gb is None else int(kv_cache_gb * 2**30),
+        self.llm = LLM(model=path, seed=seed, dtype=c.dtype, max_model_len=c.max_model_len, enforce_eager=c.enforce_eager,
+                       tensor_parallel_size=c.tensor_parallel_size, gpu_memory_utilization=c.gpu_memory_utilization,
+                       kv_cache_memory_bytes=None if c.kv_cache_gb is None else int(c.kv_cache_gb * 2**30),
                        distributed_executor_backend="uni" if in_process else None,
                        logprobs_mode="processed_logprobs", generation_config="vllm")
         self.rng = random.Random(seed)

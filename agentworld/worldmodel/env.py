@@ -13,7 +13,7 @@ class WorldModelEnv:
     """One simulated episode at a time. Start states are drawn from real initial observations;
     `step_batch` advances many of these envs with one batched generation."""
 
-    source = "sim"
+    batched = True  # step_all steps these together, one generation per engine
 
     def __init__(self, engine, env_id: str, domain: str, initial_states: Sequence[tuple[str, dict]],
                  max_steps: int = 50, history_turns: int = 1, max_new_tokens: int = 96,
@@ -103,7 +103,7 @@ def step_all(envs: Sequence, actions: Sequence[str]) -> list:
     results: list = [None] * len(envs)
     groups: dict[tuple, list[int]] = {}
     for i, env in enumerate(envs):
-        if isinstance(env, WorldModelEnv) or getattr(env, "source", None) == "hybrid":  # LWM-backed: batch them
+        if getattr(env, "batched", False):  # LWM-backed: one batched generation per engine and env type
             groups.setdefault((type(env), id(env.engine)), []).append(i)
         else:
             results[i] = env.step(actions[i])

@@ -33,10 +33,10 @@ from agentworld.worldmodel.prompt import parse_prediction, render_state
 class FidelityGate:
     """Live fidelity of one env over a sliding window of shadow scores, and whether it routes to real."""
 
-    def __init__(self, window: int = 32, threshold: float = 0.8, recover_threshold: float = 0.9,
-                 min_scores: int = 8):
-        self.scores: deque[int] = deque(maxlen=window)
-        self.threshold, self.recover_threshold, self.min_scores = threshold, recover_threshold, min_scores
+    def __init__(self, cfg):
+        """`cfg`: the arm's HybridConfig."""
+        self.scores: deque[int] = deque(maxlen=cfg.window)
+        self.threshold, self.recover_threshold, self.min_scores = cfg.threshold, cfg.recover_threshold, cfg.min_scores
         self.routed = False
         self.switches: list[dict] = []  # when and why the gate changed its mind
 
@@ -63,9 +63,9 @@ def same_transition(pred: tuple, real: tuple) -> bool:
 class HybridEnv:
     """A simulated env (`sim`, a WorldModelEnv) and a seeded real env (`real`) under a shared FidelityGate."""
 
-    source = "hybrid"
+    batched = True  # step_all steps these with the sim envs' batched generation
 
-    def __init__(self, sim: WorldModelEnv, real, gate: FidelityGate, shadow_fraction: float = 0.25):
+    def __init__(self, sim: WorldModelEnv, real, gate: FidelityGate, shadow_fraction: float):
         self.sim, self.real, self.gate = sim, real, gate
         self.engine = sim.engine  # step_all batches hybrid envs by engine, like sim envs
         self.env_id, self.domain = real.env_id, real.domain
@@ -138,6 +138,8 @@ def hybrid_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.
     """`hybrid` metrics rows from an arm's replay rows, one per `bin_s` of wall-clock: the live fidelity (the
     gate's value at the bin's last scored step), the share of steps routed to the real env, and cumulative
     real env steps (routed + shadow) and simulated steps."""
+    from agentworld.metrics import metric_row
+
     rows = sorted(rows, key=lambda r: epoch_seconds(r["created_at"]))
     out, cum = [], {"routed": 0, "shadow": 0, "sim": 0, "scored": 0, "matched": 0}
     i = 0
@@ -156,10 +158,10 @@ def hybrid_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.
         cum["scored"] += len(scored)
         cum["matched"] += sum(bool(r["fidelity_match"]) for r in scored)
         fid = [r["fidelity"] for r in b if r.get("fidelity") is not None]
-        out.append(dict(kind="hybrid", arm=arm, source="hybrid", wall_time=end, steps=len(b), routed_steps=routed,
-                        routed_share=routed / len(b), fidelity=fid[-1] if fid else None,
-                        bin_match_rate=(sum(bool(r["fidelity_match"]) for r in scored) / len(scored)) if scored else None,
-                        real_steps=cum["routed"] + cum["shadow"], routed_steps_total=cum["routed"],
-                        shadow_steps_total=cum["shadow"], sim_steps=cum["sim"], scored_total=cum["scored"],
-                        matched_total=cum["matched"]))
+        out.append(metric_row("hybrid", arm=arm, source="hybrid", wall_time=end, steps=len(b), routed_steps=routed,
+                              routed_share=routed / len(b), fidelity=fid[-1] if fid else None,
+                              bin_match_rate=(sum(bool(r["fidelity_match"]) for r in scored) / len(scored)) if scored else None,
+                              real_steps=cum["routed"] + cum["shadow"], routed_steps_total=cum["routed"],
+                              shadow_steps_total=cum["shadow"], sim_steps=cum["sim"], scored_total=cum["scored"],
+                              matched_total=cum["matched"]))
     return out

@@ -7,22 +7,10 @@ discourages padding beyond the reference, a cheap way to hack similarity metrics
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
+from agentworld.config import RewardWeights  # noqa: F401  (the reward's weights are config)
 from agentworld.worldmodel.fidelity import edit_similarity
 from agentworld.worldmodel.prompt import parse_prediction
-
-
-@dataclass
-class RewardWeights:
-    exact: float = 1.0
-    edit: float = 1.0
-    line_f1: float = 0.5
-    field_f1: float = 0.5  # used only when the reference is a JSON object
-    outcome: float = 0.5  # reward and done both right
-    rubric: float = 0.0  # weight of the judge's normalised total
-    rubric_floor: float = 0.5  # the rubric counts only when the rule score reaches this share of its maximum
-    length_penalty: float = 0.5  # per unit of length beyond the reference, relative to its length
 
 
 def line_f1(pred: str, ref: str) -> float:
