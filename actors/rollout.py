@@ -32,6 +32,7 @@ class LWMSpec:
     history_turns: int
     generation: GenerationConfig
     initial_states: list
+    notes: dict  # world_model.prompts: per-domain notes of its instruction
 
 
 @dataclass
@@ -45,7 +46,7 @@ class RolloutSpec:
     agent: AgentConfig
     runtime: Runtime
     seed: int
-    policy: str = "random"  # random | oracle | PATH of a checkpoint
+    policy: str = "random"  # random | oracle | mix:<p> | PATH of a checkpoint
     actor_id: str = ""
     lwm: LWMSpec | None = None  # for kinds that use the LWM
     policy_engine: Any = None  # engine.shared: the arm's EngineActor handles
@@ -79,7 +80,7 @@ class RolloutActor:
         from agentworld.policy import LLMPolicy, behaviour_policy
 
         s = self.spec
-        if s.policy in ("random", "oracle"):
+        if s.policy in ("random", "oracle") or s.policy.startswith("mix:"):  # scripted: no model
             return behaviour_policy(s.policy, s.seed)
         a = s.agent
         return LLMPolicy(self._engine(s.policy, s.seed, 0, s.policy_engine), mode=a.action_mode,
@@ -105,7 +106,8 @@ class RolloutActor:
         s, lwm = self.spec, self.spec.lwm
         return WorldModelEnv(self.wm_engine, s.env.id, s.domain, lwm.initial_states, max_steps=s.env.max_steps,
                              history_turns=lwm.history_turns, max_new_tokens=lwm.generation.max_new_tokens,
-                             temperature=lwm.generation.temperature, sampler=self._control_sampler(k))
+                             temperature=lwm.generation.temperature, sampler=self._control_sampler(k),
+                             notes=lwm.notes)
 
     def _control_sampler(self, k: int):
         """Env k's per-step control sampler (the arm's `control` section); None when uncontrolled."""

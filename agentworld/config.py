@@ -60,10 +60,23 @@ class GenerationConfig:
 
 
 @dataclass
+class WMSourceConfig:
+    """One source of the LWM's training data: a real env played by a behaviour policy, or an import."""
+    env: Optional[str] = None  # key into `envs`: play this env ...
+    steps: int = 0  # ... for this many real env steps
+    policy: str = "random"  # random | oracle | mix:<p> (the oracle with probability p, else random) | PATH of a checkpoint
+    data: Optional[str] = None  # or import: an AgentWorldBench-style JSONL file, or a replay dir
+    heldout: bool = False  # every episode of this source is held out: a split by task (e.g. an env's heldout split)
+
+
+@dataclass
 class WMDataConfig:
-    policy: str = "random"  # behaviour policy that gathers the LWM's real transitions: random | oracle | PATH of a checkpoint
+    policy: str = "random"  # behaviour policy that gathers the LWM's real transitions: random | oracle | mix:<p> | PATH
     steps: int = 3000  # budget of real env steps for the LWM's training data
-    heldout_fraction: float = 0.1  # share of episodes held out for fidelity
+    heldout_fraction: float = 0.1  # share of episodes held out for fidelity, per env
+    # Several sources, trained on together, each row keeping its env and domain; empty: one source, world_model.env
+    # played by `policy` for `steps`
+    sources: List[WMSourceConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -140,8 +153,11 @@ class WMContinualConfig:
 
 @dataclass
 class WorldModelConfig:
-    env: str = "frozenlake"  # key into `envs` whose real transitions train the LWM
+    env: Optional[str] = "frozenlake"  # key into `envs` whose real transitions train the LWM (with no data.sources)
     data: WMDataConfig = field(default_factory=WMDataConfig)
+    # domain -> what its environment is and what an observation looks like, after the LWM's instruction;
+    # unset domains get agentworld/worldmodel/prompt.py's DOMAIN_NOTES
+    prompts: Dict[str, str] = field(default_factory=dict)
     history_turns: int = 1  # past (action, observation) turns kept in the prompt
     history_budget_tokens: int = 0  # if > 0, drop the oldest kept turns until the prompt fits
     stages: List[str] = field(default_factory=lambda: ["sft"])  # in order, from: cpt, sft, rl
@@ -504,9 +520,38 @@ def _validate_agent(cfg, fail) -> None:
         fail("agent.lr", "must be > 0")
 
 
+def _behaviour_policy_ok(policy: str) -> bool:
+    if policy.startswith("mix:"):
+        try:
+            return 0 <= float(policy[4:]) <= 1
+        except ValueError:
+            return False
+    return policy in BEHAVIOUR_POLICIES or _checkpoint(policy)
+
+
+def _validate_sources(cfg, fail) -> None:
+    wm = cfg.world_model
+    if not wm.data.sources:
+        if wm.env is None:
+            fail("world_model.env", "name the env whose transitions train the LWM, or list world_model.data.sources")
+        _env_key(cfg, wm.env, "world_model.env", fail)
+    for i, src in enumerate(wm.data.sources):
+        key = f"world_model.data.sources.{i}"
+        if (src.env is None) == (src.data is None):
+            fail(key, "give exactly one of env (a real env to play) and data (a JSONL file or replay dir to import)")
+        if src.env is not None:
+            _env_key(cfg, src.env, f"{key}.env", fail)
+            if src.steps < 1:
+                fail(f"{key}.steps", "must be >= 1")
+            if not _behaviour_policy_ok(src.policy):
+                fail(f"{key}.policy", f"must be random, oracle, mix:<p> with p in [0, 1], or a checkpoint dir (got {src.policy!r})")
+        elif not Path(src.data).exists():
+            fail(f"{key}.data", f"no such file or replay dir {src.data!r}")
+
+
 def _validate_world_model(cfg, fail) -> None:
     wm = cfg.world_model
-    _env_key(cfg, wm.env, "world_model.env", fail)
+    _validate_sources(cfg, fail)
     t = wm.sft
     if t.steps < 0:
         fail("world_model.sft.steps", "must be >= 0")
@@ -533,8 +578,8 @@ def _validate_world_model(cfg, fail) -> None:
     if rl.reward.rubric > 0 and not rl.judge_endpoint:
         fail("world_model.rl.judge_endpoint", "reward.rubric > 0 needs a judge endpoint")
     d = wm.data
-    if d.policy not in BEHAVIOUR_POLICIES and not _checkpoint(d.policy):
-        fail("world_model.data.policy", f"must be random, oracle or a checkpoint dir (no config.json at {d.policy!r})")
+    if not _behaviour_policy_ok(d.policy):
+        fail("world_model.data.policy", f"must be random, oracle, mix:<p> or a checkpoint dir (got {d.policy!r})")
     if d.steps < 1:
         fail("world_model.data.steps", "must be >= 1")
     if not 0 <= d.heldout_fraction < 1:

@@ -71,11 +71,11 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
     run = open_run(cfg, config_path)
     tracker = Tracker(run.run_dir, cfg.tracking, section_dict(cfg), run.t0)
     try:
-        rows = collect_lwm_data(run)
-        base_path = build_base_model(run, rows)
-        lwm, metrics, wm_learner = train_lwm(run, base_path, keep=cfg.world_model.continual.enabled)
+        data = collect_lwm_data(run)
+        base_path = build_base_model(run, data.rows)
+        lwm, metrics, wm_learner = train_lwm(run, base_path, data, keep=cfg.world_model.continual.enabled)
         tracker.log(metrics)
-        arms = start_arms(run, base_path, lwm, wm_real_steps=len(rows))
+        arms = start_arms(run, base_path, lwm, wm_real_steps=data.real_steps)
         metrics += wait_for_arms(run, arms, tracker, lwm, metrics, wm_learner)
     finally:
         tracker.close()
@@ -91,27 +91,76 @@ def section_dict(cfg) -> dict:
 
 # -- 1. the LWM's real data ------------------------------------------------------------------------------
 
-def collect_lwm_data(run: Run) -> list[dict]:
-    """The LWM's budget of real transitions, gathered by `world_model.data.policy`; what an earlier attempt of
-    this run dir gathered counts."""
+@dataclass
+class LWMData:
+    rows: list[dict]  # every training and held-out transition, each with its env and domain
+    arms: list[str]  # the replay arms holding them, one per source
+    heldout_arms: list[str]  # the sources held out whole
+    real_steps: int  # real env steps this run spent on them (imports cost none)
+
+
+def lwm_sources(cfg) -> list:
+    """`world_model.data.sources`, or the one source of a config without them: world_model.env played by
+    data.policy for data.steps."""
+    from agentworld.config import WMSourceConfig
+
+    d = cfg.world_model.data
+    return [section(s) for s in d.sources] or [WMSourceConfig(env=cfg.world_model.env, steps=d.steps, policy=d.policy)]
+
+
+def collect_lwm_data(run: Run) -> LWMData:
+    """Each source's transitions in the replay, under an arm of its own; what an earlier attempt of this run dir
+    gathered or imported counts."""
+    sources = lwm_sources(run.cfg)
+    arms = [WM_DATA_ARM if len(sources) == 1 else f"{WM_DATA_ARM}.{i}" for i in range(len(sources))]
+    rows, real_steps = [], 0
+    for i, (src, arm) in enumerate(zip(sources, arms)):
+        if src.env is not None:
+            _play_source(run, src, arm, seed=run.cfg.run.seed + 7919 * (i + 1))
+        else:
+            _import_source(run, src, arm)
+        table = ray.get(run.replay.sample.remote(arm=arm, source="real"))
+        run.console.print(f"LWM data: {table.num_rows} real transitions from {src.env or src.data}")
+        rows += table.to_pylist()
+        real_steps += table.num_rows if src.env is not None else 0
+    return LWMData(rows, arms, [a for a, s in zip(arms, sources) if s.heldout], real_steps)
+
+
+def _play_source(run: Run, src, arm: str, seed: int) -> None:
     from actors.rollout import RolloutActor, RolloutSpec
 
-    cfg, wm = run.cfg, run.cfg.world_model
-    budget = wm.data.steps
-    have = ray.get(run.replay.count.remote(arm=WM_DATA_ARM, source="real"))
-    if have < budget:
-        env = section(cfg.envs[wm.env])
-        arm = ArmConfig(name=WM_DATA_ARM, source="real", env=wm.env, envs_per_actor=16)
-        spec = RolloutSpec(run_id=run.run_id, arm=arm, kind=ARM_KINDS.get("real")(), env=env, domain=env_domain(env),
-                           agent=section(cfg.agent), runtime=run.runtime, seed=cfg.run.seed + 7919 + have,
-                           policy=wm.data.policy, actor_id="random0")
-        actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
-        with run.console.status(f"collecting {budget - have} real transitions with the {wm.data.policy} policy"):
-            ray.get(actor.collect_steps.remote(budget - have))
-        ray.kill(actor)
-    table = ray.get(run.replay.sample.remote(arm=WM_DATA_ARM, source="real"))
-    run.console.print(f"LWM data: {table.num_rows} real transitions from {wm.env}")
-    return table.to_pylist()
+    cfg = run.cfg
+    have = ray.get(run.replay.count.remote(arm=arm, source="real"))
+    if have >= src.steps:
+        return
+    env = section(cfg.envs[src.env])
+    spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=16),
+                       kind=ARM_KINDS.get("real")(), env=env, domain=env_domain(env), agent=section(cfg.agent),
+                       runtime=run.runtime, seed=seed + have, policy=src.policy, actor_id="random0")
+    actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
+    with run.console.status(f"collecting {src.steps - have} real transitions of {src.env} with the {src.policy} policy"):
+        ray.get(actor.collect_steps.remote(src.steps - have))
+    ray.kill(actor)
+
+
+def _import_source(run: Run, src, arm: str) -> None:
+    """An AgentWorldBench-style JSONL file (malformed lines are reported and skipped) or a replay dir, into the
+    run's replay once."""
+    from agentworld.replay import ReplayStore
+    from agentworld.schema import epoch_seconds, rows_to_batch
+    from agentworld.worldmodel import bench
+
+    if ray.get(run.replay.count.remote(arm=arm)):
+        return
+    if Path(src.data).is_dir():
+        rows = [dict(r, arm=arm, created_at=epoch_seconds(r["created_at"])) for r in ReplayStore(src.data).sample().to_pylist()]
+    else:
+        found, errors = bench.read_jsonl(src.data)
+        rows = bench.bench_to_replay_rows(found, arm=arm)
+        if errors:
+            run.console.print(f"[yellow]{src.data}: {len(errors)} malformed lines skipped[/yellow]")
+    if rows:
+        ray.get(run.replay.add.remote(rows_to_batch(rows)))
 
 
 def env_domain(env) -> str:
@@ -164,7 +213,7 @@ def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
 
 # -- 3. the LWM ------------------------------------------------------------------------------------------
 
-def train_lwm(run: Run, base_path: str, keep: bool = False):
+def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
     """Returns (result, metrics, learner): the learner stays alive only when `keep` (continual training)."""
     from learners.world_model import WMLearnerSpec, WorldModelLearner
 
@@ -177,8 +226,9 @@ def train_lwm(run: Run, base_path: str, keep: bool = False):
             console.print("[yellow]continual LWM training needs the LWM trained in this run: "
                           "delete checkpoints/wm_done.json to retrain it[/yellow]")
         return done, done.get("metrics", []), None
-    spec = WMLearnerSpec(base_path=base_path, run_dir=str(run.run_dir), t0=run.t0, data_arm=WM_DATA_ARM,
-                         seed=cfg.run.seed, world_model=section(cfg.world_model), runtime=run.runtime)
+    spec = WMLearnerSpec(base_path=base_path, run_dir=str(run.run_dir), t0=run.t0, data_arms=data.arms,
+                         heldout_arms=data.heldout_arms, seed=cfg.run.seed, world_model=section(cfg.world_model),
+                         runtime=run.runtime)
     learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
         spec, run.replay, run.registry)
     ref = learner.train.remote()
@@ -211,23 +261,44 @@ def stage_table(metrics: list[dict]) -> list[dict]:
     return [{k: last[st].get(k) for k in keys} for st in last]
 
 
+def domain_table(metrics: list[dict]) -> list[dict]:
+    """Per stage and domain, the main metric of each predictor (the LWM as `model`, copy, retrieve)."""
+    out: dict[tuple, dict] = {}
+    for m in metrics:
+        if m["kind"] == "wm_domain":
+            row = out.setdefault((m["stage"], m["domain"]), dict(stage=m["stage"], domain=m["domain"],
+                                                                 main_metric=m["main_metric"], n=m["n"]))
+            row[m["predictor"]] = m["main"]
+    return list(out.values())
+
+
+def _f3(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
     """Only the LWM: gather data, build the base model, run the stages; writes wm_stages.json and
     fidelity.md (held-out fidelity after each stage) to the run dir."""
     (Path(cfg.run.output_dir) / cfg.run.name / "checkpoints" / "wm_done.json").unlink(missing_ok=True)  # always retrains
     run = open_run(cfg, config_path)
     try:
-        base_path = build_base_model(run, collect_lwm_data(run))
-        _, metrics, _ = train_lwm(run, base_path)
+        data = collect_lwm_data(run)
+        _, metrics, _ = train_lwm(run, build_base_model(run, data.rows), data)
     finally:
         ray.shutdown()
-    table = stage_table(metrics)
-    (run.run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "metrics": metrics}, indent=2, default=str))
+    table, domains = stage_table(metrics), domain_table(metrics)
+    (run.run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "domains": domains, "metrics": metrics},
+                                                           indent=2, default=str))
     lines = ["| stage | exact match | edit similarity | outcome accuracy | n |", "|---|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['exact_match']:.3f} | {r['edit_similarity']:.3f} | {r['outcome_accuracy']:.3f} | {r['n']} |"
               for r in table]
+    lines += ["", "Per domain, the main metric of the LWM after each stage, and of the copy and retrieve baselines on "
+              "the same held-out transitions:", "", "| stage | domain | main metric | LWM | copy | retrieve | n |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['domain']} | {r['main_metric']} | {_f3(r.get('model'))} | {_f3(r.get('copy'))} | "
+              f"{_f3(r.get('retrieve'))} | {r['n']} |" for r in domains]
     (run.run_dir / "fidelity.md").write_text("\n".join(lines) + "\n")
-    out = Table(title=f"LWM held-out fidelity by stage ({cfg.world_model.env})")
+    out = Table(title=f"LWM held-out fidelity by stage ({', '.join(s.env or s.data for s in lwm_sources(cfg))})")
     for col in ("stage", "exact", "edit-sim", "outcome", "n"):
         out.add_column(col)
     for r in table:
@@ -279,7 +350,8 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     wm = cfg.world_model
     aspec = RolloutSpec(run_id=run.run_id, arm=arm_cfg, kind=kind, env=env, domain=domain, agent=agent,
                         runtime=run.runtime, seed=seed, policy=init,
-                        lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, section(wm.generation), states)
+                        lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, section(wm.generation), states,
+                                    dict(wm.prompts))
                         if kind.uses_lwm else None,
                         **shared_engines(run, arm.name, kind, init, lwm, seed))
     lo, hi = actor_bounds(arm)

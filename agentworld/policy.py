@@ -105,14 +105,34 @@ class LLMPolicy:
         return acts
 
 
+class MixPolicy:
+    """Each step of each env, the oracle with probability `p`, else a uniform admissible action: data that covers
+    both what a competent agent does and what a random one does."""
+
+    version = 0
+
+    def __init__(self, p: float, seed: int = 0):
+        self.p, self.rng = p, random.Random(seed)
+        self.oracle, self.random = OraclePolicy(seed), RandomPolicy(seed + 1)
+
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
+        acts = []
+        for k, args in enumerate(zip(env_ids, observations, infos)):
+            pick = self.oracle if self.rng.random() < self.p else self.random
+            acts += pick.act(*([x] for x in args), envs=None if envs is None else [envs[k]])
+        return acts
+
+
 def behaviour_policy(policy: str, seed: int, key: str = "policy"):
-    """`random`, `oracle`, or the path of an HF checkpoint (choice among admissible actions where the env
+    """`random`, `oracle`, `mix:<p>`, or the path of an HF checkpoint (choice among admissible actions where the env
     offers them, free generation otherwise): the policies that gather data for the LWM. `key` names the
     setting in the error."""
     if policy == "random":
         return RandomPolicy(seed)
     if policy == "oracle":
         return OraclePolicy(seed)
+    if policy.startswith("mix:"):
+        return MixPolicy(float(policy[4:]), seed)
     if not (Path(policy) / "config.json").is_file():
         raise ValueError(f"{key} must be random, oracle or an HF checkpoint dir (no config.json at {policy!r})")
     from agentworld.models.hf_engine import HFEngine

@@ -447,7 +447,16 @@ def _lwm_html(summary: dict, df: pd.DataFrame) -> str:
     if not len(wm):
         return "<h2>LWM fidelity on held-out real transitions</h2><p>No LWM measurements in this run.</p>"
     versions = summary["lwm"]["versions"]
-    return ("<h2>LWM fidelity on held-out real transitions</h2>" + kind_table(KINDS["wm"], wm)
+    by_domain, horizon = _rows(df, "wm_domain"), _rows(df, "wm_horizon")
+    if len(by_domain):  # the last measurement: each domain's LWM beside copy and retrieve on the same transitions
+        last = by_domain[by_domain["train_step"] == by_domain["train_step"].max()]
+        by_domain_html = ("<h3>By domain, beside the baselines (last measurement)</h3>"
+                          + kind_table(KINDS["wm_domain"], last.drop(columns=["wm_version", "train_step"])))
+    else:
+        by_domain_html = ""
+    if len(horizon):
+        by_domain_html += "<h3>Open loop: fed on its own predictions</h3>" + kind_table(KINDS["wm_horizon"], horizon)
+    return ("<h2>LWM fidelity on held-out real transitions</h2>" + kind_table(KINDS["wm"], wm) + by_domain_html
             + f"<p>{versions} version{'s' if versions != 1 else ''} measured (version 0 is the untrained model). "
               "Obedience, when the LWM trains with hindsight controls: the share of held-out counterfactual "
               "controls it follows, with the control line and without it.</p>")

@@ -163,7 +163,8 @@ class Simulator:
         gen = self.spec["generation"]
         sim = WorldModelEnv(self.engine, real.env_id, real.domain, [(obs, info)],
                             max_steps=self.spec["envs"][req.env].max_steps, history_turns=self.spec["history_turns"],
-                            max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, control=req.control)
+                            max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, control=req.control,
+                            notes=self.spec["notes"])
         sim.reset(req.seed)
         sim.engine = None  # the engine stays in this replica; only the episode goes to the store
         sid = ray.get(self._store().create.remote({"sim": sim, "done": False}))
@@ -226,6 +227,7 @@ def build_spec(cfg, model_path: str | None = None) -> dict:
                          f"(serve.token or ${TOKEN_ENV})")
     return dict(model_path=model, model_name=s.model_name, token=token, envs={k: section(v) for k, v in cfg.envs.items()},
                 history_turns=cfg.world_model.history_turns, generation=section(cfg.world_model.generation),
+                notes=dict(cfg.world_model.prompts),
                 max_tokens=s.max_tokens,
                 max_body_bytes=s.max_body_bytes, max_sessions=s.max_sessions, torch_threads=cfg.ray.torch_threads)
 

@@ -16,24 +16,68 @@ from agentworld.config import Runtime, WorldModelConfig
 from agentworld.metrics import metric_row
 
 from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
-from agentworld.worldmodel.data import episodes_from_table, split_episodes, trajectory_text, wm_examples
+from agentworld.worldmodel.data import episodes_from_table, split_by_env, trajectory_text, wm_examples
 from agentworld.worldmodel.fidelity import fidelity
 from agentworld.worldmodel.prompt import parse_prediction
 
 
-def measure_fidelity(engine: HFEngine, examples, max_new_tokens: int, batch_size: int = 32) -> dict:
+def greedy_texts(engine: HFEngine, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """The engine's greedy replies to `prompts`, in batches."""
+    return [g.text for i in range(0, len(prompts), batch_size)
+            for g in engine.generate(prompts[i : i + batch_size], max_new_tokens=max_new_tokens, temperature=0.0)]
+
+
+def predict(engine: HFEngine, examples, max_new_tokens: int) -> list:
+    """Greedy predictions of the next state of each example."""
+    return [parse_prediction(t) for t in greedy_texts(engine, [e.prompt for e in examples], max_new_tokens)]
+
+
+def measure_fidelity(engine: HFEngine, examples, max_new_tokens: int) -> dict:
     """Greedy predictions on `examples` scored against the real next states."""
-    preds = []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        gens = engine.generate([e.prompt for e in chunk], max_new_tokens=max_new_tokens, temperature=0.0)
-        preds += [parse_prediction(g.text) for g in gens]
-    return fidelity(preds, [(e.next_obs, e.reward, e.done) for e in examples])
+    return fidelity(predict(engine, examples, max_new_tokens), [(e.next_obs, e.reward, e.done) for e in examples])
 
 
 def distinct(examples):
     """One example per distinct prompt, so fidelity is not dominated by the commonest transitions."""
     return list({e.prompt: e for e in examples}.values())
+
+
+class PerDomain:
+    """Held-out fidelity per domain beside the copy and retrieve baselines on the same transitions
+    (agentworld/worldmodel/baselines.py), and open-loop fidelity against horizon."""
+
+    HORIZONS = (1, 2, 4, 8)
+
+    def __init__(self, held_eps, train_eps, held, engine, wm, count):
+        from agentworld.worldmodel.baselines import baselines, transitions
+
+        self.make = lambda eps: transitions(eps, engine.render, wm.history_turns, wm.history_budget_tokens,  # noqa: E731
+                                            count, notes=dict(wm.prompts))
+        self.wm, self.engine, self.count = wm, engine, count
+        by_prompt = {t.prompt: t for t in self.make(held_eps)}
+        # the measured examples, with their state and domain (on training data, those without a control line)
+        self.idx = [i for i, e in enumerate(held) if e.prompt in by_prompt]
+        self.held = [by_prompt[held[i].prompt] for i in self.idx]
+        self.domains = sorted({e[0]["domain"] for e in held_eps + train_eps})
+        self.base = baselines(self.held, self.make(train_eps))
+
+    def rows(self, preds) -> list[dict]:
+        from agentworld.worldmodel.baselines import domain_rows
+
+        return [dict(domain=r["domain"], predictor=name, main_metric=r["main_metric"], n=r["n"], **scores)
+                for r in domain_rows(self.held, {"model": [preds[i] for i in self.idx], **self.base}, self.domains)
+                for name, scores in r["scores"].items()]
+
+    def horizon(self, predict_texts, held_eps, seed: int) -> list[dict]:
+        from agentworld.worldmodel.baselines import rollout_fidelity
+
+        eps = random.Random(seed + 2).sample(held_eps, min(len(held_eps), self.wm.sft.eval_samples // 4 or 1))
+        rows = rollout_fidelity(eps, predict_texts, self.engine.render, self.wm.history_turns, self.HORIZONS,
+                                self.wm.history_budget_tokens, self.count, domains=self.domains,
+                                notes=dict(self.wm.prompts))
+        return [dict(domain=r["domain"], predictor=name, main_metric=r["main_metric"], horizon=r["horizon"], n=r["n"],
+                     **{k: v for k, v in scores.items() if k in ("main", "exact_match", "edit_similarity")})
+                for r in rows for name, scores in r["scores"].items()]
 
 
 @dataclass
@@ -42,7 +86,8 @@ class WMLearnerSpec:
     base_path: str  # the checkpoint the stages start from
     run_dir: str
     t0: float
-    data_arm: str  # the replay arm holding its real transitions
+    data_arms: list[str]  # the replay arms holding its real transitions, one per source
+    heldout_arms: list[str]  # sources held out whole (a split by task); the others' episodes split per env
     seed: int
     world_model: WorldModelConfig
     runtime: Runtime
@@ -73,18 +118,22 @@ class WorldModelLearner:
         rng = random.Random(spec.seed)
         model, tok = load_model_and_tokenizer(spec.base_path)
         engine = HFEngine.from_model(model, tok)
-        table = ray.get(self.replay.sample.remote(arm=spec.data_arm, source="real"))
-        train_eps, held_eps = split_episodes(episodes_from_table(table), wm.data.heldout_fraction, spec.seed)
+        train_eps, held_eps = [], []
+        for arm in spec.data_arms:
+            eps = episodes_from_table(ray.get(self.replay.sample.remote(arm=arm, source="real")))
+            t, h = ([], eps) if arm in spec.heldout_arms else split_by_env(eps, wm.data.heldout_fraction, spec.seed)
+            train_eps, held_eps = train_eps + t, held_eps + h
         if not train_eps:
-            raise RuntimeError(f"no real transitions for arm {spec.data_arm!r} in the replay")
+            raise RuntimeError(f"no real training transitions in the replay arms {', '.join(spec.data_arms)}")
         count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
         make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm.history_turns, wm.sft.think,  # noqa: E731
-                                               wm.history_budget_tokens, count, cf, rng)
+                                               wm.history_budget_tokens, count, cf, rng, dict(wm.prompts))
         # hindsight controls on training examples only: held-out fidelity is measured without them
         train, held = make(train_eps, wm.sft.control_fraction), make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
         held = rng.sample(held, min(len(held), wm.sft.eval_samples))
         max_new = wm.generation.max_new_tokens
+        per_domain = PerDomain(held_eps or train_eps, train_eps, held, engine, wm, count)
         out = f"{spec.run_dir}/checkpoints/wm"
         # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
         # did not have), with the control line and without it (the chance that the LWM predicts it anyway)
@@ -98,7 +147,11 @@ class WorldModelLearner:
 
         def measure(stage: str) -> dict:
             self.phase = f"{stage}: measuring fidelity"
-            f = measure_fidelity(engine, held, max_new)
+            preds = predict(engine, held, max_new)
+            f = fidelity(preds, [(e.next_obs, e.reward, e.done) for e in held])
+            for row in per_domain.rows(preds):
+                self._log("wm_domain", wm_version=self.version, stage=stage, train_step=self.step_total,
+                          heldout=bool(held_eps), **row)
             if probe:
                 f = dict(f, obedience=measure_obedience(engine, probe, max_new)["obedience"],
                          obedience_without_control=measure_obedience(engine, probe, max_new, controlled=False)["obedience"])
@@ -146,6 +199,9 @@ class WorldModelLearner:
             trainer.save(f"{out}-{stage}", tok)  # HF weights + optimizer, scheduler and RNG state: resumable
         if self.version == 0:  # no stage asked for: the untrained model is the world model
             publish("untrained")
+        self.phase = "open-loop rollouts"
+        for row in per_domain.horizon(lambda prompts: greedy_texts(engine, prompts, max_new), held_eps, spec.seed):
+            self._log("wm_horizon", stage=wm.stages[-1] if wm.stages else "untrained", **row)
         self.phase = "done"
         self._state = (model, tok, engine, rng, held, max_new, measure, publish, on_step, make)
         return {"path": out, "wm_version": self.version, **f}

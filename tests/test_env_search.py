@@ -172,3 +172,112 @@ def test_unknown_names_are_rejected_and_close_releases_the_index(index_dir):
     with pytest.raises(search.sqlite3.ProgrammingError):  # the connection is really closed
         con.execute("SELECT 1")
     env.close()  # idempotent
+
+
+# --- Generated tasks: search:train and search:heldout ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def splits(index_dir):
+    return {split: search.split_tasks(split, index_dir) for split in search.SPLITS}
+
+
+def play_oracle(env):
+    observations, reward, info = [], 0.0, {}
+    while (action := env.oracle_action()) is not None:
+        obs, reward, term, trunc, info = env.step(action)
+        observations.append(obs)
+    return observations, reward, info
+
+
+def test_each_split_holds_hundreds_of_distinct_tasks(splits):
+    for split, tasks in splits.items():
+        assert len(tasks) >= 200, split
+        assert len({t["id"] for t in tasks}) == len({t["question"] for t in tasks}) == len(tasks)
+        assert {t["template"] for t in tasks} == {"passage", "fill-blank", "module-first", "package-summary",
+                                                  "package-version"}
+        assert all(t["split"] == split == search.split_of(t["url"]) for t in tasks)
+    share = len(splits["heldout"]) / (len(splits["train"]) + len(splits["heldout"]))
+    assert 0.1 < share < 0.3  # about one page in five is held out
+
+
+def test_the_splits_share_no_task_and_no_answer_page(splits):
+    train, heldout = splits["train"], splits["heldout"]
+    assert not {t["id"] for t in train} & {t["id"] for t in heldout}
+    assert not {t["question"] for t in train} & {t["question"] for t in heldout}
+    assert not {t["url"] for t in train} & {t["url"] for t in heldout}
+    assert len({t["url"] for t in heldout}) >= 50  # held-out tasks come from many pages, not a few
+
+
+def test_a_question_never_names_its_own_answer(splits):
+    for task in splits["train"] + splits["heldout"]:
+        quote = task["question"].split('"', 1)[-1] if task["template"] != "package-version" else ""
+        for answer in task["answers"][:1]:
+            assert not search.re.search(rf"(?<![\w-]){search.re.escape(answer)}(?![\w-])", quote, search.re.I), task
+
+
+def test_the_oracle_solves_sampled_tasks_of_each_split_and_a_wrong_answer_fails(index_dir, splits):
+    for split in search.SPLITS:
+        env = env_for(split, index_dir, max_steps=10)
+        for seed in range(15):
+            env.reset(seed=seed)
+            task = env.env.task
+            assert task in splits[split]
+            observations, reward, info = play_oracle(env)
+            assert reward == 1.0 and info["won"] and len(observations) == 3, task["id"]
+            assert task["url"] in observations[0] and task["evidence"] in observations[1]
+            env.reset(seed=seed)
+            wrong = next(t["answers"][0] for t in splits[split] if not search.is_correct(t["answers"][0],
+                                                                                         task["answers"]))
+            obs, reward, term, trunc, info = env.step(json.dumps({"answer": wrong}))
+            assert (reward, term, info["won"]) == (0.0, True, False)
+        env.close()
+
+
+def test_a_task_whose_query_ranks_another_page_first_is_still_solved(index_dir, splits):
+    env = env_for("train", index_dir, max_steps=10)
+    seed = next(s for s in range(2000) if env.reset(seed=s) and env.env.task["distractor"])
+    task = env.env.task
+    observations, reward, info = play_oracle(env)
+    assert reward == 1.0 and task["rank"] > 1
+    assert observations[0].index(task["distractor"]) < observations[0].index(task["url"]), seed
+    env.close()
+
+
+def test_after_reading_the_right_page_the_menu_offers_the_answer(index_dir):
+    env = env_for("heldout", index_dir, max_steps=10)
+    offered = 0
+    for seed in range(20):
+        env.reset(seed=seed)
+        for _ in range(2):  # search, read
+            *_, info = env.step(env.oracle_action())
+        offered += env.oracle_action() in info["admissible_actions"]
+    assert offered >= 18
+    env.close()
+
+
+def test_same_seed_same_task_and_observations_and_seeds_cover_many_tasks(index_dir):
+    def run(split, seed):
+        env = env_for(split, index_dir, max_steps=10)
+        obs, info = env.reset(seed=seed)
+        trace = [obs, info["admissible_actions"]]
+        for action in [info["admissible_actions"][0], env.oracle_action(), env.oracle_action()]:
+            obs, r, term, trunc, info = env.step(action)
+            trace += [obs, r, info["admissible_actions"]]
+        env.close()
+        return trace
+
+    for split in search.SPLITS:
+        assert run(split, 3) == run(split, 3)
+    env = env_for("heldout", index_dir)
+    questions = {env.reset(seed=s)[0] for s in range(60)}
+    assert len(questions) >= 50
+    env.close()
+
+
+def test_the_split_ids_are_known_and_a_bad_split_is_rejected(index_dir):
+    resolve_env_id("search:train")
+    resolve_env_id("search:heldout")
+    with pytest.raises(ValueError, match="search:train"):
+        resolve_env_id("search:test")
+    with pytest.raises(ValueError, match="heldout"):
+        search.split_tasks("validation", index_dir)

@@ -2,13 +2,15 @@
 and leaving no process behind."""
 
 import os
+import random
 import threading
 from pathlib import Path
 
 import pytest
 
 from agentworld.envs import make_env, resolve_env_id
-from agentworld.envs.terminal import TASKS, parse_action
+from agentworld.envs.sandbox import Limits, Sandbox
+from agentworld.envs.terminal import TASKS, TEMPLATES, draw, generate, parse_action, split_of, task_keys
 
 
 def procs_mentioning(text: str) -> list[int]:
@@ -164,8 +166,10 @@ def test_a_new_reset_replaces_the_sandbox():
 
 
 def test_unknown_task_lists_the_tasks():
-    with pytest.raises(ValueError, match="count-lines"):
+    with pytest.raises(ValueError, match="count-lines.*heldout"):
         resolve_env_id("terminal:no-such-task")
+    resolve_env_id("terminal:train")
+    resolve_env_id("terminal:heldout")
 
 
 def test_the_shell_outlives_the_thread_that_reset_it():
@@ -179,3 +183,81 @@ def test_the_shell_outlives_the_thread_that_reset_it():
         assert "same-shell-4" in obs and "A new shell" not in obs
     finally:
         env.close()
+
+
+# ---- generated tasks: terminal:train and terminal:heldout
+
+def test_the_generator_yields_hundreds_of_tasks_in_two_disjoint_splits():
+    train, heldout = task_keys("train"), task_keys("heldout")
+    assert len(set(task_keys())) == len(task_keys()) == len(train) + len(heldout) >= 500
+    assert not set(train) & set(heldout)
+    assert 0.15 < len(heldout) / len(task_keys()) < 0.25
+    assert all(split_of(k) == "heldout" for k in heldout)
+    for split in (train, heldout):  # every template is in both, so held-out tasks are new parameters, not new kinds
+        assert {k.split("/")[0] for k in split} == set(TEMPLATES)
+    goals = {generate(k, random.Random(0)).goal for k in task_keys()}
+    assert len(goals) == len(task_keys())  # every task asks something different
+    assert max(map(len, goals)) <= 100  # tiny models read them
+
+
+def test_every_generated_task_is_solved_by_its_oracle_and_not_by_its_decoy():
+    """All tasks in one sandboxed bash: each gets two copies of its files, which its checker rejects as they are; one
+    is given the oracle's commands, the other the decoy's (a plausible wrong answer); the checker passes only the
+    oracle's."""
+    keys = task_keys()
+    box = Sandbox(limits=Limits(timeout_s=120))
+    try:
+        script, checks = [], []
+        for i, key in enumerate(keys):
+            episode = generate(key, random.Random(i))
+            for run in ("oracle", "decoy"):
+                (box.scratch / str(i) / run).mkdir(parents=True)
+                for rel, text in episode.files.items():
+                    (box.scratch / str(i) / run / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (box.scratch / str(i) / run / rel).write_text(text)
+            assert not episode.check(box.scratch / str(i) / "oracle"), key
+            script += [f"cd /scratch/{i}/oracle", *episode.solution, f"cd /scratch/{i}/decoy", *episode.decoy]
+            checks.append(episode.check)
+        (box.scratch / "run.sh").write_text("\n".join(script) + "\n")
+        box.chown()
+        r = box.call(["bash", "/scratch/run.sh"])
+        assert r.exit_code == 0 and r.output == "", r.output
+        for i, (key, check) in enumerate(zip(keys, checks)):
+            assert check(box.scratch / str(i) / "oracle") and not check(box.scratch / str(i) / "decoy"), key
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_a_split_episode_rejects_the_decoy_and_rewards_the_oracle(split):
+    env = make_env(f"terminal:{split}", max_steps=12)
+    try:
+        for seed in (0, 1, 2):
+            obs, info = env.reset(seed=seed)
+            assert split_of(info["task_key"]) == split and obs.startswith(f"Task: {env.episode.goal}")
+            assert set(env.episode.solution + env.episode.decoy) <= set(info["admissible_actions"])
+            for action in env.episode.decoy:
+                obs, r, term, trunc, info = env.step(action)
+                assert r == 0 and not info["won"], (info["task_key"], obs)
+            while not (term or trunc):
+                obs, r, term, trunc, info = env.step(env.oracle_action())
+            assert info["won"] and r == 1.0, (info["task_key"], obs)
+    finally:
+        env.close()
+
+
+def test_a_split_reset_is_deterministic_by_seed():
+    def first_screen(seed):
+        env = make_env("terminal:heldout")
+        try:
+            obs, info = env.reset(seed=seed)
+            return info["task_key"], obs, info["admissible_actions"], env.step("ls -lR")[0]
+        finally:
+            env.close()
+
+    a = first_screen(5)
+    assert a == first_screen(5)
+    assert a[0] == draw("heldout", random.Random(5))[0]
+    assert len({draw("heldout", random.Random(seed))[0] for seed in range(40)}) > 20  # seeds spread over the tasks
+    key = next(k for k in task_keys("heldout") if k.startswith("count/"))
+    assert generate(key, random.Random(5)).files != generate(key, random.Random(6)).files  # same task, new files

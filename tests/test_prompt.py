@@ -53,3 +53,15 @@ def test_trailing_text_or_repeated_blocks_are_not_well_formed():
     assert not parse_prediction(good + good).well_formed
     assert not parse_prediction("<think>\n</think>\n</think>\n" + good).well_formed
     assert not parse_prediction(OBS_OPEN + "\n" + good).well_formed
+
+
+def test_each_tool_domain_gets_its_own_note_and_grids_keep_the_plain_instruction():
+    from agentworld.worldmodel.prompt import DOMAIN_NOTES, WM_SYSTEM
+
+    grid = wm_system_prompt("gymnasium:FrozenLake-v1", "gridworld")
+    assert grid == WM_SYSTEM.format(env_id="gymnasium:FrozenLake-v1", domain="gridworld", open=OBS_OPEN,
+                                    close="</predicted_observation>")
+    for domain in ("terminal", "mcp", "search", "swe", "web"):
+        assert DOMAIN_NOTES[domain] in wm_system_prompt(f"x:{domain}", domain)
+    mine = wm_system_prompt("mcp:sqlite-train", "mcp", "timeout", notes={"mcp": "A SQLite server."})
+    assert "A SQLite server." in mine and DOMAIN_NOTES["mcp"] not in mine and mine.endswith("Control: timeout")

@@ -69,3 +69,14 @@ class Supervised:
 
     def close(self) -> None:
         self.env.close()
+
+
+HELDOUT_PERCENT = 20  # share of a generated family's tasks held out
+
+
+def split_of(key: str) -> str:
+    """`train` or `heldout` for a generated task, by a stable hash of its key (template and parameters, or the
+    page its facts come from): the same on every machine, and disjoint by construction."""
+    import hashlib
+
+    return "heldout" if int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100 < HELDOUT_PERCENT else "train"

@@ -1,12 +1,24 @@
 """MCP tool-use tasks on real MCP servers (`mcp-server-time`, `mcp-server-git`, `mcp-server-sqlite`) spoken to
 over stdio through the official `mcp` client SDK. The first observation is the task and the server's tool
 schemas; an action is a JSON tool call (or a final answer); the observation is the raw tool output or error.
-Each task's checker inspects real state: the repository's commits and branches, the database's rows, the answer."""
+Each task's checker inspects real state: the repository's commits and branches, the database's rows, the answer.
+
+Two kinds of tasks. Seven hand-written ones (`mcp:time-convert`, `mcp:git-commit`, ...), whose menu of admissible
+actions holds their scripted solution among distractors. And seeded procedural ones (`mcp:sqlite-train`,
+`mcp:sqlite-heldout`, `mcp:git-train`, `mcp:git-heldout`): templates x parameters (1,044 sqlite, 1,976 git),
+split 80/20 by a stable hash of the task's key (template and parameters) so no held-out task is a training task;
+`reset(seed)` draws one task of the split and seeds its data (shop database, repository) from the seed. Their
+menu is the same for every task of the family, read-only calls built from the tool schemas and the table names
+the prompt gives (`list_tables`, `describe_table`, `SELECT *`; `git_status`, `git_log`, ...): it tells nothing
+about the task, and never holds the oracle's calls or an answer, so writing and answering need free text
+(`open_actions`)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import itertools
 import json
 import os
 import random
@@ -28,6 +40,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
 
 CALL_TIMEOUT = 30.0  # seconds; a server that takes longer is taken as hung
 MAX_OBS_CHARS = 4000
@@ -160,17 +173,26 @@ def git(repo: Path, *args: str, **env: str) -> str:
 
 
 def make_repo(repo: Path, commits: list[tuple[str, str, str, str]]) -> None:
-    """A fresh repository on branch main; each commit is (author, file, content, message), one day apart."""
+    """A fresh repository on branch main; each commit is (author, file, content, message), one day apart.
+    One `git fast-import` writes them all (a process per `git add` and `git commit` is slow on a busy machine);
+    the commits, hashes included, are those that `git add` and `git commit -m` make."""
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
+
+    def data(text: str) -> bytes:
+        raw = text.encode()
+        return b"data %d\n%s\n" % (len(raw), raw)
+
+    stream = b""
     for day, (author, path, content, message) in enumerate(commits, start=1):
-        (repo / path).parent.mkdir(parents=True, exist_ok=True)
-        (repo / path).write_text(content)
         date = f"{1706781600 + day * 86400} +0000"  # February 2024
-        git(repo, "add", path)
-        git(repo, "commit", "-q", "-m", message, GIT_AUTHOR_NAME=author,
-            GIT_AUTHOR_EMAIL=f"{author.split()[0].lower()}@example.com", GIT_AUTHOR_DATE=date, GIT_COMMITTER_DATE=date)
+        stream += (f"commit refs/heads/main\nauthor {author} <{author.split()[0].lower()}@example.com> {date}\n"
+                   f"committer {GIT_ENV['GIT_COMMITTER_NAME']} <{GIT_ENV['GIT_COMMITTER_EMAIL']}> {date}\n").encode()
+        stream += data(message.strip() + "\n") + f"M 100644 inline {path}\n".encode() + data(content)
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, env={**os.environ, **GIT_ENV}, input=stream,
+                   capture_output=True, check=True)
+    git(repo, "reset", "-q", "--hard")  # the work tree and index of the last commit
 
 
 def query(db: Path, sql: str, *params) -> list[tuple]:
@@ -195,11 +217,20 @@ def call(tool: str, **arguments) -> dict:
 @dataclass
 class Task:
     """A prompt, a scripted solution (JSON actions), a checker of real state or of the answer (None when the
-    agent has not answered), and extra candidate actions for the menu."""
+    agent has not answered), and extra candidate actions for the menu. A generated task has its key and its own
+    menu, which replaces distractors + solution."""
     prompt: str
     solution: list[dict]
     check: Callable[[str | None], bool]
     distractors: list[dict] = field(default_factory=list)
+    key: str | None = None
+    menu: list[dict] | None = None
+
+    def passes(self, answer: str | None) -> bool:
+        try:
+            return self.check(answer)
+        except (subprocess.CalledProcessError, sqlite3.Error, KeyError):  # the state is not even close
+            return False
 
 
 NAMES = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Donald Knuth",
@@ -375,6 +406,480 @@ def sqlite_update(rng: random.Random, scratch: Path) -> Task:
                      call("write_query", query=f"UPDATE customers SET city = '{city}'")])
 
 
+# ---------------------------------------------------------------- generated tasks, split by key
+
+@dataclass(frozen=True)
+class Template:
+    """A kind of task: each parameter's values (their product is the template's task space), and a builder that
+    seeds the data (database, repository) around one choice of them and returns the Task."""
+    name: str
+    params: dict[str, tuple]
+    build: Callable[[random.Random, Path, dict], Task]
+
+
+TEMPLATES: dict[str, dict[str, Template]] = {"sqlite": {}, "git": {}}
+SPLITS = ("train", "heldout")
+
+
+def template(family: str, name: str, **params):
+    def register(build):
+        TEMPLATES[family][name] = Template(name, {k: tuple(v) for k, v in params.items()}, build)
+        return build
+    return register
+
+
+def task_key(template_name: str, params: dict) -> str:
+    """A task's identity: its template and parameters (never its seeded data)."""
+    return f"{template_name} {json.dumps(params, sort_keys=True)}"
+
+
+@functools.cache
+def _space(family: str) -> dict[str, dict[str, list[tuple[str, dict]]]]:
+    """split -> template name -> [(key, params)], in a fixed order."""
+    space: dict[str, dict[str, list]] = {split: {} for split in SPLITS}
+    for t in TEMPLATES[family].values():
+        for values in itertools.product(*t.params.values()):
+            params = dict(zip(t.params, values))
+            key = task_key(t.name, params)
+            space[split_of(key)].setdefault(t.name, []).append((key, params))
+    return space
+
+
+def task_keys(family: str, split: str | None = None) -> list[str]:
+    """The keys of a family's tasks (`sqlite` or `git`): all of them, or those of the split `train` or `heldout`."""
+    if family not in TEMPLATES or split not in (None, *SPLITS):
+        raise ValueError(f"no tasks {family!r}/{split!r}: families are {', '.join(TEMPLATES)}, "
+                         f"splits {', '.join(SPLITS)}")
+    return [key for s in ([split] if split else SPLITS) for tasks in _space(family)[s].values() for key, _ in tasks]
+
+
+def build_task(family: str, key: str, rng: random.Random, scratch: Path) -> Task:
+    """The task of this key, its data seeded from `rng` in `scratch`."""
+    name, _, params = key.partition(" ")
+    t, params = TEMPLATES[family].get(name), json.loads(params or "null")
+    if t is None or not isinstance(params, dict) or params.keys() != t.params.keys() or any(
+            v not in t.params[k] for k, v in params.items()):
+        raise ValueError(f"{key!r} is not a {family} task")
+    task = t.build(rng, scratch, params)
+    task.key, task.menu = key, MENUS[family]
+    return task
+
+
+def draw_key(family: str, split: str, rng: random.Random) -> str:
+    """A template uniformly (so the large ones do not crowd out the rest), then one of its tasks in the split."""
+    by_template = _space(family)[split]
+    key, _ = rng.choice(by_template[rng.choice(sorted(by_template))])
+    return key
+
+
+def draw_task(family: str, split: str, rng: random.Random, scratch: Path) -> Task:
+    """What `reset(seed)` of `mcp:<family>-<split>` plays: the key and then the data, both from `rng`."""
+    return build_task(family, draw_key(family, split, rng), rng, scratch)
+
+
+def number_is(expected: float) -> Callable[[str | None], bool]:
+    def check(answer):
+        m = re.search(r"-?\d+(?:\.\d+)?", (answer or "").replace(",", ""))
+        return m is not None and abs(float(m.group()) - expected) < 0.005
+    return check
+
+
+def name_is(expected: str) -> Callable[[str | None], bool]:
+    return lambda answer: answer is not None and answer.strip().strip(".'\"").strip().lower() == expected.lower()
+
+
+# ---- sqlite: a seeded shop (customers, products, orders)
+
+SHOP_SCHEMA = (
+    "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, city TEXT NOT NULL)",
+    "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL, price REAL NOT NULL)",
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id), "
+    "product_id INTEGER NOT NULL REFERENCES products(id), quantity INTEGER NOT NULL, ordered_on TEXT NOT NULL)",
+)
+SHOP = "In the SQLite database of a shop (tables customers, products and orders), "
+CITIES = ["London", "Paris", "Tokyo", "Lagos", "Lima", "Oslo", "Cairo", "Austin"]
+CATALOGUE = {"kitchen": ["kettle", "teapot", "skillet", "whisk"], "garden": ["trowel", "hose", "planter", "rake"],
+             "office": ["stapler", "notebook", "marker", "desk lamp"], "toys": ["puzzle", "kite", "yo-yo", "robot"],
+             "books": ["atlas", "novel", "cookbook", "diary"]}
+NEW_PRODUCTS = {"kitchen": ["ladle", "sieve", "mug", "colander"],
+                "garden": ["shears", "sprinkler", "wheelbarrow", "seed tray"],
+                "office": ["binder", "eraser", "stamp", "paper clip"],
+                "toys": ["marbles", "frisbee", "spinning top", "kazoo"],
+                "books": ["almanac", "journal", "thesaurus", "comic"]}
+CATEGORY_OF = {p: c for catalogue in (CATALOGUE, NEW_PRODUCTS) for c, ps in catalogue.items() for p in ps}
+DAYS = [f"2024-03-{d:02d}" for d in range(3, 31, 3)]  # cut-off dates; orders fall in March 2024
+PRICES = [5, 8, 12, 15, 20, 30, 50, 75]  # whole amounts; seeded prices never are, so no price sits on a cut-off
+NEW_ORDER_DAY = "2024-04-01"
+EXTRA_COLUMNS = ["rating INTEGER", "city TEXT", "created_on TEXT", "price REAL", "note TEXT"]
+
+
+@dataclass
+class Shop:
+    customers: list[tuple[int, str, str]]  # id, name, city
+    products: list[tuple[int, str, str, int]]  # id, name, category, price in cents
+    orders: list[tuple[int, int, int, int, str]]  # id, customer_id, product_id, quantity, ordered_on
+
+    def customer(self, name: str) -> int:
+        return next(i for i, n, _ in self.customers if n == name)
+
+    def add_order(self, customer_id: int, product_id: int, quantity: int, day: str) -> None:
+        self.orders.append((len(self.orders) + 1, customer_id, product_id, quantity, day))
+
+
+def seeded_shop(rng: random.Random, products: tuple[str, ...] = ()) -> Shop:
+    """Eight customers (ids shuffled, so a name's id must be looked up), two to four products of each category
+    (and `products`), distinct prices with cents, and thirty orders in March 2024, numbered by date."""
+    names = rng.sample(NAMES, len(NAMES))
+    customers = [(i, n, rng.choice(CITIES)) for i, n in enumerate(names, start=1)]
+    chosen = [p for c, ps in CATALOGUE.items() for p in rng.sample(ps, rng.randint(2, 4))]
+    chosen += [p for p in products if p not in chosen]
+    rng.shuffle(chosen)
+    cents = rng.sample([c for c in range(150, 10000) if c % 100], len(chosen))
+    items = [(i, p, CATEGORY_OF[p], c) for i, (p, c) in enumerate(zip(chosen, cents), start=1)]
+    picks = sorted((f"2024-03-{rng.randint(1, 31):02d}", rng.randint(1, len(customers)), rng.randint(1, len(items)),
+                    rng.randint(1, 5)) for _ in range(30))
+    orders = [(i, c, p, q, day) for i, (day, c, p, q) in enumerate(picks, start=1)]
+    return Shop(customers, items, orders)
+
+
+def write_shop(shop: Shop, scratch: Path) -> Path:
+    db = scratch / "shop.db"
+    db.unlink(missing_ok=True)
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            for statement in SHOP_SCHEMA:
+                conn.execute(statement)
+            conn.executemany("INSERT INTO customers VALUES (?, ?, ?)", shop.customers)
+            conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?)",
+                             [(i, n, c, p / 100) for i, n, c, p in shop.products])
+            conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", shop.orders)
+    finally:
+        conn.close()
+    return db
+
+
+def products_now(db: Path) -> list[tuple]:
+    """The products table as (id, name, category, price in cents): REAL prices compared as whole cents."""
+    rows = query(db, "SELECT id, name, category, price FROM products ORDER BY id")
+    return [(i, n, c, round(p * 100)) for i, n, c, p in rows]
+
+
+def orders_now(db: Path) -> list[tuple]:
+    return query(db, "SELECT id, customer_id, product_id, quantity, ordered_on FROM orders ORDER BY id")
+
+
+def rows_added(before: list[tuple], now: list[tuple]) -> list[tuple] | None:
+    """The rows (without their id) added to a table whose old rows are all unchanged; None if any changed."""
+    old = {r[0]: r for r in before}
+    if [r for r in now if r[0] in old] != before:
+        return None
+    return [r[1:] for r in now if r[0] not in old]
+
+
+SQLITE_MENU = [call("list_tables")] + [c for t in ("customers", "products", "orders")
+                                       for c in (call("describe_table", table_name=t),
+                                                 call("read_query", query=f"SELECT * FROM {t}"))]
+
+
+def sqlite_question(prompt: str, sql: str, answer: str, check: Callable) -> Task:
+    return Task(prompt=SHOP + prompt, solution=[call("read_query", query=sql), answer_of(answer)], check=check)
+
+
+@template("sqlite", "orders-after", customer=NAMES, after=DAYS)
+def orders_after(rng, scratch, p):
+    shop = seeded_shop(rng)
+    write_shop(shop, scratch)
+    cid = shop.customer(p["customer"])
+    n = sum(1 for _, c, _, _, day in shop.orders if c == cid and day > p["after"])
+    sql = (f"SELECT COUNT(*) AS n FROM orders o JOIN customers c ON c.id = o.customer_id "
+           f"WHERE c.name = '{p['customer']}' AND o.ordered_on > '{p['after']}'")
+    return sqlite_question(f"how many orders did the customer {p['customer']} place after {p['after']} (not counting "
+                           f"that day)? Answer with the number.", sql, str(n), number_is(n))
+
+
+@template("sqlite", "customer-spend", customer=NAMES, category=list(CATALOGUE))
+def customer_spend(rng, scratch, p):
+    shop = seeded_shop(rng)
+    cid = shop.customer(p["customer"])
+    in_category = {i: cents for i, _, c, cents in shop.products if c == p["category"]}
+    if not any(c == cid and pid in in_category for _, c, pid, _, _ in shop.orders):  # a question with an answer
+        shop.add_order(cid, rng.choice(sorted(in_category)), rng.randint(1, 5), f"2024-03-{rng.randint(1, 31):02d}")
+    write_shop(shop, scratch)
+    cents = sum(q * in_category[pid] for _, c, pid, q, _ in shop.orders if c == cid and pid in in_category)
+    sql = ("SELECT ROUND(SUM(o.quantity * p.price), 2) AS total FROM orders o JOIN customers c ON c.id = o.customer_id "
+           f"JOIN products p ON p.id = o.product_id "
+           f"WHERE c.name = '{p['customer']}' AND p.category = '{p['category']}'")
+    return sqlite_question(f"how much did the customer {p['customer']} spend in total on products of the category "
+                           f"{p['category']} (quantity times price, over all their orders)? Answer with the amount.",
+                           sql, f"{cents / 100:.2f}", number_is(cents / 100))
+
+
+@template("sqlite", "products-over", category=list(CATALOGUE), price=PRICES[1:7])
+def products_over(rng, scratch, p):
+    shop = seeded_shop(rng)
+    write_shop(shop, scratch)
+    n = sum(1 for _, _, c, cents in shop.products if c == p["category"] and cents > p["price"] * 100)
+    sql = f"SELECT COUNT(*) AS n FROM products WHERE category = '{p['category']}' AND price > {p['price']}"
+    return sqlite_question(f"how many products of the category {p['category']} cost more than {p['price']:.2f}? "
+                           "Answer with the number.", sql, str(n), number_is(n))
+
+
+@template("sqlite", "extreme-product", category=list(CATALOGUE), which=["cheapest", "most expensive"])
+def extreme_product(rng, scratch, p):
+    shop = seeded_shop(rng)
+    write_shop(shop, scratch)
+    items = sorted((cents, name) for _, name, c, cents in shop.products if c == p["category"])
+    name = items[0][1] if p["which"] == "cheapest" else items[-1][1]
+    order = "ASC" if p["which"] == "cheapest" else "DESC"
+    sql = f"SELECT name FROM products WHERE category = '{p['category']}' ORDER BY price {order} LIMIT 1"
+    return sqlite_question(f"which product of the category {p['category']} is the {p['which']}? "
+                           "Answer with the product's name.", sql, name, name_is(name))
+
+
+@template("sqlite", "add-product", product=[x for ps in NEW_PRODUCTS.values() for x in ps], price=PRICES)
+def add_product(rng, scratch, p):
+    shop = seeded_shop(rng)
+    db = write_shop(shop, scratch)
+    before, category = products_now(db), CATEGORY_OF[p["product"]]
+    return Task(
+        prompt=SHOP + f"add a product named {p['product']} in the category {category} priced {p['price']:.2f}.",
+        solution=[call("write_query", query=f"INSERT INTO products (name, category, price) "
+                                            f"VALUES ('{p['product']}', '{category}', {p['price']})")],
+        check=lambda answer: rows_added(before, products_now(db)) == [(p["product"], category, p["price"] * 100)])
+
+
+@template("sqlite", "set-category-price", category=list(CATALOGUE), price=PRICES)
+def set_category_price(rng, scratch, p):
+    shop = seeded_shop(rng)
+    db = write_shop(shop, scratch)
+    expected = [(i, n, c, p["price"] * 100 if c == p["category"] else cents) for i, n, c, cents in products_now(db)]
+    return Task(
+        prompt=SHOP + f"set the price of every product of the category {p['category']} to {p['price']:.2f}, "
+                      "and change nothing else.",
+        solution=[call("write_query",
+                       query=f"UPDATE products SET price = {p['price']} WHERE category = '{p['category']}'")],
+        check=lambda answer: products_now(db) == expected)
+
+
+@template("sqlite", "create-table", table=["suppliers", "reviews", "shipments", "coupons", "employees", "warehouses"],
+          columns=[", ".join(pair) for pair in itertools.combinations(EXTRA_COLUMNS, 2)])
+def create_table(rng, scratch, p):
+    write_shop(seeded_shop(rng), scratch)
+    db = scratch / "shop.db"
+    columns = f"id INTEGER PRIMARY KEY, name TEXT, {p['columns']}"
+    expected = [(c.split()[0], c.split()[1], int(c.endswith("PRIMARY KEY"))) for c in columns.split(", ")]
+
+    def check(answer):  # name, declared type and primary key of each column, in order
+        info = query(db, f"PRAGMA table_info({p['table']})")
+        return [(name.lower(), kind.upper(), pk) for _, name, kind, _, _, pk in info] == expected
+
+    return Task(
+        prompt=SHOP + f"create a new table {p['table']} with exactly these columns, in this order: {columns}.",
+        solution=[call("create_table", query=f"CREATE TABLE {p['table']} ({columns})")], check=check)
+
+
+@template("sqlite", "delete-orders", customer=NAMES, before=DAYS)
+def delete_orders(rng, scratch, p):
+    shop = seeded_shop(rng)
+    cid = shop.customer(p["customer"])
+    if not any(c == cid and day < p["before"] for _, c, _, _, day in shop.orders):  # something to delete
+        day = f"2024-03-{rng.randint(1, int(p['before'][-2:]) - 1):02d}"
+        shop.add_order(cid, rng.randint(1, len(shop.products)), rng.randint(1, 5), day)
+    db = write_shop(shop, scratch)
+    expected = [o for o in shop.orders if not (o[1] == cid and o[4] < p["before"])]
+    return Task(
+        prompt=SHOP + f"delete every order the customer {p['customer']} placed before {p['before']} (not that day); "
+                      "keep all other orders.",
+        solution=[call("write_query", query=f"DELETE FROM orders WHERE ordered_on < '{p['before']}' AND customer_id = "
+                                            f"(SELECT id FROM customers WHERE name = '{p['customer']}')")],
+        check=lambda answer: orders_now(db) == expected)
+
+
+@template("sqlite", "move-customer", customer=NAMES, city=CITIES)
+def move_customer(rng, scratch, p):
+    shop = seeded_shop(rng)
+    cid = shop.customer(p["customer"])
+    if shop.customers[cid - 1][2] == p["city"]:  # not there yet
+        shop.customers[cid - 1] = (cid, p["customer"], rng.choice([c for c in CITIES if c != p["city"]]))
+    db = write_shop(shop, scratch)
+    expected = [(i, n, p["city"] if i == cid else c) for i, n, c in shop.customers]
+    return Task(
+        prompt=SHOP + f"the customer {p['customer']} has moved to {p['city']}. Update their city, "
+                      "and change nothing else.",
+        solution=[call("write_query",
+                       query=f"UPDATE customers SET city = '{p['city']}' WHERE name = '{p['customer']}'")],
+        check=lambda answer: query(db, "SELECT id, name, city FROM customers ORDER BY id") == expected)
+
+
+@template("sqlite", "record-order", customer=NAMES, product=list(itertools.chain(*CATALOGUE.values())),
+          quantity=[1, 2, 3])
+def record_order(rng, scratch, p):
+    shop = seeded_shop(rng, products=(p["product"],))
+    db = write_shop(shop, scratch)
+    pid = next(i for i, n, _, _ in shop.products if n == p["product"])
+    new = [(shop.customer(p["customer"]), pid, p["quantity"], NEW_ORDER_DAY)]
+    return Task(
+        prompt=SHOP + f"record a new order: the customer {p['customer']} bought {p['quantity']} of the product "
+                      f"{p['product']} on {NEW_ORDER_DAY}.",
+        solution=[call("write_query", query=f"INSERT INTO orders (customer_id, product_id, quantity, ordered_on) "
+                                            f"SELECT c.id, p.id, {p['quantity']}, '{NEW_ORDER_DAY}' FROM customers c, "
+                                            f"products p "
+                                            f"WHERE c.name = '{p['customer']}' AND p.name = '{p['product']}'")],
+        check=lambda answer: rows_added(shop.orders, orders_now(db)) == new)
+
+
+# ---- git: a seeded repository (twelve commits over a few source files, branches main and develop)
+
+GIT_WORDS = ["apple", "banana", "cherry", "delta", "falcon", "garnet", "harbor", "island", "jasper", "kettle",
+             "lantern", "meadow"]
+SOURCE_FILES = [f"{d}/{w}.py" for d in ("src", "lib") for w in GIT_WORDS]
+COMMIT_MESSAGES = [m.format(w) for m in ("Document the {} release", "Describe the {} setup", "Explain the {} workflow",
+                                         "Add notes on {}") for w in GIT_WORDS]
+CHANGE_MESSAGES = [m.format(w) for m in ("Tune the {} value", "Fix the {} return value", "Bump {}",
+                                         "Adjust {} for the release") for w in GIT_WORDS]
+NEW_BRANCHES = [f"{kind}/{w}" for kind in ("feature", "fix", "hotfix") for w in GIT_WORDS]
+REPO = "In the git repository at repo_path 'project', "
+GIT_MENU = [call("git_status", repo_path="project"), call("git_log", repo_path="project"),
+            call("git_branch", repo_path="project", branch_type="local"),
+            call("git_diff_unstaged", repo_path="project"), call("git_diff_staged", repo_path="project"),
+            call("git_show", repo_path="project", revision="HEAD")]
+MENUS = {"sqlite": SQLITE_MENU, "git": GIT_MENU}
+
+
+def seeded_repo(rng: random.Random, scratch: Path, files: tuple[str, ...] = (), author: str | None = None):
+    """Twelve commits, one day apart, by seeded authors over five source files (`files` among them); each message names
+    the file it changes, so `git_log` tells who touched what. Branch develop is a few commits behind main."""
+    chosen = list(files) + rng.sample([f for f in SOURCE_FILES if f not in files], 5 - len(files))
+    rng.shuffle(chosen)
+    values: dict[str, int] = {}
+    commits = []
+    for i in range(12):
+        path = chosen[i] if i < len(chosen) else rng.choice(chosen)
+        value = rng.choice([v for v in range(1000) if v != values.get(path)])  # every commit changes its file
+        values[path] = value
+        verb = "Add" if i < len(chosen) else rng.choice(["Update", "Fix", "Refactor", "Tune"])
+        commits.append((rng.choice(NAMES), path, f"def {Path(path).stem}():\n    return {value}\n", f"{verb} {path}"))
+    if author is not None and all(a != author for a, *_ in commits):  # the question's author made a commit
+        k = rng.randrange(len(commits))
+        commits[k] = (author, *commits[k][1:])
+    repo = scratch / "project"
+    make_repo(repo, commits)
+    git(repo, "branch", "develop", f"HEAD~{rng.randint(2, 4)}")
+    return repo, commits, values
+
+
+def git_question(prompt: str, commits: list, answer: str, check: Callable) -> Task:
+    """Answered from the whole log (its default shows ten commits, the repository has twelve)."""
+    return Task(prompt=REPO + prompt, solution=[call("git_log", repo_path="project", max_count=len(commits)),
+                                                answer_of(answer)], check=check)
+
+
+@template("git", "last-author", file=SOURCE_FILES)
+def last_author(rng, scratch, p):
+    _, commits, _ = seeded_repo(rng, scratch, files=(p["file"],))
+    author = [a for a, path, *_ in commits if path == p["file"]][-1]
+    return git_question(f"which author changed the file {p['file']} last? Answer with the author's name.",
+                        commits, author, name_is(author))
+
+
+@template("git", "created-by", file=SOURCE_FILES)
+def created_by(rng, scratch, p):
+    _, commits, _ = seeded_repo(rng, scratch, files=(p["file"],))
+    author = [a for a, path, *_ in commits if path == p["file"]][0]
+    return git_question(f"who added the file {p['file']} (its first commit)? Answer with the author's name.",
+                        commits, author, name_is(author))
+
+
+@template("git", "commits-by", author=NAMES)
+def commits_by(rng, scratch, p):
+    _, commits, _ = seeded_repo(rng, scratch, author=p["author"])
+    n = sum(1 for a, *_ in commits if a == p["author"])
+    return git_question(f"how many commits did {p['author']} author? Answer with the number.", commits, str(n),
+                        number_is(n))
+
+
+@template("git", "commits-touching", file=SOURCE_FILES)
+def commits_touching(rng, scratch, p):
+    _, commits, _ = seeded_repo(rng, scratch, files=(p["file"],))
+    n = sum(1 for _, path, *_ in commits if path == p["file"])
+    return git_question(f"how many commits changed the file {p['file']} (its first commit included)? "
+                        "Answer with the number.", commits, str(n), number_is(n))
+
+
+@template("git", "file-value", file=SOURCE_FILES)
+def file_value(rng, scratch, p):
+    _, _, values = seeded_repo(rng, scratch, files=(p["file"],))
+    value, stem = values[p["file"]], Path(p["file"]).stem
+    return Task(prompt=REPO + f"what number does the function {stem}() in {p['file']} return at HEAD? "
+                              "Answer with the number.",
+                solution=[call("git_show", repo_path="project", revision=f"HEAD:{p['file']}"), answer_of(str(value))],
+                check=number_is(value))
+
+
+def commit_checker(repo: Path, path: str, content: str, message: str) -> Callable[[str | None], bool]:
+    """One new commit on top of the old HEAD, with the message, changing exactly that file to that content."""
+    before = git(repo, "rev-parse", "HEAD")
+
+    def check(answer):
+        return (git(repo, "rev-parse", "HEAD~1") == before and git(repo, "log", "-1", "--format=%B") == message
+                and git(repo, "diff", "--name-only", "HEAD~1", "HEAD") == path
+                and git(repo, "show", f"HEAD:{path}") == content.strip())
+    return check
+
+
+def commit_task(repo: Path, prompt: str, path: str, content: str, message: str) -> Task:
+    (repo / path).parent.mkdir(parents=True, exist_ok=True)
+    (repo / path).write_text(content)
+    return Task(prompt=REPO + prompt + f" Commit it, on top of the current HEAD, with the message: {message}",
+                solution=[call("git_add", repo_path="project", files=[path]),
+                          call("git_commit", repo_path="project", message=message)],
+                check=commit_checker(repo, path, content, message))
+
+
+@template("git", "commit-new-file", file=[f"docs/{w}-notes.md" for w in GIT_WORDS], message=COMMIT_MESSAGES)
+def commit_new_file(rng, scratch, p):
+    repo, _, _ = seeded_repo(rng, scratch)
+    content = f"# Notes\n\nRelease {rng.randrange(1, 10)}.{rng.randrange(10)} is ready.\n"
+    return commit_task(repo, f"a new file {p['file']} is not yet committed.", p["file"], content, p["message"])
+
+
+@template("git", "commit-change", file=SOURCE_FILES, message=CHANGE_MESSAGES)
+def commit_change(rng, scratch, p):
+    repo, _, values = seeded_repo(rng, scratch, files=(p["file"],))
+    value = rng.choice([v for v in range(1000) if v != values[p["file"]]])
+    content = f"def {Path(p['file']).stem}():\n    return {value}\n"
+    return commit_task(repo, f"the file {p['file']} has a change that is not yet committed.", p["file"], content,
+                       p["message"])
+
+
+def branch_task(rng, scratch, p, switch: bool) -> Task:
+    repo, _, _ = seeded_repo(rng, scratch)
+    branch, base = p["branch"], p["base"]
+    on = branch if switch else "main"
+
+    def check(answer):
+        return (git(repo, "rev-parse", "--abbrev-ref", "HEAD") == on
+                and git(repo, "rev-parse", branch) == git(repo, "rev-parse", base))
+
+    solution = [call("git_create_branch", repo_path="project", branch_name=branch, base_branch=base)]
+    if switch:
+        solution.append(call("git_checkout", repo_path="project", branch_name=branch))
+    return Task(prompt=REPO + f"create a branch named {branch} starting from the branch {base}, and "
+                              + ("switch to it." if switch else "stay on the branch main."),
+                solution=solution, check=check)
+
+
+@template("git", "branch-switch", branch=NEW_BRANCHES, base=["main", "develop"])
+def branch_switch(rng, scratch, p):
+    return branch_task(rng, scratch, p, switch=True)
+
+
+@template("git", "branch-stay", branch=NEW_BRANCHES, base=["main", "develop"])
+def branch_stay(rng, scratch, p):
+    return branch_task(rng, scratch, p, switch=False)
+
+
 # name -> (server kind, task builder)
 TASKS: dict[str, tuple[str, Callable[[random.Random, Path], Task]]] = {
     "time-convert": ("time", time_convert),
@@ -384,6 +889,8 @@ TASKS: dict[str, tuple[str, Callable[[random.Random, Path], Task]]] = {
     "sqlite-create-insert": ("sqlite", sqlite_create_insert),
     "sqlite-query": ("sqlite", sqlite_query),
     "sqlite-update": ("sqlite", sqlite_update),
+    **{f"{family}-{split}": (family, functools.partial(draw_task, family, split))
+       for family in TEMPLATES for split in SPLITS},
 }
 
 INSTRUCTIONS = ('Act with one JSON tool call per step: {"tool": NAME, "arguments": {...}}. '
@@ -448,7 +955,8 @@ class MCPToolEnv:
                                 log_path=str(self.scratch / "server.log"))
 
     def _info(self, **extra) -> dict[str, Any]:
-        menu = self.task.distractors + self.task.solution if self.task else []
+        menu = [] if self.task is None else (self.task.menu if self.task.menu is not None
+                                             else self.task.distractors + self.task.solution)
         actions = sorted({json.dumps(a) for a in menu})
         return {"admissible_actions": actions, "open_actions": True, "score": self.score, "won": False, **extra}
 
@@ -496,10 +1004,7 @@ class MCPToolEnv:
         return obs, reward, self.done, truncated, info
 
     def _passes(self, answer: str | None) -> bool:
-        try:
-            return self.task.check(answer)
-        except (subprocess.CalledProcessError, sqlite3.Error, KeyError):  # the state is not even close
-            return False
+        return self.task.passes(answer)
 
     def close(self) -> None:
         if self.server is not None:

@@ -6,7 +6,12 @@ packages' long descriptions. Actions are one JSON object each:
     {"tool": "web_extractor", "arguments": {"url": "pydoc://topics/with", "page": 1}}
     {"answer": "with"}                                   (ends the episode; 1.0 when right)
 
-The call forms `web_search(queries=[...])`, `web_extractor(url="...")` and `answer("...")` work too."""
+The call forms `web_search(queries=[...])`, `web_extractor(url="...")` and `answer("...")` work too.
+
+`search:q1`..`q17` are hand-written questions (`search:python-docs` draws one by seed). `search:train` and
+`search:heldout` draw from hundreds of questions generated from the index's own pages (which page says this
+sentence, which module or package is described so, which name fills this blank, which version is installed),
+split by a hash of the page that holds the answer; see `split_tasks`."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pydoc_data.topics
+from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
 
 SCHEMA = 2  # bump when the corpus or the index layout changes: it is part of the cache key
 TOP_K = 5  # results per query
@@ -194,16 +200,24 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{w}"' for w in dict.fromkeys(kept))
 
 
+RANKED = "WHERE docs MATCH ? ORDER BY bm25(docs, 0.0, 5.0, 1.0), url LIMIT ?"
+
+
 def search(con: sqlite3.Connection, text: str, k: int = TOP_K) -> list[tuple[str, str, str]]:
     """The top `k` pages for `text` by bm25 (a title match weighs 5 body matches): (url, title, snippet)."""
     query = fts_query(text)
     if not query:
         return []
-    rows = con.execute(
-        "SELECT url, title, snippet(docs, 2, '', '', ' … ', 24) FROM docs WHERE docs MATCH ? "
-        "ORDER BY bm25(docs, 0.0, 5.0, 1.0), url LIMIT ?", (query, k)).fetchall()
+    rows = con.execute(f"SELECT url, title, snippet(docs, 2, '', '', ' … ', 24) FROM docs {RANKED}",
+                       (query, k)).fetchall()
     rules = re.compile(r"([*=~^-])\1{3,}")  # reST underlines say nothing in a one-line snippet
     return [(url, title, " ".join(rules.sub(" ", snip).split())) for url, title, snip in rows]
+
+
+def ranked_urls(con: sqlite3.Connection, text: str, k: int = TOP_K) -> list[str]:
+    """The URLs `search` would list, without the snippets (which cost four fifths of a search)."""
+    query = fts_query(text)
+    return [url for (url,) in con.execute(f"SELECT url FROM docs {RANKED}", (query, k))] if query else []
 
 
 UNDERLINE = re.compile(r"^\s*([=~^*-])\1{2,}\s*$")
@@ -278,6 +292,196 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
                          + call("web_search", queries=["..."]) + ' or {"answer": "..."}') from None
 
 
+# --- Generated tasks ----------------------------------------------------------------------------------
+# Hundreds of questions drawn from the index's own pages by a few templates. Every task is checked when it is
+# made: its text sits on one page only (so its answer is unambiguous) and its oracle query finds that page.
+
+TASKS_SCHEMA = 2  # bump when the templates, their checks or the split change: part of the task cache's name
+PER_PAGE = 3  # at most this many passage and this many fill-the-blank tasks per page
+BLANK = "___"
+QUERY_WORDS = 12  # the oracle's query: the first words of the question's quoted text
+QUOTED = re.compile(r'("|``?)([A-Za-z_][\w.]{1,38}(?:\(\))?)\1')  # "name", `name` or ``name``
+BAD = re.compile(r"http|://|\]\(|[<>{}|\\\[\]=]|::|>>>|[A-Za-z]_(?!\w)")  # markup, links, code, reST refs
+SPLITS = ("train", "heldout")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def sentences(text: str) -> Iterator[str]:
+    """The raw sentences (substrings of `text`) of a Markdown page's paragraphs, headings left out."""
+    for block in re.split(r"\n[ \t]*\n", text):
+        if not block.lstrip().startswith("#"):
+            yield from (m.group() for m in re.finditer(r"\S[\s\S]*?(?:[.!?](?=\s|$)|$)", block))
+
+
+def prose(sentence: str, lo: int = 50, hi: int = 200, words: int = 8) -> bool:
+    """A sentence fit to quote in a question: of sensible length, ends in a period, no links, markup or code."""
+    s = flat(sentence)
+    if not (lo <= len(s) <= hi and s[0].isupper() and s.endswith(".")) or len(s.split()) < words or BAD.search(s):
+        return False
+    return sum(c.isalpha() or c == " " for c in s) >= 0.8 * len(s)
+
+
+def page_names(url: str, title: str) -> list[str]:
+    """The answers that name a page: a topic's key and title, a module's name, a package's names."""
+    kind, name = url.split("://")[0], url.rsplit("/", 1)[-1]
+    if url.startswith("pydoc://topics/"):
+        return [name, title]
+    if kind == "pypi":
+        spelled = title.split(" ")[0]
+        return list(dict.fromkeys([name, spelled, name.replace("-", "_"), spelled.replace("-", "_")]))
+    return [name]
+
+
+def mask(text: str, names: list[str]) -> str:
+    """`text` with every spelling of the page's names (any of `-_. ` between their parts) blanked out."""
+    for name in names:
+        parts = [re.escape(p) for p in re.split(r"[-_. ]+", name) if p]
+        if parts:
+            text = re.sub(r"(?<![\w-])" + r"[-_. ]?".join(parts) + r"(?![\w-])", BLANK, text, flags=re.I)
+    return text
+
+
+def names_it(text: str, url: str, names: list[str]) -> bool:
+    """Whether `text` still gives the page away: a topic's key or title as words, or a long name run together.
+    A topic's key is often a common word ("with", "binary"), so its sentences are dropped, not masked."""
+    squash = re.sub(r"[\W_]+", "", text.lower())
+    if url.startswith("pydoc://topics/"):
+        words = lambda t: " " + " ".join(re.findall(r"[^\W_]+", t.lower())) + " "
+        title = re.sub(r"^the ", "", words(names[1]).strip())
+        return f" {title} " in words(text) or words(names[0]) in words(text)  # a key such as "bitwise", too
+    return any(len(n) >= 5 and re.sub(r"[\W_]+", "", n.lower()) in squash for n in names)
+
+
+def pages_with(con: sqlite3.Connection, text: str) -> list[str]:
+    """The pages (at most 3) holding each unmasked stretch of `text` as a phrase. Phrases match tokens, so
+    punctuation and word endings are ignored: a looser test than the exact text, hence a safe one."""
+    parts = [p for p in text.split(BLANK) if re.search(r"[^\W_]", p)]
+    query = " AND ".join('"' + p.replace('"', '""') + '"' for p in parts)
+    return [u for (u,) in con.execute("SELECT url FROM docs WHERE docs MATCH ? LIMIT 3", (query,))] if query else []
+
+
+def oracle_query(text: str) -> str:
+    """What a person would type: the quoted text's first words as written, the blanks and markup left out."""
+    words = (w.strip("\"'`*()[],;:.?!") for w in text.replace(BLANK, " ").split())
+    return " ".join([w for w in words if re.search(r"[^\W_]", w)][:QUERY_WORDS])
+
+
+def make_task(con: sqlite3.Connection, text: str, url: str, template: str, question: str, answers: list[str],
+              evidence: str, query: str, n: int = 0) -> dict[str, Any] | None:
+    """A task, or None when its evidence is cut by a page break or its query does not find the page in the
+    top results. `distractor` is the page the oracle's query ranks above the evidence page, if any."""
+    start = text.find(evidence)
+    if start < 0 or start // PAGE_CHARS != (start + len(evidence) - 1) // PAGE_CHARS:
+        return None
+    ranked = ranked_urls(con, query)
+    if url not in ranked:
+        return None
+    return {"id": f"{template}:{url}" + (f"#{n}" if n else ""), "split": split_of(url), "template": template,
+            "question": question, "answers": answers, "url": url, "query": query, "evidence": evidence,
+            "rank": ranked.index(url) + 1, "distractor": ranked[0] if ranked[0] != url else None}
+
+
+def page_tasks(con: sqlite3.Connection, url: str, title: str, body: str) -> Iterator[dict[str, Any]]:
+    """The tasks one page yields, each template's candidates tried in a seeded order until enough pass."""
+    text, names = to_markdown(title, body), page_names(url, title)
+    kind = ("stdlib module" if url.startswith("pydoc://module/") else
+            "pydoc topic" if url.startswith("pydoc://") else "installed package")
+    noun = {"pydoc topic": "pydoc topic page", "stdlib module": "stdlib module's documentation",
+            "installed package": "installed package's description"}[kind]  # as the passage question says it
+    unique = lambda t: pages_with(con, t) == [url]
+    if kind == "stdlib module":  # its docstring's first sentence, the name masked
+        first = next(sentences(text.split("\n", 1)[1]), "")
+        masked = mask(flat(first), names)
+        if prose(first, lo=20, words=4) and not names_it(masked, url, names) and unique(masked):
+            task = make_task(con, text, url, "module-first", f'Which stdlib module\'s documentation starts with: '
+                             f'"{masked}"?', names, first, oracle_query(masked))
+            yield from [task] if task else []
+    if kind == "installed package":  # its one-line summary, and its version, both from the title
+        spelled, version, summary = re.match(r"(\S+) ([^\s:]+):? ?(.*)$", title).groups()
+        masked = mask(summary, names)
+        if len(masked) >= 15 and len(masked.split()) >= 3 and not names_it(masked, url, names) and unique(masked):
+            task = make_task(con, text, url, "package-summary", f'Which installed package is described as '
+                             f'"{masked}"?', names, summary, oracle_query(masked))
+            yield from [task] if task else []
+        task = make_task(con, text, url, "package-version", f"Which version of the package {spelled} is "
+                         "installed, according to its documentation?", [version], f"{spelled} {version}", spelled)
+        yield from [task] if task else []
+    candidates = [s for s in dict.fromkeys(sentences(text.split("\n", 1)[1])) if prose(s)]
+    random.Random(url).shuffle(candidates)  # a seeded order: tasks from the whole page, not only its opening
+    used, made = set(), 0
+    for s in candidates:  # passages: which page says this?
+        masked = mask(flat(s), names if kind != "pydoc topic" else [])
+        if made < PER_PAGE and not names_it(masked, url, names) and unique(masked):
+            task = make_task(con, text, url, "passage", f'Which {noun} says: "{masked}"?', names, s,
+                             oracle_query(masked), made + 1)
+            if task:
+                used.add(s)
+                made += 1
+                yield task
+    made, terms = 0, set()
+    for s in candidates:  # fill the blank: a quoted name of the sentence, masked
+        found = QUOTED.search(s)
+        term = found.group(2) if found else None
+        if made >= PER_PAGE or s in used or not term or term in terms:
+            continue
+        masked = flat(re.sub(r'("|``?)' + re.escape(term) + r"\1", BLANK, s))
+        if re.search(rf"(?<!\w){re.escape(term)}(?!\w)", masked, re.I) or not unique(masked) \
+                or not fills_one_way(text, masked, term):
+            continue
+        answers = list(dict.fromkeys([term, term.rsplit(".", 1)[-1]]))
+        task = make_task(con, text, url, "fill-blank", f'Which name fills the blank {BLANK} in this sentence '
+                         f'from the documentation: "{masked}"?', answers, s, oracle_query(masked), made + 1)
+        if task:
+            terms.add(term)
+            made += 1
+            yield task
+
+
+def fills_one_way(text: str, masked: str, term: str) -> bool:
+    """Whether every place of the page where the masked sentence fits has `term` in its blanks."""
+    pattern = re.escape(masked).replace(re.escape(BLANK), r"(.{1,44}?)").replace(r"\ ", r"\s+")
+    fills = {f.strip('"`') for m in re.finditer(pattern, text) for f in m.groups()}
+    return fills == {term}
+
+
+def generate_tasks(index: str | Path) -> list[dict[str, Any]]:
+    """Every task the index yields, in page order; one question text is never asked twice."""
+    con = sqlite3.connect(f"{Path(index).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        tasks, seen = [], set()
+        for url, title, body in con.execute("SELECT url, title, body FROM docs ORDER BY url").fetchall():
+            for task in page_tasks(con, url, title, body):
+                if task["question"] not in seen:
+                    seen.add(task["question"])
+                    tasks.append(task)
+        return tasks
+    finally:
+        con.close()
+
+
+@functools.lru_cache(maxsize=4)
+def all_tasks(index: Path) -> tuple[dict[str, Any], ...]:
+    """The index's tasks, generated once and kept in a file beside it (written whole, then renamed)."""
+    path = index.with_name(f"{index.stem}.tasks{TASKS_SCHEMA}.json")
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(generate_tasks(index)))
+        os.replace(tmp, path)
+    return tuple(json.loads(path.read_text()))
+
+
+def split_tasks(split: str, index_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The generated tasks of `split` (train or heldout): dicts with id, question, answers, url, query,
+    evidence, template, rank and distractor. Deterministic on one machine; the set depends on the installed
+    docs (Python's build and packages), as the index does."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: the splits are {', '.join(SPLITS)}")
+    return [dict(t) for t in all_tasks(build_index(index_dir).resolve()) if t["split"] == split]
+
+
 # --- The env ------------------------------------------------------------------------------------------
 
 HELP = ("Answer the question using the two tools over Python's documentation. One action per turn, a JSON object:\n"
@@ -291,9 +495,12 @@ class SearchEnv:
                  index_dir: str | Path | None = None):
         check(name)
         self.env_id, self.domain, self.name, self.max_steps = f"search:{name}", domain, name, max_steps
-        uri = f"{build_index(index_dir).resolve().as_uri()}?mode=ro"
-        self.con = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        self.task = QUESTIONS[0]
+        index = build_index(index_dir).resolve()
+        self.con = sqlite3.connect(f"{index.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        self.tasks = [t for t in all_tasks(index) if t["split"] == name] if name in SPLITS else QUESTIONS
+        if not self.tasks:
+            raise ValueError(f"the index at {index} yields no {name} tasks")
+        self.task = self.tasks[0]
         self._start()
 
     def _start(self) -> None:
@@ -303,8 +510,8 @@ class SearchEnv:
         self.seen: set[tuple[str, int]] = set()
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        if self.name == "python-docs":
-            self.task = QUESTIONS[random.Random(seed).randrange(len(QUESTIONS))]
+        if self.name == "python-docs" or self.name in SPLITS:
+            self.task = self.tasks[random.Random(seed).randrange(len(self.tasks))]
         else:
             self.task = QUESTIONS[int(self.name[1:]) - 1]
         self._start()
@@ -385,6 +592,9 @@ class SearchEnv:
         menu = [call("web_search", queries=[" ".join(words)]),
                 call("web_search", queries=[" ".join(words[: len(words) // 2 + 1])]),
                 call("web_search", queries=[" ".join(words[len(words) // 2:])])]
+        quoted_text = re.search(r'"(.+)"', self.task["question"]) if "template" in self.task else None
+        if quoted_text:  # a generated question quotes its page: search for the quote's words
+            menu.append(call("web_search", queries=[oracle_query(quoted_text.group(1))]))
         menu += [call("web_extractor", url=url) for url in self.results[:6]]
         if self.viewed:
             url, page, text, more = self.viewed
@@ -393,7 +603,19 @@ class SearchEnv:
             quoted = re.findall(r'"([^"\s]{1,40})"', text)
             common = sorted(dict.fromkeys(quoted), key=lambda q: (-quoted.count(q), quoted.index(q)))
             menu += [call("answer", answer=q.strip("()")) for q in common[:3]]
+            if "template" in self.task:
+                menu += [call("answer", answer=a) for a in self.page_answers(url, text)]
         return list(dict.fromkeys(menu))
+
+    def page_answers(self, url: str, text: str) -> list[str]:
+        """What a generated question may ask of the page on view: its name, its version (a package's), and
+        the quoted names of the sentence sharing most words with the question."""
+        answers = [url.rsplit("/", 1)[-1]]
+        version = re.match(r"# \S+ ([^\s:]+)", text) if url.startswith("pypi://") else None
+        answers += [version.group(1)] if version else []
+        asked = set(re.findall(r"\w+", self.task["question"].lower()))
+        best = max(sentences(text), key=lambda s: len(asked & set(re.findall(r"\w+", s.lower()))), default="")
+        return answers + list(dict.fromkeys(m.group(2) for m in QUOTED.finditer(best)))[:3]
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         return {"admissible_actions": [] if self.done else self.actions(), "open_actions": True,
@@ -418,13 +640,14 @@ class SearchEnv:
             self.con = None
 
 
-NAMES = ["python-docs"] + [f"q{k}" for k in range(1, len(QUESTIONS) + 1)]
+NAMES = ["python-docs", *SPLITS] + [f"q{k}" for k in range(1, len(QUESTIONS) + 1)]
 
 
 def check(name: str) -> None:
     if name not in NAMES:
-        raise ValueError(f"unknown env id 'search:{name}': the search envs are search:python-docs and "
-                         f"search:q1 .. search:q{len(QUESTIONS)}")
+        raise ValueError(f"unknown env id 'search:{name}': the search envs are search:python-docs, "
+                         f"search:q1 .. search:q{len(QUESTIONS)}, and the generated tasks' search:train and "
+                         "search:heldout")
 
 
 def make(name: str, max_steps: int | None = None, domain: str = "search", **kwargs: Any) -> SearchEnv:

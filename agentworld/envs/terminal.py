@@ -1,5 +1,8 @@
 """Terminal env: a real bash in tmux, both inside a Sandbox (no network, only /scratch writable), with
-file-system and text-processing tasks checked after every step. Ids are `terminal:<task>`.
+file-system and text-processing tasks checked after every step. Ids are `terminal:<task>` for the 8 fixed
+tasks, and `terminal:train` / `terminal:heldout` for the generated ones: templates (count, grep, sort, rename, ...)
+times parameters (file, word, column, extension, output file, ...) give several hundred tasks, split about 80/20 by a
+hash of each task's key; a reset draws one task of the split and its files from the seed (`task_keys`, `draw`).
 
 Actions are keystrokes:
 - plain text is typed, then Enter is pressed: `wc -l < log.txt > answer.txt`. A newline in the text
@@ -21,6 +24,7 @@ the tmux server, and a tmux server can make its clients open, write and execute 
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentworld.envs.sandbox import Limits, Sandbox
+from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
 
 SOCKET = "/run/tmux/sock"
 # A prompt the settle check recognises, a count of prompts drawn (so a step knows its command finished, however
@@ -63,6 +68,7 @@ class Episode:
     check: Callable[[Path], bool]  # reads the scratch dir on the host, never following a symlink
     solution: list[str]  # the oracle's commands, in order
     menu: list[str] = field(default_factory=list)  # task-specific candidate commands
+    decoy: list[str] = field(default_factory=list)  # plausible wrong commands that its check must reject
 
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano", "ocean", "pixel", "amber",
@@ -187,6 +193,294 @@ TASKS: dict[str, Callable[[random.Random], Episode]] = {
 }
 
 
+# ------------------------------------------------------------------ generated tasks, in two splits
+# A template is a builder `(rng, **params) -> Episode` and a grid of parameter values; a task is one point of the
+# grid, named by its key "template/value/value/...". The key fixes the goal; the reset's rng draws the files, so an
+# agent cannot memorise an answer. A task's split is a hash of its key: disjoint by construction, and stable when
+# a grid grows.
+
+SPLITS = ("train", "heldout")
+TEMPLATES: dict[str, tuple[Callable[..., Episode], dict[str, list]]] = {}
+LOGS = ["log.txt", "app.log", "events.log", "server.log"]
+LEVELS = ["ERROR", "WARN", "INFO"]
+
+
+def template(name: str, **grid: list) -> Callable:
+    """Register a builder `(rng, **params) -> Episode` with the values each of its params takes."""
+    def register(build: Callable[..., Episode]) -> Callable[..., Episode]:
+        TEMPLATES[name] = (build, grid)
+        return build
+    return register
+
+
+def _task(goal: str, files: dict[str, str], check: Callable[[Path], bool], solution: list[str], decoy: list[str],
+          look: list[str]) -> Episode:
+    """An Episode whose menu holds `look` (harmless commands), the solution and the decoy, in an order the rng
+    shuffles later: a fixed place for the solution would let a policy learn the place, not the task."""
+    return Episode(goal, files, check, solution, look + solution + decoy, decoy)
+
+
+def _lines_are(out: str, want: list[str]) -> Callable[[Path], bool]:
+    return lambda root: _text(root, out).splitlines() == want
+
+
+def _number_is(out: str, n: int | str) -> Callable[[Path], bool]:
+    return lambda root: _text(root, out).strip() == str(n)
+
+
+def _log(rng: random.Random, n: int) -> list[str]:
+    """n distinct log lines; every level occurs, so no level is on every line."""
+    levels = LEVELS + [rng.choice(LEVELS) for _ in range(n - len(LEVELS))]
+    rng.shuffle(levels)
+    return [f"{lv} request {i} {rng.choice(WORDS)}" for lv, i in zip(levels, rng.sample(range(100, 1000), n))]
+
+
+@template("count", what=["lines", "words", *LEVELS], file=LOGS, out=["answer.txt", "count.txt", "n.txt"])
+def gen_count(rng: random.Random, what: str, file: str, out: str) -> Episode:
+    lines = _log(rng, rng.randint(12, 40))
+    lines_cmd, words_cmd = f"wc -l < {file} > {out}", f"wc -w < {file} > {out}"
+    if what == "lines":
+        goal, n, sol, decoy = f"the number of lines in {file}", len(lines), lines_cmd, words_cmd
+    elif what == "words":
+        goal, n, sol, decoy = f"the number of words in {file}", 4 * len(lines), words_cmd, lines_cmd
+    else:
+        goal, n = f"how many lines of {file} contain {what}", sum(what in line for line in lines)
+        sol, decoy = f"grep -c {what} {file} > {out}", lines_cmd
+    return _task(f"Write {goal} into {out}.", {file: "\n".join(lines) + "\n"}, _number_is(out, n), [sol], [decoy],
+                 [f"head {file}", f"wc {file}", f"cat {out}"])
+
+
+@template("grep", keep=["with", "without"], level=LEVELS, file=LOGS, out=["lines.txt", "out.txt", "matches.txt"])
+def gen_grep(rng: random.Random, keep: str, level: str, file: str, out: str) -> Episode:
+    lines = _log(rng, rng.randint(10, 24))
+    want = [line for line in lines if (level in line) == (keep == "with")]
+    sol, decoy = f"grep {level} {file} > {out}", f"grep -v {level} {file} > {out}"
+    if keep == "without":
+        sol, decoy = decoy, sol
+    how = "contain" if keep == "with" else "do not contain"
+    return _task(f"Write the lines of {file} that {how} {level} into {out}, in order.", {file: "\n".join(lines) + "\n"},
+                 _lines_are(out, want), [sol], [decoy], [f"head {file}", f"grep -c {level} {file}", f"cat {out}"])
+
+
+@template("ends", end=["first", "last"], k=[2, 3, 5, 10], file=LOGS, out=["part.txt", "lines.txt"])
+def gen_ends(rng: random.Random, end: str, k: int, file: str, out: str) -> Episode:
+    lines = _log(rng, rng.randint(12, 30))
+    head, tail = f"head -n {k} {file} > {out}", f"tail -n {k} {file} > {out}"
+    sol, decoy, want = (head, tail, lines[:k]) if end == "first" else (tail, head, lines[-k:])
+    return _task(f"Write the {end} {k} lines of {file} into {out}.", {file: "\n".join(lines) + "\n"},
+                 _lines_are(out, want), [sol], [decoy], [f"wc -l {file}", f"cat {file}", f"cat {out}"])
+
+
+@template("tree", top=["atlas", "boreal", "cedar", "delta", "ember", "fjord"],
+          subs=[f"{a}+{b}" for i, a in enumerate(["src", "tests", "docs", "data", "config"])
+                for b in ["src", "tests", "docs", "data", "config"][i + 1:]],
+          file=["README.md", "NOTES.md"])
+def gen_tree(rng: random.Random, top: str, subs: str, file: str) -> Episode:
+    dirs = [f"{top}/{s}" for s in subs.split("+")]
+
+    def check(root: Path) -> bool:
+        return all(_kind(root, d) == "dir" for d in dirs) and _kind(root, f"{top}/{file}") == "file" \
+            and _text(root, f"{top}/{file}") == ""
+
+    touch = f"touch {top}/{file}"
+    return _task(f"Create the directories {' and '.join(dirs)} and an empty file {top}/{file}.", {}, check,
+                 [f"mkdir -p {' '.join(dirs)}", touch], [f"mkdir -p {dirs[0]}", touch],
+                 [f"mkdir {top}", f"ls -R {top}"])
+
+
+@template("find", word=WORDS[:8], has=["with", "without"], dir=["notes", "docs", "mail"], out=["found.txt", "hits.txt"])
+def gen_find(rng: random.Random, word: str, has: str, dir: str, out: str) -> Episode:
+    names = [f"{dir.rstrip('s')}{i:02d}.txt" for i in range(1, rng.randint(6, 10) + 1)]
+    hits = sorted(rng.sample(names, rng.randint(2, len(names) - 2)))
+    files = {}
+    for name in names:
+        words = [rng.choice(WORDS[8:]) for _ in range(rng.randint(4, 9))]  # fillers never hold a target word
+        if name in hits:
+            words.insert(rng.randrange(len(words) + 1), word)
+        files[f"{dir}/{name}"] = " ".join(words) + "\n"
+    want = hits if has == "with" else [n for n in names if n not in hits]
+
+    def check(root: Path) -> bool:
+        found = [line.strip().removeprefix("./").removeprefix(f"{dir}/") for line in _text(root, out).splitlines()]
+        return [f for f in found if f] == want
+
+    sol, decoy = f"grep -lw {word} {dir}/* | sort > {out}", f"grep -Lw {word} {dir}/* | sort > {out}"
+    if has == "without":
+        sol, decoy = decoy, sol
+    how = "containing" if has == "with" else "not containing"
+    return _task(f"List the files in {dir}/ {how} the word '{word}' into {out}, one per line, sorted.", files, check,
+                 [sol], [decoy], [f"ls {dir}", f"grep -r {word} {dir}", f"cat {out}"])
+
+
+POOLS = {"words.txt": WORDS[:10], "names.txt": NAMES, "cities.txt": CITIES, "tags.txt": WORDS[6:]}
+
+
+@template("uniq", file=list(POOLS), mode=["asc", "desc", "distinct", "top"],
+          out=["unique.txt", "out.txt", "result.txt"])
+def gen_uniq(rng: random.Random, file: str, mode: str, out: str) -> Episode:
+    vocab = rng.sample(POOLS[file], rng.randint(4, 7))
+    most = rng.randint(4, 6)  # vocab[0] is strictly the most frequent, so "top" has one answer
+    lines = [w for i, w in enumerate(vocab) for _ in range(most if i == 0 else rng.randint(1, most - 1))]
+    rng.shuffle(lines)
+
+    def top(order: str) -> str:
+        return f"sort {file} | uniq -c | sort -{order}n | head -1 | awk '{{print $2}}' > {out}"
+
+    goal, check, sol, decoy = {
+        "asc": ("the distinct lines of {} into {}, sorted A-Z", _lines_are(out, sorted(vocab)),
+                f"sort -u {file} > {out}", f"sort {file} > {out}"),
+        "desc": ("the distinct lines of {} into {}, sorted Z-A", _lines_are(out, sorted(vocab, reverse=True)),
+                 f"sort -ru {file} > {out}", f"sort -u {file} > {out}"),
+        "distinct": ("how many distinct lines {} has into {}", _number_is(out, len(vocab)),
+                     f"sort -u {file} | wc -l > {out}", f"wc -l < {file} > {out}"),
+        "top": ("the most frequent line of {} into {}", _number_is(out, vocab[0]), top("r"), top("")),
+    }[mode]
+    return _task(f"Write {goal.format(file, out)}.", {file: "\n".join(lines) + "\n"}, check, [sol], [decoy],
+                 [f"head {file}", f"sort {file} | uniq -c", f"cat {out}"])
+
+
+STEMS = {"jpeg": "img", "htm": "page", "txt": "note", "yml": "conf", "tiff": "scan", "mpeg": "clip"}
+
+
+@template("rename", ext=["jpeg>jpg", "htm>html", "txt>md", "yml>yaml", "tiff>tif", "mpeg>mpg"],
+          dir=["photos", "files", "inbox", "data"], op=["rename", "copy"])
+def gen_rename(rng: random.Random, ext: str, dir: str, op: str) -> Episode:
+    a, b = ext.split(">")
+    stems = [f"{STEMS[a]}_{i:03d}" for i in sorted(rng.sample(range(1, 200), rng.randint(3, 6)))]
+    files = {f"{dir}/{s}.{a}": f"{a} data {rng.random():.6f}\n" for s in stems}
+    files[f"{dir}/notes.log"] = "keep me as I am\n"
+    want = {f"{s}.{b}": files[f"{dir}/{s}.{a}"] for s in stems} | {"notes.log": files[f"{dir}/notes.log"]}
+    if op == "copy":
+        want |= {f"{s}.{a}": files[f"{dir}/{s}.{a}"] for s in stems}
+
+    def check(root: Path) -> bool:
+        return _listdir(root, dir) == sorted(want) and all(_text(root, f"{dir}/{n}") == c for n, c in want.items())
+
+    cmd = "mv" if op == "rename" else "cp"
+    goal = (f"Rename every .{a} file in {dir}/ to .{b} (x.{a} -> x.{b}), keeping the contents." if op == "rename" else
+            f"Copy every .{a} file in {dir}/ to a .{b} file of the same name, keeping the originals.")
+    return _task(goal, files, check, [f'for f in {dir}/*.{a}; do {cmd} "$f" "${{f%.{a}}}.{b}"; done'],
+                 [f"{cmd} {dir}/{stems[0]}.{a} {dir}/{stems[0]}.{b}"], [f"ls {dir}", f"cat {dir}/notes.log"])
+
+
+@template("csv", file=["people.csv", "staff.csv", "members.csv"], column=["name", "age", "city"],
+          order=["file", "sorted"], out=["column.txt", "out.txt", "list.txt"])
+def gen_csv(rng: random.Random, file: str, column: str, order: str, out: str) -> Episode:
+    cols = rng.sample(["name", "age", "city"], 3)  # the files' header order, so the column's number must be read
+    rows = [{"name": rng.choice(NAMES), "age": str(rng.randint(18, 90)), "city": rng.choice(CITIES)}
+            for _ in range(rng.randint(6, 14))]
+    k = cols.index(column) + 1
+    want = [r[column] for r in rows]  # ages have two digits, so sort's order is the numeric one too
+    pipe = " | sort" if order == "sorted" else ""
+    return _task(f"Write the {column} column of {file} (no header) into {out}, one per line, "
+                 f"{'sorted' if order == 'sorted' else 'in file order'}.",
+                 {file: ",".join(cols) + "\n" + "".join(",".join(r[c] for c in cols) + "\n" for r in rows)},
+                 _lines_are(out, sorted(want) if pipe else want), [f"tail -n +2 {file} | cut -d, -f{k}{pipe} > {out}"],
+                 [f"cut -d, -f{k} {file}{pipe} > {out}"], [f"head -3 {file}", f"cat {out}"])
+
+
+@template("stat", file=["sales.csv", "costs.csv", "orders.csv"], column=["amount", "qty", "price"],
+          agg=["sum", "max", "min"], out=["total.txt", "result.txt", "answer.txt"])
+def gen_stat(rng: random.Random, file: str, column: str, agg: str, out: str) -> Episode:
+    n, pos = rng.randint(6, 14), rng.choice([2, 3])
+    values, ids = rng.sample(range(1, 500), n), rng.sample(range(1000, 10000), n)  # distinct: min < max
+    cols = ["item", column, "id"] if pos == 2 else ["item", "id", column]
+    rows = [{"item": rng.choice(WORDS), column: str(v), "id": str(i)} for v, i in zip(values, ids)]
+    other = 5 - pos
+    ends = {e: f"tail -n +2 {file} | cut -d, -f{pos} | sort -n | {e} -1 > {out}" for e in ("head", "tail")}
+    sol, decoy, answer = {
+        "sum": (f"awk -F, 'NR > 1 {{s += ${pos}}} END {{print s}}' {file} > {out}",
+                f"awk -F, 'NR > 1 {{s += ${other}}} END {{print s}}' {file} > {out}", sum(values)),  # ids sum larger
+        "max": (ends["tail"], ends["head"], max(values)),
+        "min": (ends["head"], ends["tail"], min(values)),
+    }[agg]
+    what = {"sum": "sum", "max": "largest value", "min": "smallest value"}[agg]
+    return _task(f"Write the {what} of the {column} column of {file} into {out}.",
+                 {file: ",".join(cols) + "\n" + "".join(",".join(r[c] for c in cols) + "\n" for r in rows)},
+                 _number_is(out, answer), [sol], [decoy], [f"cat {file}", f"cat {out}"])
+
+
+@template("clean", dir=["build", "cache", "out", "dist"], ext=["tmp", "log", "bak", "o"],
+          op=["delete", "list", "count"])
+def gen_clean(rng: random.Random, dir: str, ext: str, op: str) -> Episode:
+    exts = ["tmp", "log", "bak", "o"]
+    files = {f"{d}/f{rng.randint(100, 999)}.{rng.choice(exts)}": "x\n"
+             for d in [dir, f"{dir}/lib", f"{dir}/lib/core", f"{dir}/bin"] for _ in range(rng.randint(1, 3))}
+    # a target at the top and one deep down (so a top-level-only command fails), and one file to keep
+    files |= {f"{dir}/a{rng.randint(100, 999)}.{ext}": "x\n", f"{dir}/lib/core/cache.{ext}": "x\n",
+              f"{dir}/bin/main.{rng.choice([e for e in exts if e != ext])}": "x\n"}
+    targets = sorted(p for p in files if p.endswith(f".{ext}"))
+    find = f"find {dir} -name '*.{ext}'"
+    goal, check, sol, decoy = {
+        "delete": (f"Delete every .{ext} file under {dir}/, in all its subdirectories, and keep every other file.",
+                   lambda root: _tree(root, dir) == sorted(set(files) - set(targets)), f"{find} -delete",
+                   f"rm {dir}/*.{ext}"),
+        "list": (f"Write the paths of all .{ext} files under {dir}/ into list.txt, sorted (e.g. {dir}/x.{ext}).",
+                 lambda root: [p.removeprefix("./") for p in _text(root, "list.txt").splitlines()] == targets,
+                 f"{find} | sort > list.txt", f"ls {dir}/*.{ext} > list.txt"),
+        "count": (f"Write how many .{ext} files there are under {dir}/, in all its subdirectories, into n.txt.",
+                  _number_is("n.txt", len(targets)), f"{find} | wc -l > n.txt", f"ls {dir}/*.{ext} | wc -l > n.txt"),
+    }[op]
+    return _task(goal, files, check, [sol], [decoy], [f"ls -R {dir}", find])
+
+
+NEW_WORDS = ["pear", "lake", "rock", "mist", "oak"]
+
+
+@template("replace", file=["story.txt", "memo.txt", "poem.txt"], old=WORDS[:6], new=NEW_WORDS)
+def gen_replace(rng: random.Random, file: str, old: str, new: str) -> Episode:
+    fillers = [w for w in WORDS if old not in w]
+    lines = [[rng.choice(fillers) for _ in range(rng.randint(4, 8))] for _ in range(rng.randint(4, 8))]
+    for i, line in enumerate(lines):
+        for _ in range(2 if i == 0 else rng.randint(0, 2)):  # twice on one line: a replace without /g falls short
+            line.insert(rng.randrange(len(line) + 1), old)
+    rng.shuffle(lines)
+    text = "".join(" ".join(line) + "\n" for line in lines)
+    return _task(f"Replace every '{old}' in {file} with '{new}', editing the file in place.", {file: text},
+                 lambda root: _text(root, file) == text.replace(old, new), [f"sed -i 's/{old}/{new}/g' {file}"],
+                 [f"sed -i 's/{old}/{new}/' {file}"], [f"cat {file}", f"grep -c {old} {file}"])
+
+
+def _enumerate() -> dict[str, tuple[str, dict[str, Any]]]:
+    space = {}
+    for name, (_, grid) in TEMPLATES.items():
+        for values in itertools.product(*grid.values()):
+            space["/".join([name, *map(str, values)])] = (name, dict(zip(grid, values)))
+    return space
+
+
+def _by_split() -> dict[str, dict[str, list[str]]]:
+    """split -> template -> its keys in that split."""
+    by: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for key, (name, _) in TASK_SPACE.items():
+        by[split_of(key)].setdefault(name, []).append(key)
+    return by
+
+
+TASK_SPACE = _enumerate()  # key -> (template, params)
+_BY_SPLIT = _by_split()
+
+
+def task_keys(split: str | None = None) -> list[str]:
+    """The generated tasks' keys, sorted: all of them, or those of the split 'train' or 'heldout'."""
+    return sorted(k for k in TASK_SPACE if split is None or split_of(k) == split)
+
+
+def generate(key: str, rng: random.Random) -> Episode:
+    """The task `key`, its files drawn from `rng`."""
+    name, params = TASK_SPACE[key]
+    episode = TEMPLATES[name][0](rng, **params)
+    rng.shuffle(episode.menu)
+    return episode
+
+
+def draw(split: str, rng: random.Random) -> tuple[str, Episode]:
+    """One task of the split: a template first, uniformly, so that large grids do not crowd out small ones."""
+    by_template = _BY_SPLIT[split]
+    key = rng.choice(by_template[rng.choice(sorted(by_template))])
+    return key, generate(key, rng)
+
+
 # ------------------------------------------------- reading the scratch dir, which the sandbox controls
 
 def _open(root: Path, rel: str, flags: int = os.O_RDONLY) -> int:
@@ -289,6 +583,7 @@ class TerminalEnv:
         if shutil.which("tmux") is None:
             raise RuntimeError("the terminal env needs tmux: apt-get install tmux bubblewrap")
         self.env_id, self.domain, self.task = f"terminal:{task}", domain, task
+        self.key: str | None = None  # with a split: the generated task of this episode
         self.max_steps, self.timeout, self.rows, self.cols = max_steps, timeout, rows, cols
         self.limits = limits or Limits()
         self.sandbox: Sandbox | None = None
@@ -372,7 +667,10 @@ class TerminalEnv:
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self.close()
-        self.episode = TASKS[self.task](random.Random(seed))
+        if self.task in SPLITS:
+            self.key, self.episode = draw(self.task, random.Random(seed))
+        else:
+            self.episode = TASKS[self.task](random.Random(seed))
         self.root = Path(tempfile.mkdtemp(prefix="agentworld-term-"))
         os.chmod(self.root, 0o711)  # the sandbox uid must pass through to mount scratch/ and ctl/
         for rel, content in self.episode.files.items():
@@ -433,7 +731,8 @@ class TerminalEnv:
     def _info(self, **extra: Any) -> dict[str, Any]:
         menu = list(dict.fromkeys(GENERIC_MENU + (self.episode.menu if self.episode else [])))
         return {"admissible_actions": menu, "open_actions": True, "won": self.won, "score": self.score,
-                "task": self.episode.goal if self.episode else "", **extra}
+                "task": self.episode.goal if self.episode else "", **({"task_key": self.key} if self.key else {}),
+                **extra}
 
     def close(self) -> None:
         if self.sandbox is not None:
@@ -445,8 +744,8 @@ class TerminalEnv:
 
 
 def check(name: str) -> None:
-    if name not in TASKS:
-        raise ValueError(f"unknown env id 'terminal:{name}': terminal tasks are {', '.join(TASKS)}")
+    if name not in TASKS and name not in SPLITS:
+        raise ValueError(f"unknown env id 'terminal:{name}': terminal tasks are {', '.join([*TASKS, *SPLITS])}")
 
 
 def make(name: str, max_steps: int | None = None, domain: str = "terminal", **kwargs: Any) -> TerminalEnv:

@@ -40,9 +40,21 @@ def split_episodes(episodes: list[list[dict]], heldout_fraction: float, seed: in
     return [e for i, e in enumerate(episodes) if i not in held], [e for i, e in enumerate(episodes) if i in held]
 
 
+def split_by_env(episodes: list[list[dict]], heldout_fraction: float, seed: int = 0):
+    """`split_episodes` within each env, so every env (and domain) of mixed data has held-out episodes."""
+    by_env: dict[str, list] = {}
+    for e in episodes:
+        by_env.setdefault(e[0]["env_id"], []).append(e)
+    train, held = [], []
+    for group in by_env.values():
+        t, h = split_episodes(group, heldout_fraction, seed)
+        train, held = train + t, held + h
+    return train, held
+
+
 def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, think: bool = False,
                 budget_tokens: int = 0, count_tokens=None, control_fraction: float = 0.0,
-                rng: random.Random | None = None) -> list[Example]:
+                rng: random.Random | None = None, notes: dict | None = None) -> list[Example]:
     """One example per transition; `render(messages)` is the tokenizer's chat template. With a token
     budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays).
     A `control_fraction` share of examples carries a hindsight control: a label of its own real transition
@@ -55,11 +67,11 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, thin
         observations = [r["obs"] for r in rows]
         actions = [r["action"] for r in rows]
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
-        plain = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"])
+        plain = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"], notes=notes)
         for t, r in enumerate(rows):
             system = plain
             if control_fraction > 0 and rng.random() < control_fraction:
-                system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng))
+                system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng), notes)
             k = history_turns
             while True:
                 state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k)

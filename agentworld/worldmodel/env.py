@@ -17,7 +17,7 @@ class WorldModelEnv:
 
     def __init__(self, engine, env_id: str, domain: str, initial_states: Sequence[tuple[str, dict]],
                  max_steps: int = 50, history_turns: int = 1, max_new_tokens: int = 96,
-                 temperature: float = 0.0, control: str | None = None, sampler=None):
+                 temperature: float = 0.0, control: str | None = None, sampler=None, notes: dict | None = None):
         if not initial_states:
             raise ValueError("WorldModelEnv needs at least one real initial observation")
         self.engine, self.env_id, self.domain = engine, env_id, domain
@@ -28,7 +28,8 @@ class WorldModelEnv:
         # per step: sampler() gives each step's control (a controls.Control, text, or None: `control`);
         # next_control, when set, is the next step's control instead (then cleared)
         self.sampler, self.step_control, self.next_control = sampler, None, None
-        self.system = wm_system_prompt(env_id, domain, control)
+        self.notes = notes  # world_model.prompts
+        self.system = wm_system_prompt(env_id, domain, control, notes)
         self._reset_state()
 
     def _reset_state(self):
@@ -52,7 +53,7 @@ class WorldModelEnv:
         else:
             self.step_control = self.sampler() if self.sampler is not None else None
         text = getattr(self.step_control, "text", self.step_control)
-        system = wm_system_prompt(self.env_id, self.domain, text) if text else self.system
+        system = wm_system_prompt(self.env_id, self.domain, text, self.notes) if text else self.system
         state, turns = window(self.observations, self.actions + [action], self.replies, self.history_turns)
         return self.engine.render(build_messages(system, state, turns))
 

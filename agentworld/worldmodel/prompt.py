@@ -23,9 +23,36 @@ _THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE
 _OBS_BLOCK = re.compile(re.escape(OBS_OPEN) + r"(.*?)" + re.escape(OBS_CLOSE), re.S)
 
 
-def wm_system_prompt(env_id: str, domain: str, control: str | None = None) -> str:
-    """The domain's instruction; an optional `control` (free text that steers the simulation) follows it."""
+# What each domain's environment is and what its observations look like, after the instruction above (the paper
+# prompts its LWM per domain). Grid worlds need none: the grid is the whole state. `world_model.prompts` overrides.
+DOMAIN_NOTES = {
+    "terminal": "The environment is a bash shell in a terminal. The action is keystrokes; the observation is the "
+                "whole screen after them, prompt lines and command output included. Files and directories persist "
+                "across steps.",
+    "swe": "The environment is a software repository in a sandbox. Actions are shell commands, file edits and "
+           "submit; observations are command output, file contents or test results.",
+    "mcp": "The environment is a set of tools behind the Model Context Protocol. The action is one JSON tool call; "
+           "the observation is the tool's result (often JSON) or its error message. Databases, repositories and "
+           "files keep every change made earlier in the episode.",
+    "search": "The environment is a search engine over documentation with a page extractor. Actions are search, "
+              "extract and answer calls; observations are ranked results (title, url, snippet) or a page's text.",
+    "web": "The environment is a web page in a browser. Actions click, type or select elements; the observation "
+           "is the page's visible text and elements.",
+    "textgame": "The environment is a text adventure. The action is a command; the observation is the game's "
+                "narration of what happens, and what is visible.",
+    "science": "The environment is a text-based science simulator. The action is a command; the observation "
+               "describes its effect and the objects around.",
+    "embodied": "The environment is a household (or grid room) seen through text. The action is a command; the "
+                "observation describes what the agent sees and what happened.",
+}
+
+
+def wm_system_prompt(env_id: str, domain: str, control: str | None = None, notes: dict | None = None) -> str:
+    """The domain's instruction (with `notes[domain]`, else DOMAIN_NOTES', after it); an optional `control` (free
+    text that steers the simulation) follows."""
     system = WM_SYSTEM.format(env_id=env_id, domain=domain, open=OBS_OPEN, close=OBS_CLOSE)
+    note = (notes or {}).get(domain, DOMAIN_NOTES.get(domain))
+    system = f"{system}\n{note}" if note else system
     return f"{system}\nControl: {control}" if control else system
 
 
