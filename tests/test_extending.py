@@ -25,18 +25,22 @@ SCRIPT = textwrap.dedent('''
 
 
     class ThreeSteps:
-        """A real env whose episodes the arm kind cuts at three steps."""
+        """A real env whose episodes the arm kind cuts at three steps, rewarding one first action (so that a
+        batch's returns spread and its advantages are not all zero)."""
 
         def __init__(self, env):
             self.env, self.env_id, self.domain, self.t = env, env.env_id, env.domain, 0
 
         def reset(self, seed=None):
             self.t = 0
-            return self.env.reset(seed=seed)
+            obs, info = self.env.reset(seed=seed)
+            self.rewarded = sorted(info["admissible_actions"])[0]
+            return obs, info
 
         def step(self, action):
             self.t += 1
             obs, reward, term, trunc, info = self.env.step(action)
+            reward += float(self.t == 1 and action == self.rewarded)
             return obs, reward, term, trunc or self.t >= 3, info
 
         def close(self):
@@ -69,7 +73,8 @@ def test_a_script_registers_an_arm_kind_and_a_loss_and_runs_them(tmp_path):
     script.write_text(SCRIPT)
     r = subprocess.run([sys.executable, str(script), str(ROOT / "experiments" / "quickstart.yaml"),
                         f"run.output_dir={tmp_path}", "run.name=ext", *SHORT, "agent.updates=2",
-                        "arms.0.source=three-steps", "agent.algorithm=constant42", "agent.init=scratch"],
+                        "arms.0.source=three-steps", "arms.1.source=three-steps", "agent.algorithm=constant42",
+                        "agent.init=scratch"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from agentworld.replay import ReplayStore
@@ -79,6 +84,7 @@ def test_a_script_registers_an_arm_kind_and_a_loss_and_runs_them(tmp_path):
     assert (rows.source == "real").all()
     df = pd.read_parquet(tmp_path / "ext" / "metrics.parquet")
     train = df[df.kind == "train"]
-    assert set(train.arm) == {"real", "sim"} and (train.loss == 42.0).all()  # both arms trained with the loss
+    trained = train.loss.dropna()  # a batch whose returns all tie has no advantage: nothing trained, loss NaN
+    assert set(train.arm) == {"real", "sim"} and len(trained) and (trained == 42.0).all()  # the loss was used
     summary = json.loads((tmp_path / "ext" / "summary.json").read_text())
     assert summary["arms"]["real"]["source"] == "three-steps"
