@@ -88,7 +88,7 @@ class WMSFTConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 20
     eval_every: int = 100  # fidelity is measured and a version published this often
-    eval_samples: int = 64  # distinct held-out transitions per fidelity measurement
+    eval_samples: int = 64  # distinct held-out transitions per fidelity measurement, shared equally among domains
     # Sampling weight of a transition: count(same state and action)^-balance_transitions *
     # count(same outcome)^-balance_outcomes, outcome = (reward, done). Random-policy data repeats easy
     # transitions thousands of times and rare ones (reaching the goal) a handful; 0 and 0 sample uniformly.

@@ -16,7 +16,7 @@ from agentworld.config import Runtime, WorldModelConfig
 from agentworld.metrics import metric_row
 
 from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
-from agentworld.worldmodel.data import episodes_from_table, split_by_env, trajectory_text, wm_examples
+from agentworld.worldmodel.data import episodes_from_table, sample_by_domain, split_by_env, trajectory_text, wm_examples
 from agentworld.worldmodel.fidelity import fidelity
 from agentworld.worldmodel.prompt import parse_prediction
 
@@ -131,7 +131,7 @@ class WorldModelLearner:
         # hindsight controls on training examples only: held-out fidelity is measured without them
         train, held = make(train_eps, wm.sft.control_fraction), make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
-        held = rng.sample(held, min(len(held), wm.sft.eval_samples))
+        held = sample_by_domain(held, wm.sft.eval_samples, rng)
         max_new = wm.generation.max_new_tokens
         per_domain = PerDomain(held_eps or train_eps, train_eps, held, engine, wm, count)
         out = f"{spec.run_dir}/checkpoints/wm"

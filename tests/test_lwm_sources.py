@@ -77,3 +77,15 @@ def test_the_lwm_trains_on_imports_and_envs_together_and_on_imports_alone(tmp_pa
             "world_model.env=null", f"run.output_dir={tmp_path}", "run.name=imports", *SHORT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "imports" / "checkpoints" / "wm" / "config.json").is_file()
+
+
+def test_held_out_samples_are_shared_among_domains_and_unchanged_for_one():
+    import random
+
+    from agentworld.worldmodel.data import Example, sample_by_domain
+
+    grid = [Example(f"g{i}", "", "", 0.0, False, "gridworld") for i in range(100)]
+    assert sample_by_domain(grid, 10, random.Random(3)) == random.Random(3).sample(grid, 10)
+    shell = [Example(f"t{i}", "", "", 0.0, False, "terminal") for i in range(5)]
+    picked = sample_by_domain(grid + shell, 10, random.Random(3))
+    assert sum(e.domain == "terminal" for e in picked) == 5 and sum(e.domain == "gridworld" for e in picked) == 5

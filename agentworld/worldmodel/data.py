@@ -19,6 +19,7 @@ class Example:
     next_obs: str
     reward: float
     done: bool
+    domain: str = ""
 
 
 def episodes_from_table(table: pa.Table) -> list[list[dict]]:
@@ -80,8 +81,20 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, thin
                     break
                 k = min(k, len(turns)) - 1
             target = (THINK_EMPTY if think else "") + replies[t]
-            out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"]))
+            out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"], r["domain"]))
     return out
+
+
+def sample_by_domain(examples: list[Example], k: int, rng: random.Random) -> list[Example]:
+    """`k` examples drawn at random, shared equally among the domains present, so that a rare domain of mixed data
+    is measured too (one domain: exactly `rng.sample`)."""
+    groups: dict[str, list[Example]] = {}
+    for e in examples:
+        groups.setdefault(e.domain, []).append(e)
+    if len(groups) <= 1:
+        return rng.sample(examples, min(len(examples), k))
+    per = max(1, k // len(groups))
+    return [e for group in groups.values() for e in rng.sample(group, min(len(group), per))]
 
 
 def trajectory_text(rows: list[dict]) -> str:
