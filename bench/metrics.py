@@ -16,21 +16,12 @@ import time
 from rapidfuzz.distance import Levenshtein
 
 from agentworld.worldmodel.baselines import Retriever, Transition
-from agentworld.worldmodel.fidelity import edit_similarity
+from agentworld.worldmodel.fidelity import edit_similarity, python_edit_distance
 
 
 def python_edit_similarity(pred: str, ref: str) -> float:
     """fidelity.py's edit similarity before rapidfuzz: the dynamic programme in Python."""
-    if not pred and not ref:
-        return 1.0
-    a, b = (pred, ref) if len(pred) >= len(ref) else (ref, pred)
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(pred), len(ref))
+    return 1.0 if not pred and not ref else 1.0 - python_edit_distance(pred, ref) / max(len(pred), len(ref))
 
 
 def screen(rng: random.Random, chars: int) -> str:

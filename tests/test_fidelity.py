@@ -1,21 +1,12 @@
 import random
 import string
 
-from agentworld.worldmodel.fidelity import edit_distance, edit_similarity, fidelity, outcome_correct
+from agentworld.worldmodel.fidelity import edit_distance, edit_similarity, fidelity, outcome_correct, python_edit_distance
 from agentworld.worldmodel.prompt import parse_prediction, render_state
 
 
-# The pure-Python implementation fidelity.py had before rapidfuzz: the spec the fast one must equal.
-def reference_edit_distance(a: str, b: str) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+# The pure-Python implementation fidelity.py had before rapidfuzz is the spec the fast one must equal.
+reference_edit_distance = python_edit_distance
 
 
 def reference_edit_similarity(pred: str, ref: str) -> float:
