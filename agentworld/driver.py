@@ -135,7 +135,7 @@ def _play_source(run: Run, src, arm: str, seed: int) -> None:
         return
     env = section(cfg.envs[src.env])
     spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=16),
-                       kind=ARM_KINDS.get("real")(), env=env, domain=env_domain(env), agent=section(cfg.agent),
+                       kind=ARM_KINDS.get("real")(), env=env, domain=env_facts(env, 0)[0], agent=section(cfg.agent),
                        runtime=run.runtime, seed=seed + have, policy=src.policy, actor_id="random0")
     actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
     with run.console.status(f"collecting {src.steps - have} real transitions of {src.env} with the {src.policy} policy"):
@@ -161,17 +161,6 @@ def _import_source(run: Run, src, arm: str) -> None:
             run.console.print(f"[yellow]{src.data}: {len(errors)} malformed lines skipped[/yellow]")
     if rows:
         ray.get(run.replay.add.remote(rows_to_batch(rows)))
-
-
-def env_domain(env) -> str:
-    """The domain an env reports (building it once also checks that it starts)."""
-    from agentworld.envs import make_env_from
-
-    probe = make_env_from(env)
-    try:
-        return probe.domain
-    finally:
-        probe.close()
 
 
 # -- 2. the base model -----------------------------------------------------------------------------------

@@ -32,11 +32,6 @@ def predict(engine: HFEngine, examples, max_new_tokens: int) -> list:
     return [parse_prediction(t) for t in greedy_texts(engine, [e.prompt for e in examples], max_new_tokens)]
 
 
-def measure_fidelity(engine: HFEngine, examples, max_new_tokens: int) -> dict:
-    """Greedy predictions on `examples` scored against the real next states."""
-    return fidelity(predict(engine, examples, max_new_tokens), [(e.next_obs, e.reward, e.done) for e in examples])
-
-
 def distinct(examples):
     """One example per distinct prompt, so fidelity is not dominated by the commonest transitions."""
     return list({e.prompt: e for e in examples}.values())

@@ -47,7 +47,7 @@ def main_metric(domain: str) -> str:
 
 @dataclass
 class Transition:
-    """One real transition as the LWM sees it. Has the fields `measure_fidelity` reads from an Example
+    """One real transition as the LWM sees it. Has the fields the learner's `predict` reads from an Example
     (prompt, next_obs, reward, done), plus the state before the action and the domain."""
     prompt: str
     obs: str
