@@ -94,7 +94,6 @@ class WMSFTConfig:
     # transitions thousands of times and rare ones (reaching the goal) a handful; 0 and 0 sample uniformly.
     balance_transitions: float = 1.0
     balance_outcomes: float = 0.5
-    think: bool = False  # prefix targets with an empty <think></think> block (think-then-predict format)
     # Hindsight controls (agentworld/controls.py): this share of examples carries its real transition's
     # outcome label as the prompt's Control line, so the LWM learns to obey controls; 0: no controls
     control_fraction: float = 0.0
@@ -142,6 +141,26 @@ class WMRLConfig:
     judge_model: str = "judge"
 
 
+THINK_SOURCES = ("none", "empty", "describe", "teacher")
+
+
+@dataclass
+class WMThinkConfig:
+    """The reasoning SFT targets carry in <think>...</think> before the next state (agentworld/worldmodel/think.py)."""
+    source: str = "none"  # none | empty: an empty block | describe: the domain's describer | teacher: an endpoint
+    endpoint: Optional[str] = None  # teacher: OpenAI-compatible base URL ending in /v1
+    model: str = "teacher"  # the model name sent to the teacher
+    cache: Optional[str] = None  # teacher rationales by transition, JSONL; default <run dir>/think_cache.jsonl
+    max_tokens: int = 96  # a rationale's budget (longer ones are cut); generation and RL budgets add it
+    timeout_s: float = 60.0  # per teacher request; one that times out is counted and skipped
+    workers: int = 4  # teacher requests in flight
+
+
+def think_tokens(think: WMThinkConfig) -> int:
+    """Tokens a think block may take: what generation and RL budgets add for it."""
+    return {"none": 0, "empty": 16}.get(think.source, think.max_tokens + 16)
+
+
 @dataclass
 class WMContinualConfig:
     """After its stages, keep training on real transitions as they arrive during the experiment."""
@@ -158,13 +177,18 @@ class WorldModelConfig:
     # domain -> what its environment is and what an observation looks like, after the LWM's instruction;
     # unset domains get agentworld/worldmodel/prompt.py's DOMAIN_NOTES
     prompts: Dict[str, str] = field(default_factory=dict)
-    history_turns: int = 1  # past (action, observation) turns kept in the prompt
-    history_budget_tokens: int = 0  # if > 0, drop the oldest kept turns until the prompt fits
+    # past (action, observation) turns kept in the prompt; unset: 4 when a data source's domain keeps state beyond one
+    # screen (shells, databases, files, games: envs.STATEFUL), else 1
+    history_turns: Optional[int] = None
+    # if > 0, drop the oldest kept turns until the prompt fits; unset: 1,536 tokens (at most the tiny model's
+    # positions less the generation budget) when history_turns > 1, else 0
+    history_budget_tokens: Optional[int] = None
     stages: List[str] = field(default_factory=lambda: ["sft"])  # in order, from: cpt, sft, rl
     cpt: WMCPTConfig = field(default_factory=WMCPTConfig)
     sft: WMSFTConfig = field(default_factory=WMSFTConfig)
     rl: WMRLConfig = field(default_factory=WMRLConfig)
     continual: WMContinualConfig = field(default_factory=WMContinualConfig)
+    think: WMThinkConfig = field(default_factory=WMThinkConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -552,6 +576,7 @@ def _validate_sources(cfg, fail) -> None:
 def _validate_world_model(cfg, fail) -> None:
     wm = cfg.world_model
     _validate_sources(cfg, fail)
+    resolve_history(cfg)
     t = wm.sft
     if t.steps < 0:
         fail("world_model.sft.steps", "must be >= 0")
@@ -586,6 +611,39 @@ def _validate_world_model(cfg, fail) -> None:
         fail("world_model.data.heldout_fraction", "must be in [0, 1)")
     if wm.history_turns < 1:
         fail("world_model.history_turns", "must be >= 1")
+    _validate_think(wm.think, fail)
+
+
+def _validate_think(t, fail) -> None:
+    if t.source not in THINK_SOURCES:
+        fail("world_model.think.source", f"must be one of {', '.join(THINK_SOURCES)} (got {t.source!r})")
+    if t.source == "teacher" and not t.endpoint:
+        fail("world_model.think.endpoint", "think.source teacher needs an OpenAI-compatible endpoint (base URL ending in /v1)")
+    for key in ("max_tokens", "workers"):
+        if getattr(t, key) < 1:
+            fail(f"world_model.think.{key}", "must be >= 1")
+    if t.timeout_s <= 0:
+        fail("world_model.think.timeout_s", "must be > 0")
+
+
+def resolve_history(cfg) -> None:
+    """Fill an unset world_model.history_turns and history_budget_tokens from the domains the LWM learns: 4 turns
+    within 1,536 tokens when one keeps state beyond a screen (envs.STATEFUL), else 1 turn and no budget."""
+    from agentworld.envs import STATEFUL, domain_of
+
+    wm = cfg.world_model
+    keys = [s.env for s in wm.data.sources if s.env is not None] or ([wm.env] if wm.env else [])
+    stateful = any(domain_of(cfg.envs[k]) in STATEFUL for k in keys if k in cfg.envs)
+    if wm.history_turns is None:
+        wm.history_turns = 4 if stateful else 1
+    if wm.history_budget_tokens is None:
+        room = 1536 if cfg.model.path else cfg.model.tiny.max_positions - lwm_generation(wm).max_new_tokens
+        wm.history_budget_tokens = max(0, min(1536, room)) if wm.history_turns > 1 else 0
+
+
+def lwm_generation(wm) -> GenerationConfig:
+    """The LWM's generation settings, its token budget grown by the think block's."""
+    return GenerationConfig(wm.generation.max_new_tokens + think_tokens(wm.think), wm.generation.temperature)
 
 
 def _validate_run(cfg, fail) -> None:

@@ -295,7 +295,7 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
     hindsight label the real transition has (factual: always a possible outcome of that state and action), or with
     `counterfactual` one of COUNTERFACTUAL it does not have: then a faithful LWM without the control line obeys it
     never, and obedience with the line measures how far the control steers the simulation away from reality."""
-    from agentworld.worldmodel.prompt import build_messages, render_state, window, wm_system_prompt
+    from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
 
     out = []
     for rows in episodes:
@@ -306,7 +306,8 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
             held = row_labels(r)
             names = [n for n in COUNTERFACTUAL if n not in held] if counterfactual else sorted(held)
             c = make_control("hindsight", rng.choice(names or sorted(held)))
-            state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns)
+            state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
+                                  r["domain"] in STATEFUL)
             prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
                        for text in (c.text, None)]
             out.append((prompts[0], prompts[1], c, r))

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agentworld.cluster import start_ray
-from agentworld.config import ArmConfig, Runtime, runtime, save_config, section
+from agentworld.config import ArmConfig, Runtime, lwm_generation, runtime, save_config, section
 from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
@@ -339,7 +339,7 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     wm = cfg.world_model
     aspec = RolloutSpec(run_id=run.run_id, arm=arm_cfg, kind=kind, env=env, domain=domain, agent=agent,
                         runtime=run.runtime, seed=seed, policy=init,
-                        lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, section(wm.generation), states,
+                        lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, lwm_generation(wm), states,
                                     dict(wm.prompts))
                         if kind.uses_lwm else None,
                         **shared_engines(run, arm.name, kind, init, lwm, seed))

@@ -116,7 +116,9 @@ def ensure_lwm(cfg, run_dir: Path, console: Console) -> dict:
 
         wcfg = load_config(cfg.lwm.config, [*cfg.lwm.overrides, f"run.output_dir={lwm_dir.parent}", f"run.name={lwm_dir.name}"])
         train_world_model(wcfg, cfg.lwm.config)
-    wcfg = OmegaConf.load(lwm_dir / "config.yaml")
+    from agentworld.config import ExperimentConfig, lwm_generation
+
+    wcfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(lwm_dir / "config.yaml"))
     env = wcfg.envs[wcfg.world_model.env]  # the sim is of the env whose data trained it: say it once
     prefix, _, gym_id = env.id.partition(":")
     if prefix != "gymnasium":
@@ -129,7 +131,7 @@ def ensure_lwm(cfg, run_dir: Path, console: Console) -> dict:
         "path": str(lwm_dir / "checkpoints" / "wm"),
         "env_id": gym_id, "env_kwargs": OmegaConf.to_container(env.kwargs), "max_steps": int(env.max_steps),
         "history_turns": int(wcfg.world_model.history_turns),
-        "max_new_tokens": int(wcfg.world_model.generation.max_new_tokens),
+        "max_new_tokens": lwm_generation(wcfg.world_model).max_new_tokens,
         "temperature": float(wcfg.world_model.generation.temperature),
         "wm_real_steps": ReplayStore(str(wcfg.replay.dir or lwm_dir / "replay")).count(arm=WM_DATA_ARM, source="real"),
         "metrics": [m for m in done.get("metrics", []) if m.get("kind") in ("wm", "wm_train")],

@@ -214,7 +214,7 @@ def is_loopback(host: str) -> bool:
 
 def build_spec(cfg, model_path: str | None = None) -> dict:
     """What every replica needs, checked before anything starts: the model exists, and an exposed host has a token."""
-    from agentworld.config import section
+    from agentworld.config import lwm_generation, section
 
     s = cfg.serve
     model = model_path or str(Path(cfg.run.output_dir) / cfg.run.name / "checkpoints" / "wm")
@@ -226,7 +226,7 @@ def build_spec(cfg, model_path: str | None = None) -> dict:
         raise ValueError(f"serve.host {s.host!r} is not a loopback address: a token is required "
                          f"(serve.token or ${TOKEN_ENV})")
     return dict(model_path=model, model_name=s.model_name, token=token, envs={k: section(v) for k, v in cfg.envs.items()},
-                history_turns=cfg.world_model.history_turns, generation=section(cfg.world_model.generation),
+                history_turns=cfg.world_model.history_turns, generation=lwm_generation(cfg.world_model),
                 notes=dict(cfg.world_model.prompts),
                 max_tokens=s.max_tokens,
                 max_body_bytes=s.max_body_bytes, max_sessions=s.max_sessions, torch_threads=cfg.ray.torch_threads)

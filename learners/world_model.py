@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from agentworld.config import Runtime, WorldModelConfig
+from agentworld.config import Runtime, WorldModelConfig, lwm_generation, think_tokens
 from agentworld.metrics import metric_row
 
 from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
@@ -121,13 +121,14 @@ class WorldModelLearner:
         if not train_eps:
             raise RuntimeError(f"no real training transitions in the replay arms {', '.join(spec.data_arms)}")
         count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm.history_turns, wm.sft.think,  # noqa: E731
+        rationale = self._rationales(train_eps, tok)
+        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm.history_turns, rationale,  # noqa: E731
                                                wm.history_budget_tokens, count, cf, rng, dict(wm.prompts))
         # hindsight controls on training examples only: held-out fidelity is measured without them
         train, held = make(train_eps, wm.sft.control_fraction), make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
         held = sample_by_domain(held, wm.sft.eval_samples, rng)
-        max_new = wm.generation.max_new_tokens
+        max_new = lwm_generation(wm).max_new_tokens  # the think block's budget included
         per_domain = PerDomain(held_eps or train_eps, train_eps, held, engine, wm, count)
         out = f"{spec.run_dir}/checkpoints/wm"
         # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
@@ -187,6 +188,7 @@ class WorldModelLearner:
                 trainer = wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"),
                                             runtime=spec.runtime)
             elif stage == "rl":
+                cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens + think_tokens(wm.think))
                 weights = wm_recipe.sampling_weights(train, wm.sft.balance_transitions, wm.sft.balance_outcomes)
                 trainer = wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights,
                                            self._rubric(cfg), runtime=spec.runtime)
@@ -200,6 +202,33 @@ class WorldModelLearner:
         self.phase = "done"
         self._state = (model, tok, engine, rng, held, max_new, measure, publish, on_step, make)
         return {"path": out, "wm_version": self.version, **f}
+
+    def _rationales(self, train_eps, tok):
+        """`rationale(row)` for the SFT targets' think blocks (None: no think block), cut to think.max_tokens, and
+        a `think` row of counts; teacher failures are counted, and their transitions train without a rationale."""
+        from agentworld.worldmodel.think import rationale_fn
+
+        t = self.spec.world_model.think
+        if t.source == "none":
+            return None
+        rows = [r for e in train_eps for r in e]
+        self.phase = f"think traces: {t.source}"
+        progress = lambda i, n: setattr(self, "phase", f"think traces: teacher {i}/{n}")  # noqa: E731
+        fn, stats = rationale_fn(rows, t, t.cache or f"{self.spec.run_dir}/think_cache.jsonl", progress)
+        if t.source in ("describe", "teacher"):
+            with_text = sum(bool(fn(r)) for r in rows)
+            self._log("think", source=t.source, transitions=len(rows), with_rationale=with_text,
+                      **{k: stats[k] for k in ("cached", "asked", "failed", "unusable") if k in stats})
+            if stats.get("failed") or stats.get("unusable"):
+                print(f"think traces: {stats['failed']} teacher requests failed, {stats['unusable']} replies had no "
+                      f"usable rationale (first error: {stats['first_error']}); those transitions train without one")
+
+        def clipped(row):
+            text = fn(row)
+            ids = tok(text or "", add_special_tokens=False).input_ids
+            return tok.decode(ids[: t.max_tokens]) if len(ids) > t.max_tokens else text
+
+        return clipped
 
     def continual(self, cursor: int) -> int:
         """Keep training on real transitions of any arm that arrive after replay row `cursor`, a round
@@ -223,6 +252,8 @@ class WorldModelLearner:
             examples, fresh = make(fresh), []
             self.stage, self.step, self.total_steps = f"continual-{c.stage}", 0, c.steps
             cfg = dataclasses.replace(getattr(wm, c.stage), steps=c.steps)
+            if c.stage == "rl":
+                cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens + think_tokens(wm.think))
             if c.stage == "sft":
                 wm_recipe.run_sft(model, tok, examples, dataclasses.replace(cfg, eval_every=c.steps + 1), rng,
                                   on_step(self.stage), lambda step: None, runtime=self.spec.runtime)

@@ -127,3 +127,16 @@ def test_hybrid_checks_belong_to_the_hybrid_kind():
     assert "arms.1.hybrid.threshold" in msg
     msg = error_of(QUICKSTART, ["arms.0.control.kind=hindsight"])
     assert "arms.0.control.kind" in msg and "real arm" in msg
+
+
+def test_history_defaults_follow_the_domains_the_lwm_learns():
+    unset = ["world_model.history_turns=null"]  # the quickstart sets 1
+    grid = load_config(QUICKSTART, unset)
+    assert (grid.world_model.history_turns, grid.world_model.history_budget_tokens) == (1, 0)
+    shell = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", *unset])
+    wm = shell.world_model
+    assert wm.history_turns == 4
+    assert wm.history_budget_tokens == min(1536, shell.model.tiny.max_positions - wm.generation.max_new_tokens)
+    fixed = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", "world_model.history_turns=2",
+                                     "world_model.history_budget_tokens=0"])
+    assert (fixed.world_model.history_turns, fixed.world_model.history_budget_tokens) == (2, 0)

@@ -76,3 +76,22 @@ def test_endpoint_speaks_openai_and_rejects_bad_requests(served):
     assert post(url + "/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6})[0] == 422
     assert post(url + "/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]})[0] == 422
     assert post(url + "/chat/completions", {"messages": [{"role": "user", "content": "x" * 300_000}]})[0] == 413
+
+
+@pytest.mark.slow
+def test_the_served_model_as_a_think_teacher_fills_the_cache(served, tmp_path):
+    """The project's own Serve deployment as the teacher: every transition is asked once, each reply is cached or
+    counted as unusable, and a rerun asks only for what is not cached."""
+    from agentworld.config import WMThinkConfig
+    from agentworld.worldmodel.think import rationale_fn, teacher_rationales
+
+    url, _ = served
+    rows = real_episode_rows()[:4]
+    cfg = WMThinkConfig(source="teacher", endpoint=url, model="tiny", max_tokens=24, workers=2)
+    found, stats = teacher_rationales(rows, cfg, str(tmp_path / "think.jsonl"))
+    assert stats["asked"] == stats["transitions"] == len({(r["obs"], r["action"], r["next_obs"]) for r in rows})
+    assert stats["failed"] == 0 and stats["written"] + stats["unusable"] == stats["asked"]
+    lines = (tmp_path / "think.jsonl").read_text().splitlines() if stats["written"] else []
+    assert len(lines) == stats["written"] == len(found)
+    _, again = rationale_fn(rows, cfg, str(tmp_path / "think.jsonl"))
+    assert again["cached"] == stats["written"] and again["asked"] == stats["unusable"]

@@ -74,9 +74,14 @@ def test_the_lwm_trains_on_imports_and_envs_together_and_on_imports_alone(tmp_pa
     assert wm and all(m["heldout"] for m in wm)
 
     r = cli("wm", "train", QUICKSTART, f"world_model.data.sources=[{{data: {tmp_path / 'b.jsonl'}}}]",
-            "world_model.env=null", f"run.output_dir={tmp_path}", "run.name=imports", *SHORT)
+            "world_model.env=null", f"run.output_dir={tmp_path}", "run.name=imports", "world_model.think.source=describe",
+            *SHORT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "imports" / "checkpoints" / "wm" / "config.json").is_file()
+    # think traces from the grid describer: every training transition got one
+    think = [m for m in json.loads((tmp_path / "imports" / "wm_stages.json").read_text())["metrics"] if m["kind"] == "think"]
+    assert len(think) == 1 and think[0]["source"] == "describe"
+    assert think[0]["with_rationale"] == think[0]["transitions"] > 0
 
 
 def test_held_out_samples_are_shared_among_domains_and_unchanged_for_one():

@@ -38,6 +38,16 @@ def test_messages_carry_state_in_first_kept_turn():
     assert state == "s2" and turns == [("a2", None)]
 
 
+def test_a_stateful_domain_keeps_the_task_when_turns_are_dropped():
+    obs = ["Task: count the lines of log.txt.\nYou are at a bash prompt.\n\n~$", "~$ ls\nlog.txt\n~$", "~$ wc -l log.txt\n3\n~$"]
+    acts, replies = ["ls", "wc -l log.txt", "echo 3 > out"], ["r0", "r1"]
+    state, turns = window(obs, acts, replies, history_turns=2, keep_task=True)
+    assert state == "Task: count the lines of log.txt.\nYou are at a bash prompt.\n[1 earlier step(s) not shown]\n" + obs[1]
+    assert turns == [("wc -l log.txt", "r1"), ("echo 3 > out", None)]
+    assert window(obs, acts, replies, history_turns=3, keep_task=True)[0] == obs[0]  # nothing dropped: as it was
+    assert window(obs, acts, replies, history_turns=2)[0] == obs[1]  # grid worlds: the state is the whole story
+
+
 def test_fidelity_metrics():
     assert edit_distance("kitten", "sitting") == 3
     assert edit_similarity("abc", "abc") == 1.0 and edit_similarity("", "") == 1.0

@@ -10,7 +10,8 @@ import torch
 from agentworld.config import RewardWeights, WMRLConfig, WMSFTConfig
 from agentworld.models.hf_engine import HFEngine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
-from agentworld.worldmodel.data import THINK_EMPTY, wm_examples
+from agentworld.worldmodel.data import wm_examples
+from agentworld.worldmodel.think import think_block
 from agentworld.worldmodel.prompt import parse_prediction
 from agentworld.registry import LOSSES
 from learners.wm_recipe import pack, run_rl, token_logprobs
@@ -26,7 +27,7 @@ def episode(n=6):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    texts = [e.prompt + e.target for e in wm_examples([episode()], lambda m: render_chatml(m, True), 3, think=True)]
+    texts = [e.prompt + e.target for e in wm_examples([episode()], lambda m: render_chatml(m, True), 3, think=lambda row: "")]
     tok = train_tokenizer(texts * 3, 300, out)
     build_tiny_model(tok, out)
     return HFEngine(str(out), seed=0)
@@ -34,8 +35,8 @@ def tiny(tmp_path_factory):
 
 def test_think_targets_and_token_budget_drop_oldest_turns(tiny):
     count = lambda t: len(tiny.tok(t).input_ids)  # noqa: E731
-    full = wm_examples([episode()], tiny.render, history_turns=4, think=True)
-    assert full[-1].target.startswith(THINK_EMPTY) and parse_prediction(full[-1].target).obs == "s6"
+    full = wm_examples([episode()], tiny.render, history_turns=4, think=lambda row: "")
+    assert full[-1].target.startswith(think_block("")) and parse_prediction(full[-1].target).obs == "s6"
     assert full[-1].prompt.count("Action:") == 4
     budget = count(full[-1].prompt) - 1
     cut = wm_examples([episode()], tiny.render, history_turns=4, budget_tokens=budget, count_tokens=count)

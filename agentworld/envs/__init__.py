@@ -28,6 +28,11 @@ BUILTIN = {
     "babyai": ("agentworld.envs.babyai", "embodied", "pip install -e '.[envs]'"),
 }
 
+# Domains whose state outlives one observation (shell state, database contents, files written earlier, what a game
+# showed before): an LWM learning one keeps more history by default (config.resolve_history), and its prompts keep
+# the episode's task when older turns are dropped (worldmodel/prompt.py window).
+STATEFUL = frozenset({"terminal", "swe", "mcp", "search", "web", "textgame", "science", "embodied"})
+
 
 def register(prefix: str, factory: Callable[..., TextEnv], domain: str,
              check: Callable[[str], None] | None = None) -> None:
@@ -65,6 +70,14 @@ def make_env(env_id: str, max_steps: int | None = None, domain: str | None = Non
     prefix, _, name = env_id.partition(":")
     factory, default_domain, _ = _family(prefix)
     return Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))
+
+
+def domain_of(cfg) -> str:
+    """The domain of an `envs.<key>` section: its own `domain`, else its family's."""
+    if cfg.domain:
+        return cfg.domain
+    prefix = str(cfg.id).partition(":")[0]
+    return _FAMILIES[prefix][1] if prefix in _FAMILIES else BUILTIN.get(prefix, ("", "unknown"))[1]
 
 
 def make_env_from(cfg) -> TextEnv:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from agentworld.worldmodel.prompt import THINK_CLOSE, THINK_OPEN, build_messages, render_state, window, wm_system_prompt
+from typing import Callable
 
-THINK_EMPTY = f"{THINK_OPEN}\n{THINK_CLOSE}\n"
+from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
+from agentworld.worldmodel.think import think_block
 
 
 @dataclass
@@ -53,13 +54,15 @@ def split_by_env(episodes: list[list[dict]], heldout_fraction: float, seed: int 
     return train, held
 
 
-def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, think: bool = False,
+def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1,
+                think: Callable[[dict], str | None] | None = None,
                 budget_tokens: int = 0, count_tokens=None, control_fraction: float = 0.0,
                 rng: random.Random | None = None, notes: dict | None = None) -> list[Example]:
     """One example per transition; `render(messages)` is the tokenizer's chat template. With a token
     budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays).
     A `control_fraction` share of examples carries a hindsight control: a label of its own real transition
-    (agentworld/controls.py), so the model learns to obey outcome controls."""
+    (agentworld/controls.py), so the model learns to obey outcome controls. With `think(row)`, each target starts
+    with a think block holding the row's rationale (empty when it gives none: agentworld/worldmodel/think.py)."""
     from agentworld.controls import hindsight_control
 
     rng = rng or random.Random(0)
@@ -69,18 +72,19 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1, thin
         actions = [r["action"] for r in rows]
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
         plain = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"], notes=notes)
+        keep_task = rows[0]["domain"] in STATEFUL
         for t, r in enumerate(rows):
             system = plain
             if control_fraction > 0 and rng.random() < control_fraction:
                 system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng), notes)
             k = history_turns
             while True:
-                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k)
+                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k, keep_task)
                 prompt = render(build_messages(system, state, turns))
                 if k <= 1 or budget_tokens <= 0 or count_tokens(prompt) <= budget_tokens:
                     break
                 k = min(k, len(turns)) - 1
-            target = (THINK_EMPTY if think else "") + replies[t]
+            target = (think_block(think(r)) if think else "") + replies[t]
             out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"], r["domain"]))
     return out
 

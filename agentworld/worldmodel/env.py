@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from agentworld.worldmodel.prompt import build_messages, parse_prediction, render_state, window, wm_system_prompt
+from agentworld.worldmodel.prompt import STATEFUL, build_messages, parse_prediction, render_state, window, wm_system_prompt
 
 
 class WorldModelEnv:
@@ -54,7 +54,8 @@ class WorldModelEnv:
             self.step_control = self.sampler() if self.sampler is not None else None
         text = getattr(self.step_control, "text", self.step_control)
         system = wm_system_prompt(self.env_id, self.domain, text, self.notes) if text else self.system
-        state, turns = window(self.observations, self.actions + [action], self.replies, self.history_turns)
+        state, turns = window(self.observations, self.actions + [action], self.replies, self.history_turns,
+                              self.domain in STATEFUL)
         return self.engine.render(build_messages(system, state, turns))
 
     def observe(self, action: str, text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agentworld.envs import STATEFUL  # noqa: F401  (domains whose prompts keep the task: data.py, env.py, controls.py)
+
 OBS_OPEN, OBS_CLOSE = "<predicted_observation>", "</predicted_observation>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -47,6 +49,15 @@ DOMAIN_NOTES = {
 }
 
 
+TASK_CHARS = 600  # the kept task: the first observation's first paragraph, at most this long
+
+
+def task_text(first_obs: str) -> str:
+    """An episode's task: its first observation's first paragraph (MCP's `Task:`, search's `Question:`, the
+    terminal's goal, a text game's objective), cut to TASK_CHARS."""
+    return first_obs.strip().split("\n\n", 1)[0][:TASK_CHARS]
+
+
 def wm_system_prompt(env_id: str, domain: str, control: str | None = None, notes: dict | None = None) -> str:
     """The domain's instruction (with `notes[domain]`, else DOMAIN_NOTES', after it); an optional `control` (free
     text that steers the simulation) follows."""
@@ -73,13 +84,18 @@ def build_messages(system: str, state: str, turns: list[tuple[str, str | None]])
     return messages
 
 
-def window(observations: list[str], actions: list[str], replies: list[str], history_turns: int):
+def window(observations: list[str], actions: list[str], replies: list[str], history_turns: int,
+           keep_task: bool = False):
     """Keep the last `history_turns` turns of an episode for predicting the next state.
     observations[i] is the state before actions[i]; replies[i] the assistant content after actions[i]
-    (len(replies) == len(actions) - 1). Returns (state, turns) for build_messages."""
+    (len(replies) == len(actions) - 1). Returns (state, turns) for build_messages. With `keep_task`, a state after
+    dropped turns starts with the episode's task (`task_text` of the first observation)."""
     start = max(0, len(actions) - max(1, history_turns))
     turns = [(actions[i], replies[i] if i < len(replies) else None) for i in range(start, len(actions))]
-    return observations[start], turns
+    state = observations[start]
+    if keep_task and start > 0:
+        state = f"{task_text(observations[0])}\n[{start} earlier step(s) not shown]\n{state}"
+    return state, turns
 
 
 def strip_think(text: str) -> str:
