@@ -58,6 +58,8 @@ def _add_wm(sub) -> None:
     ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
     ev.add_argument("--history-turns", type=int, help="keep only the last N turns of each context (as the "
                     "LWM was trained with world_model.history_turns); default: the whole context")
+    ev.add_argument("--train", help="training rows (JSONL or replay dir, as --data) for the retrieve baseline: the "
+                    "next state of the most similar training prompt; without it only copy is compared")
     ev.add_argument("--out", default="wm_eval", help="output dir: predictions.jsonl, judged.jsonl, scores.json")
     im = wm.add_parser("import", help="AgentWorldBench-style JSONL -> replay Arrow (for training)")
     im.add_argument("--data", required=True, help="JSONL file")
@@ -192,7 +194,7 @@ def _wm(args) -> int:
         run_eval(args.data, args.out, model=args.model, endpoint=args.endpoint, endpoint_model=args.endpoint_model,
                  judge_endpoint=args.judge_endpoint, judge_model=args.judge_model, judge_retries=args.judge_retries,
                  max_new_tokens=args.max_new_tokens, limit=args.limit,
-                 history_turns=args.history_turns)
+                 history_turns=args.history_turns, train=args.train)
         print(f"wrote {args.out}/scores.json")
         return 0
     from agentworld.replay import ReplayStore
