@@ -7,7 +7,7 @@ pytest.importorskip("alfworld")
 pytest.importorskip("fast_downward")
 
 from agentworld.envs import make_env, resolve_env_id
-from agentworld.envs.alfworld_pddl import problems
+from agentworld.envs.alfworld_pddl import DATA, problems
 
 
 def _children() -> set[str]:
@@ -100,3 +100,28 @@ def test_close_runs_in_process_and_is_idempotent():
     env.close()
     env.close()
     assert env.env.env is None
+
+
+def test_splits_hold_disjoint_problems():
+    from agentworld.envs.base import split_of
+
+    played = {}
+    for split in ("train", "heldout"):
+        env = make_env("alfworld:all", split=split)
+        seen = []
+        for seed in range(4):
+            obs, _ = env.reset(seed=seed)
+            task = (DATA / f"{env.problem}.pddl").read_text().split(";; task: ", 1)[1].split("\n")[0]
+            assert f"Your task is to: {task}" in obs  # the problem is the one played
+            seen.append(env.problem)
+        env.close()
+        assert seen == [env.problems[s % len(env.problems)] for s in range(4)]  # the seed cycles through them
+        assert set(seen) == set(env.problems[:4]) and all(split_of(p) == split for p in env.problems)
+        played[split] = set(env.problems)
+    assert played["train"] and played["heldout"] and not played["train"] & played["heldout"]
+    assert played["train"] | played["heldout"] == set(problems())
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("alfworld:all", split="x")
+    one = sorted(played["heldout"])[0]
+    with pytest.raises(ValueError, match=f"{one} is in the heldout split"):
+        make_env(f"alfworld:{one}", split="train")

@@ -118,3 +118,28 @@ def test_max_steps_truncates_and_close_is_idempotent():
     env.close()
     env.close()
     assert env.env.bot is None
+
+
+def test_splits_play_disjoint_seeds():
+    from agentworld.envs.babyai import SPLIT_SEEDS
+    from agentworld.envs.base import split_of
+
+    played = {}
+    for split in ("train", "heldout"):
+        env = make_env("babyai:GoToLocal", split=split)
+        views, seeds = [], []
+        for seed in (0, 1, 0, SPLIT_SEEDS):  # SPLIT_SEEDS wraps to 0
+            obs, _ = env.reset(seed=seed)
+            views.append(obs)
+            seeds.append(env.seed)
+        env.close()
+        assert seeds[0] == seeds[2] == seeds[3] != seeds[1] and views[0] == views[2] == views[3]
+        assert all(split_of(f"BabyAI-GoToLocal-v0:{s}") == split for s in seeds)
+        alias = make_env("babyai:GoToLocal-v0", split=split)
+        alias.reset(seed=1)
+        assert alias.seed == seeds[1]  # the level's gym id is the key, however it is named
+        alias.close()
+        played[split] = set(seeds)
+    assert not played["train"] & played["heldout"]
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("babyai:GoToLocal", split="x")

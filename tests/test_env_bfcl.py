@@ -129,3 +129,27 @@ def test_unknown_names_raise_clear_errors():
     resolve_env_id("bfcl:multi_turn_base_199")
     with pytest.raises(ValueError, match="multi_turn_base_0 .. multi_turn_base_199"):
         resolve_env_id("bfcl:multi_turn_base_200")
+
+
+def test_splits_hold_disjoint_tasks():
+    from agentworld.envs.base import split_of
+    from agentworld.envs.bfcl import split_ids
+
+    train, heldout = split_ids("train"), split_ids("heldout")
+    assert len(train) == 160 and len(heldout) == 40 and sorted(train + heldout) == sorted(tasks())
+    played = {}
+    for split in ("train", "heldout"):
+        env = make_env("bfcl:multi_turn_base", split=split)
+        ids = []
+        for seed in (0, 1, 2, 0):
+            obs, _ = env.reset(seed=seed)
+            assert obs.startswith(f"Task {env.test_id}.")
+            ids.append(env.test_id)
+        env.close()
+        assert ids[0] == ids[3] and len(set(ids)) == 3 and all(split_of(i) == split for i in ids)
+        played[split] = set(ids)
+    assert not played["train"] & played["heldout"]
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("bfcl:multi_turn_base", split="x")
+    with pytest.raises(ValueError, match="of the heldout split, not of train"):
+        make_env(f"bfcl:{heldout[0]}", split="train")

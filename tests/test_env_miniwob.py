@@ -203,3 +203,27 @@ def test_a_killed_browser_truncates_the_episode_and_comes_back():
         run_oracle(env, 0)
     finally:
         env.close()
+
+
+def test_splits_play_disjoint_seeds(click_button):
+    from agentworld.envs.base import split_of
+
+    click_button.reset(seed=5)
+    assert click_button.seed == 5  # no split: the seed itself, as before
+    played = {}
+    for split in ("train", "heldout"):
+        env = make_env("miniwob:click-button", max_steps=3, split=split)
+        try:
+            pages, seeds = [], []
+            for seed in (0, 1, 0):
+                obs, _ = env.reset(seed=seed)
+                pages.append(obs)
+                seeds.append(env.seed)
+        finally:
+            env.close()
+        assert seeds[0] == seeds[2] != seeds[1] and pages[0] == pages[2]
+        assert all(split_of(f"click-button:{s}") == split for s in seeds)
+        played[split] = set(seeds)
+    assert not played["train"] & played["heldout"]
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("miniwob:click-button", split="x")

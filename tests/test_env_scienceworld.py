@@ -109,3 +109,24 @@ def test_close_leaves_no_jvm_of_ours():
     with pytest.raises(ValueError, match="simplification"):
         make_env(TASK, simplifications="no-gravity")  # a failed build stops its JVM too
     assert set(our_jvms()) <= before
+
+
+def test_splits_are_scienceworlds_train_and_test_variations(env):
+    heldout = make_env(TASK, max_steps=50, split="heldout")
+    try:
+        assert heldout.variations == heldout.env._env.get_variations_test()
+        assert env.variations == env.env._env.get_variations_train()  # no split: train, as before
+        played = {}
+        for e, split in ((env, "train"), (heldout, "heldout")):
+            seen = []
+            for seed in (0, 1, 0):
+                e.reset(seed=seed)
+                seen.append(e.variation)
+            assert seen[0] == seen[2] != seen[1]
+            played[split] = set(seen)
+        assert played["train"] and played["heldout"] and not played["train"] & played["heldout"]
+        assert not set(env.variations) & set(heldout.variations)
+    finally:
+        heldout.close()
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env(TASK, split="x")

@@ -153,3 +153,21 @@ def test_close_removes_scratch_and_processes(make):
 def test_unknown_name_lists_the_envs():
     with pytest.raises(ValueError, match="swe:textwrap"):
         resolve_env_id("swe:nope")
+
+
+def test_splits_plant_disjoint_mutations(make):
+    from agentworld.envs.base import split_of
+
+    played, pools = {}, {}
+    for split in ("train", "heldout"):
+        env = make("swe:colorsys", split=split)
+        keys = []
+        for seed in (0, 1, 0):
+            env.reset(seed=seed)
+            keys.append(env.mutation.key("colorsys"))
+        assert keys[0] == keys[2] and all(split_of(k) == split for k in keys)
+        played[split], pools[split] = set(keys), set(env.pool)
+    assert played["train"] and played["heldout"] and not played["train"] & played["heldout"]
+    assert not pools["train"] & pools["heldout"]
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make("swe:colorsys", split="x")

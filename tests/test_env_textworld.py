@@ -106,3 +106,33 @@ def test_every_challenge_preset_is_won_by_its_oracle(name):
     rewards, _, info = follow_oracle(env)
     assert info["won"] and sum(rewards) == info["max_score"]
     env.close()
+
+
+def test_splits_play_disjoint_games():
+    from agentworld.envs.base import split_of
+
+    played = {}
+    for split in ("train", "heldout"):
+        env = make_env("textworld:custom", split=split, n_games=10)
+        seeds = []
+        for seed in (1, 2, 11):  # 11 wraps to 1
+            env.reset(seed=seed)
+            seeds.append(env.game_seed)
+        env.close()
+        assert seeds[0] == seeds[2] != seeds[1]
+        assert all(split_of(f"custom:{g}") == split for g in seeds)
+        played[split] = set(seeds)
+    assert played["train"] and played["heldout"] and not played["train"] & played["heldout"]
+    env = make_env("textworld:custom")
+    env.reset(seed=18)
+    assert env.game_seed == 18  # no split: the seed itself, as before
+    env.close()
+
+
+def test_split_errors_and_the_cooking_games_own_split():
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("textworld:custom", split="x")
+    with pytest.raises(ValueError, match="needs n_games"):
+        make_env("textworld:custom", split="train", n_games=None)
+    assert make_env("textworld:cooking").settings["split"] == "train"
+    assert make_env("textworld:cooking", split="heldout").settings["split"] == "test"

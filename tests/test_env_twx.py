@@ -99,3 +99,25 @@ def test_close_stops_the_jvm():
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
     env.close()  # idempotent
+
+
+def test_splits_are_twxs_train_and_test_folds(coin):
+    heldout = make_env("twx:coin", max_steps=100, split="heldout")
+    try:
+        assert coin.fold == "train" and heldout.fold == "test"  # no split: train, as before
+        played = {}
+        for env in (coin, heldout):
+            seeds = []
+            for seed in (0, 1, 0):
+                env.reset(seed=seed)
+                seeds.append(env.seed)
+            assert seeds[0] == seeds[2] != seeds[1]  # deterministic, and seeds pick different worlds
+            played[env.fold] = set(seeds)
+        assert played["train"] and played["test"] and not played["train"] & played["test"]
+        assert not set(coin.seeds) & set(heldout.seeds)
+    finally:
+        heldout.close()
+    with pytest.raises(ValueError, match="split='heldout' is fold 'test', but fold='train'"):
+        make_env("twx:coin", split="heldout", fold="train")
+    with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):
+        make_env("twx:coin", split="x")

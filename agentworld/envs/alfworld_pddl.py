@@ -1,7 +1,11 @@
 """ALFWorld's text engine on hand-written PDDL problems. ALFWorld's 3,553 games are a download, so
 alfworld_data/ holds a few problems in their style; each runs on the ALFRED domain and grammar shipped in
 the alfworld package, through TextWorld's PddlEnv with ALFWorld's AlfredDemangler ("mug 1", "cabinet 2").
-The oracle is the Fast Downward planner, replanned in the current state after every step."""
+The oracle is the Fast Downward planner, replanned in the current state after every step.
+
+`alfworld:<problem>` plays one problem; `alfworld:all` plays every problem, the seed picking one (seed mod their
+number). With `split` (`train` or `heldout`) a problem is in the split `split_of(problem)`, and only the split's
+problems are played (2 of the 5 problems here are held out)."""
 
 from __future__ import annotations
 
@@ -16,11 +20,28 @@ from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
 from textworld.envs import PddlEnv
 
+from agentworld.envs.base import split_of
+
 DATA = Path(__file__).with_name("alfworld_data")
+ALL = "all"  # every problem, one picked by the seed
+SPLITS = ("train", "heldout")
 
 
 def problems() -> list[str]:
     return sorted(p.stem for p in DATA.glob("*.pddl"))
+
+
+def played(name: str, split: str | None = None) -> list[str]:
+    """The problems `alfworld:<name>` plays: itself, or every problem for `all`; with a split, those in it."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"alfworld:{name}: split must be train or heldout, not {split!r}")
+    names = problems() if name == ALL else [name]
+    kept = [p for p in names if split is None or split_of(p) == split]
+    if not kept:
+        why = (f"too few problems ({len(names)}) for a non-empty {split} split" if name == ALL
+               else f"{name} is in the {split_of(name)} split")
+        raise ValueError(f"alfworld:{name}: split={split!r} is empty: {why}")
+    return kept
 
 
 def game_data(name: str) -> dict[str, str]:
@@ -47,23 +68,33 @@ def _normalize(command: str) -> str:
 
 
 class AlfworldEnv:
-    def __init__(self, name: str, max_steps: int | None = None, domain: str = "embodied", **kwargs: Any):
+    def __init__(self, name: str, max_steps: int | None = None, domain: str = "embodied", split: str | None = None,
+                 **kwargs: Any):
         if kwargs:
             raise ValueError(f"alfworld:{name}: unexpected kwargs {sorted(kwargs)}")
+        self.problems, self.split = played(name, split), split
         self.env_id, self.domain, self.max_steps = f"alfworld:{name}", domain, max_steps
         infos = textworld.EnvInfos(won=True, admissible_commands=True, policy_commands=True)
         self._pddl = PddlEnv(infos)  # in-process: loads its own copy of Fast Downward's shared library
         self.env = AlfredDemangler(self._pddl, shuffle=False)
-        with _KeepArgv():
-            self.env.load(game_data(name))
+        self.problem: str | None = None
+        self._load(self.problems[0])
         self.state, self.t, self.score = None, 0, 0.0
+
+    def _load(self, problem: str) -> None:
+        with _KeepArgv():
+            self.env.load(game_data(problem))
+        self.problem = problem
 
     def _info(self, **extra) -> dict[str, Any]:
         return {"admissible_actions": list(self.state["admissible_commands"]), "score": self.score,
                 "won": bool(self.state["won"]), **extra}
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        # The game is a fixed PDDL problem: `seed` changes nothing, and every reset is the same.
+        # Each problem is a fixed PDDL game: `seed` only picks the problem (seed mod their number; None keeps
+        # the current one), so a one-problem env resets the same every time.
+        if seed is not None and self.problems[seed % len(self.problems)] != self.problem:
+            self._load(self.problems[seed % len(self.problems)])
         with _KeepArgv():
             self.state = self.env.reset()
         self.t, self.score = 0, 0.0
@@ -97,8 +128,9 @@ class AlfworldEnv:
 
 
 def check(name: str) -> None:
-    if name not in problems():
-        raise ValueError(f"unknown env id 'alfworld:{name}': ALFWorld problems are {', '.join(problems())}")
+    if name != ALL and name not in problems():
+        raise ValueError(f"unknown env id 'alfworld:{name}': ALFWorld problems are {', '.join(problems())}, "
+                         f"or {ALL} (one picked by the seed)")
 
 
 def make(name: str, **kwargs: Any) -> AlfworldEnv:

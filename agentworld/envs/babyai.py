@@ -1,9 +1,15 @@
 """BabyAI levels (MiniGrid) as text envs. MiniGrid has no text form, so `describe` verbalizes the agent's
 7x7 egocentric view: the mission, the way it faces, each visible object relative to it, the nearest walls,
-and what it carries. The oracle is MiniGrid's BabyAIBot, replanned in the current state after every step."""
+and what it carries. The oracle is MiniGrid's BabyAIBot, replanned in the current state after every step.
+
+A seed generates the level's instance. With `split` (`train` or `heldout`) a seed s is in the split
+`split_of(f"{gym_id(name)}:{s}")`, and reset(seed) plays the split's (seed mod SPLIT_SEEDS)-th seed."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+import random
 import re
 import string
 from typing import Any
@@ -12,13 +18,24 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI-* ids)
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
+from agentworld.envs.base import split_of
+
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]  # MiniGrid's Actions order
 FACING = ["east", "south", "west", "north"]  # MiniGrid's agent_dir order
+SPLITS = ("train", "heldout")
+SPLIT_SEEDS = 10_000  # a split's instances: its first 10,000 seeds
 
 
 def gym_id(name: str) -> str:
     """`GoToLocal` -> `BabyAI-GoToLocal-v0`; a name with its own version (`GoToObjS6-v1`) keeps it."""
     return f"BabyAI-{name}" if re.search(r"-v\d+$", name) else f"BabyAI-{name}-v0"
+
+
+@functools.cache
+def split_seeds(level: str, split: str) -> tuple[int, ...]:
+    """The split's seeds of a level (its gym id): the first SPLIT_SEEDS integers s >= 0 with
+    `split_of(f"{level}:{s}") == split`."""
+    return tuple(itertools.islice((s for s in itertools.count() if split_of(f"{level}:{s}") == split), SPLIT_SEEDS))
 
 
 def _where(ahead: int, side: int) -> str:
@@ -69,8 +86,12 @@ def describe(env) -> str:
 
 
 class BabyAIEnv:
-    def __init__(self, name: str, max_steps: int | None = None, domain: str = "embodied", **kwargs: Any):
-        self.env_id, self.domain = f"babyai:{name}", domain
+    def __init__(self, name: str, max_steps: int | None = None, domain: str = "embodied", split: str | None = None,
+                 **kwargs: Any):
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"babyai:{name}: split must be train or heldout, not {split!r}")
+        self.seeds = split_seeds(gym_id(name), split) if split is not None else None
+        self.env_id, self.domain, self.split, self.seed = f"babyai:{name}", domain, split, None
         self.env = gym.make(gym_id(name), **kwargs)
         self.max_steps = max_steps
         self.t, self.score, self.bot, self._advice = 0, 0.0, None, None
@@ -89,6 +110,9 @@ class BabyAIEnv:
             self.bot, self._advice = None, None
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        if self.seeds is not None:  # seed None: a random seed of the split
+            seed = self.seeds[random.randrange(len(self.seeds)) if seed is None else seed % len(self.seeds)]
+        self.seed = seed
         self.env.reset(seed=seed)
         self.t, self.score = 0, 0.0
         self.bot = BabyAIBot(self.env)

@@ -1,6 +1,9 @@
 """BFCL multi-turn tasks: the 200 `multi_turn_base` tasks of `bfcl-eval`, played one call at a time against its
 stateful Python backends (file system, trading bot, travel, vehicle, ...) and scored by its own checker: the
-backends' final state and the calls' results against those of the ground truth, turn by turn."""
+backends' final state and the calls' results against those of the ground truth, turn by turn.
+
+With `split` (`train` or `heldout`) a task is in the split `split_of(test_id)` (160 / 40 of the 200), and
+`bfcl:multi_turn_base` plays the split's (seed mod its size)-th task."""
 
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 from bfcl_eval.utils import load_dataset_entry, load_file, load_ground_truth_entry
 
+from agentworld.envs.base import split_of
+
 CATEGORY = "multi_turn_base"
+SPLITS = ("train", "heldout")
 MAX_OBS_CHARS = 4000
 END_TURN = {"end_turn": True}
 INSTRUCTIONS = ('Act with one function call per step, as JSON {"tool": NAME, "arguments": {...}} or as Python '
@@ -34,6 +40,11 @@ def tasks() -> dict[str, tuple[dict, list[list[str]]]]:
     entries = load_dataset_entry(CATEGORY, include_language_specific_hint=False)
     truth = {g["id"]: g["ground_truth"] for g in load_ground_truth_entry(CATEGORY)}
     return {e["id"]: (e, truth[e["id"]]) for e in entries}
+
+
+def split_ids(split: str | None = None) -> list[str]:
+    """The test ids, in bfcl's order: all of them, or those of the split `train` or `heldout`."""
+    return [test_id for test_id in tasks() if split is None or split_of(test_id) == split]
 
 
 @functools.cache
@@ -136,17 +147,21 @@ def call_string(name: str, args: dict) -> str:
 
 
 class BFCLEnv:
-    def __init__(self, name: str, max_steps: int | None = None, domain: str = "mcp"):
+    def __init__(self, name: str, max_steps: int | None = None, domain: str = "mcp", split: str | None = None):
         check(name)
-        self.env_id, self.domain, self.name = f"bfcl:{name}", domain, name
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"bfcl:{name}: split must be train or heldout, not {split!r}")
+        if split is not None and name != CATEGORY and split_of(name) != split:
+            raise ValueError(f"bfcl:{name} is a task of the {split_of(name)} split, not of {split}")
+        self.env_id, self.domain, self.name, self.split = f"bfcl:{name}", domain, name, split
+        self.test_id: str | None = None
         self.max_steps = max_steps
         self.entry: dict | None = None
         self.model = ""
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self._forget()
-        ids = list(tasks())
-        test_id = self.name if self.name != CATEGORY else ids[random.Random(seed).randrange(len(ids))]
+        self.test_id = test_id = self._pick(seed)
         self.entry, self.truth = tasks()[test_id]
         self.params = signature(self.entry["involved_classes"])
         # bfcl keeps backend instances in module globals keyed by model name and test id: a name per episode
@@ -156,6 +171,15 @@ class BFCLEnv:
         obs = (f"Task {test_id}. {INSTRUCTIONS}\n\nFunctions:\n{function_docs(self.entry['involved_classes'])}"
                f"\n\n{self._user_turn()}")
         return obs, self._info()
+
+    def _pick(self, seed: int | None) -> str:
+        """The task's id: the env's own, else one drawn by the seed (with a split: the seed-th of the split's)."""
+        if self.name != CATEGORY:
+            return self.name
+        ids = split_ids(self.split)
+        if self.split is None or seed is None:
+            return ids[random.Random(seed).randrange(len(ids))]
+        return ids[seed % len(ids)]
 
     def _user_turn(self) -> str:
         return "\n".join(f"User: {m['content']}" for m in self.entry["question"][self.turn])
@@ -238,7 +262,8 @@ def check(name: str) -> None:
                          f"or one of its test ids {CATEGORY}_0 .. {CATEGORY}_{len(tasks()) - 1}")
 
 
-def make(name: str, max_steps: int | None = None, domain: str = "mcp", **kwargs: Any) -> BFCLEnv:
+def make(name: str, max_steps: int | None = None, domain: str = "mcp", split: str | None = None,
+         **kwargs: Any) -> BFCLEnv:
     if kwargs:
         raise ValueError(f"bfcl:{name}: unexpected kwargs {sorted(kwargs)}")
-    return BFCLEnv(name, max_steps=max_steps, domain=domain)
+    return BFCLEnv(name, max_steps=max_steps, domain=domain, split=split)

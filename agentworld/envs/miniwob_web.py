@@ -8,11 +8,18 @@ Actions (one per step):
 
 Reward is miniwob's raw task reward (-1..1, no wall-clock discount): won when it is > 0. When the task's own
 timer (10 s for most tasks; `time_limit` seconds if given) runs out, the episode is truncated with reward 0.
+
+A seed draws the task's instance (words, targets, layout). With `split` (`train` or `heldout`) a seed s is in the
+split `split_of(f"{task}:{s}")`, and reset(seed) plays the split's (seed mod SPLIT_SEEDS)-th seed. The splits share
+no seed; a task with few distinct instances may still show the same page in both.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
+import random
 import re
 import signal
 import time
@@ -30,6 +37,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
+
+from agentworld.envs.base import split_of
 
 # Debian's /usr/bin/chromium is a shell wrapper; chromedriver needs the real binary. Naming both paths keeps
 # Selenium Manager (which downloads browsers and drivers) from ever running.
@@ -51,6 +60,8 @@ INTERACTIVE = TEXT_INPUTS | {"button", "a", "select", "option", "input_checkbox"
                              "input_submit", "input_button", "input_date", "input_time", "input_range"}
 ACTION_TYPES = [ActionTypes.CLICK_ELEMENT, ActionTypes.FOCUS_ELEMENT_AND_TYPE_TEXT, ActionTypes.PRESS_KEY]
 HELP = 'Actions: click [ref], type [ref] "text", press KEY (Enter, Tab, Backspace, ...).'
+SPLITS = ("train", "heldout")
+SPLIT_SEEDS = 10_000  # a split's instances: its first 10,000 seeds
 _ACTION = re.compile(r"""^\s*(click|type|press)\b\s*(?:\[?\s*(-?\d+)\s*\]?)?\s*(.*?)\s*$""", re.I | re.S)
 
 
@@ -58,6 +69,12 @@ def task_names() -> list[str]:
     """The MiniWoB++ tasks. FlightWoB (`flight.*`) is left out: its pages link to live airline sites."""
     ids = (k for k in gym.envs.registry if k.startswith("miniwob/") and not k.startswith("miniwob/flight."))
     return sorted(k[len("miniwob/"):-len("-v1")] for k in ids)
+
+
+@functools.cache
+def split_seeds(task: str, split: str) -> tuple[int, ...]:
+    """The split's seeds: the first SPLIT_SEEDS nonnegative integers s with `split_of(f"{task}:{s}") == split`."""
+    return tuple(itertools.islice((s for s in itertools.count() if split_of(f"{task}:{s}") == split), SPLIT_SEEDS))
 
 
 class _Instance(SeleniumInstance):
@@ -158,10 +175,13 @@ def quoted(utterance: str) -> list[str]:
 
 class MiniWoBWebEnv:
     def __init__(self, task: str, max_steps: int | None = None, domain: str = "web",
-                 time_limit: float | None = None):
+                 time_limit: float | None = None, split: str | None = None):
         check(task)
-        self.task, self.env_id, self.domain = task, f"miniwob:{task}", domain
-        self.max_steps, self.time_limit = max_steps, time_limit
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"miniwob:{task}: split must be train or heldout, not {split!r}")
+        self.seeds = split_seeds(task, split) if split is not None else None
+        self.task, self.env_id, self.domain, self.split = task, f"miniwob:{task}", domain, split
+        self.max_steps, self.time_limit, self.seed = max_steps, time_limit, None
         self.browser = _Browser(subdomain=task, action_space_config=ActionSpaceConfig(action_types=ACTION_TYPES))
         self.t, self.score, self.done = 0, 0.0, False
         self.utterance, self.fields, self.els = "", {}, {}
@@ -229,6 +249,9 @@ class MiniWoBWebEnv:
         driver.execute_script("if (document.activeElement) document.activeElement.blur();")
         if self.time_limit is not None:  # read by the page when the next episode starts
             driver.execute_script(f"core.EPISODE_MAX_TIME = {int(self.time_limit * 1000)};")
+        if self.seeds is not None:  # seed None: a random seed of the split
+            seed = self.seeds[random.randrange(len(self.seeds)) if seed is None else seed % len(self.seeds)]
+        self.seed = seed
         obs, _ = self.browser.reset(seed=seed, options={"record_screenshots": False})
         self._see(obs)
         self.t, self.score, self.done = 0, 0.0, False

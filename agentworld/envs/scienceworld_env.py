@@ -1,6 +1,7 @@
 """ScienceWorld tasks as text envs: elementary-science tasks (boil water, find a living thing, test
-conductivity) in a simulated house, run by a JVM. A seed picks one of the task's train variations; the
-oracle is ScienceWorld's gold path, generated with each reset.
+conductivity) in a simulated house, run by a JVM. A seed picks one of the task's variations of the split (`train`,
+the default: ScienceWorld's train variations; `heldout`: its test variations); the oracle is ScienceWorld's gold
+path, generated with each reset.
 
 ScienceWorld's full valid-action list costs 10-100 ms a call (up to ~1,000 template x object combinations)
 against ~20 ms for a step, so the menu is a sample of it across verbs, recomputed only when the agent changes
@@ -44,15 +45,18 @@ def sample_menu(valid: list[dict[str, Any]], size: int, rng: random.Random) -> l
 
 class ScienceWorldEnv:
     def __init__(self, name: str, max_steps: int | None = None, domain: str = "science",
-                 simplifications: str = "easy", menu_size: int = 15, menu_every: int = 5):
+                 simplifications: str = "easy", menu_size: int = 15, menu_every: int = 5, split: str = "train"):
         check(name)
+        if split not in ("train", "heldout"):
+            raise ValueError(f"scienceworld:{name}: split must be train or heldout, not {split!r}")
         self.env_id, self.domain, self.name = f"scienceworld:{name}", domain, name
-        self.max_steps, self.simplifications = max_steps, simplifications
+        self.max_steps, self.simplifications, self.split = max_steps, simplifications, split
         self.menu_size, self.menu_every = menu_size, menu_every
         self._env = _ScienceWorld("", envStepLimit=2**31 - 1)  # max_steps truncates, not ScienceWorld
         try:
             self._env.load(name, 0, simplifications)  # ValueError for an unknown simplification
-            self.variations = self._env.get_variations_train()
+            variations = self._env.get_variations_train if split == "train" else self._env.get_variations_test
+            self.variations = variations()
         except Exception:
             self.close()
             raise
@@ -73,7 +77,7 @@ class ScienceWorldEnv:
             self._room, self._menu_t = room, self.t
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        """`seed` picks a train variation; None replays the current one (the first: seed 0). The task is
+        """`seed` picks a variation of the split; None replays the current one (the first: seed 0). The task is
         reloaded each time, which draws the world and its gold path together."""
         if seed is not None or self.variation is None:
             self.variation = self.variations[(seed or 0) % len(self.variations)]

@@ -14,6 +14,10 @@ Actions (one per step):
         >>>>>>> REPLACE
   - `submit`: restores the test files and runs the test suite. Reward 1 and won if every test passes; the
     episode ends either way.
+
+With `split` (`train` or `heldout`) a mutation is in the split `split_of(f"{module}:{start}:{end}:{new}")`, and
+reset(seed) tries the split's mutations (in a fixed shuffled order) from the (seed mod their number)-th on, cyclically,
+and plants the first that makes a test fail. Without a split, the seed shuffles all of them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agentworld.envs import sandbox
+from agentworld.envs.base import split_of
 from agentworld.envs.sandbox import Limits, Sandbox
 
 # Pure-Python stdlib modules whose CPython tests import nothing but the module and run in well under a second.
@@ -50,6 +55,7 @@ VALIDATE_S = 3.0  # a mutation whose tests take longer than this loops forever; 
 OBS_CHARS = 2000
 CACHE = Path(os.environ.get("AGENTWORLD_CACHE", Path.home() / ".cache" / "agentworld")) / "swe"
 SEP = "=" * 70  # unittest's separator between failure reports
+SPLITS = ("train", "heldout")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,20 @@ class Mutation:
 
     def apply(self, source: str) -> str:
         return source[:self.start] + self.new + source[self.end:]
+
+    def key(self, module: str) -> str:
+        """What its split is a hash of."""
+        return f"{module}:{self.start}:{self.end}:{self.new}"
+
+
+def split_pool(module: str, candidates: list[Mutation], split: str) -> list[int]:
+    """Indices of the split's mutations, in a fixed order shuffled by the module's name."""
+    pool = [i for i, m in enumerate(candidates) if split_of(m.key(module)) == split]
+    random.Random(module).shuffle(pool)
+    if not pool:
+        raise ValueError(f"swe:{module}: split={split!r} is empty: too few mutations ({len(candidates)}) "
+                         "for a non-empty split")
+    return pool
 
 
 @functools.cache
@@ -270,14 +290,18 @@ def failure_report(output: str, limit: int = 1400) -> str:
 # --- the env -----------------------------------------------------------------------------------------
 
 class SweEnv:
-    def __init__(self, module: str, max_steps: int | None = None, domain: str = "swe", limits: Limits | None = None):
+    def __init__(self, module: str, max_steps: int | None = None, domain: str = "swe", limits: Limits | None = None,
+                 split: str | None = None):
         check(module)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"swe:{module}: split must be train or heldout, not {split!r}")
         self.env_id, self.domain, self.module = f"swe:{module}", domain, module
         self.max_steps, self.limits = max_steps, limits or Limits()
         self.source, self.test_source = stdlib_files(module)
         self.files = project(module, self.source, self.test_source)
         self.path = f"pkg/{module}.py"
         self.candidates = mutations(self.source)
+        self.split, self.pool = split, split_pool(module, self.candidates, split) if split else None
         self.cache = _cache_file(module, self.source, self.test_source)
         lib = sandbox_python()[1]
         self.hide = [lib / f"{module}.py", *(lib / "__pycache__").glob(f"{module}.*.pyc")] if module in HIDDEN else []
@@ -307,10 +331,8 @@ class SweEnv:
         for rel, text in self.files.items():
             self._write(rel, text)
         self.sandbox = HidingSandbox(self.hide, scratch=self.scratch, limits=self.limits)  # chowns them to its uid
-        order = list(range(len(self.candidates)))
-        random.Random(seed).shuffle(order)
         verdicts = _load(self.cache)
-        for i in order:
+        for i in self._order(seed):
             m = self.candidates[i]
             key = f"{m.start}:{m.end}:{m.new}"
             if verdicts.get(key) is False:
@@ -329,6 +351,16 @@ class SweEnv:
             raise RuntimeError(f"{self.env_id}: no mutation of {self.path} makes a test fail")
         self.t, self.score, self.done = 0, 0.0, False
         return self._task(output), self._info(won=False)
+
+    def _order(self, seed: int | None) -> list[int]:
+        """The candidates reset tries, in turn: all, shuffled by the seed; with a split, the split's from the
+        seed-th on, cyclically (seed None: from a random one)."""
+        if self.pool is None:
+            order = list(range(len(self.candidates)))
+            random.Random(seed).shuffle(order)
+            return order
+        start = random.Random(seed).randrange(len(self.pool)) if seed is None else seed % len(self.pool)
+        return self.pool[start:] + self.pool[:start]
 
     def _task(self, output: str) -> str:
         layout = "\n".join(f"  {rel} ({text.count(chr(10))} lines)" for rel, text in self.files.items())

@@ -1,5 +1,6 @@
 """TextWorldExpress games as text envs: procedurally generated text games simulated in a JVM at about
-1 ms a step. A seed picks one of the fold's 1,000 worlds; the oracle is TWX's gold path for that world."""
+1 ms a step. A seed picks one of the fold's 1,000 worlds; the oracle is TWX's gold path for that world.
+`split` names the fold by its role: `train` is TWX's train fold, `heldout` its test fold (worlds TWX holds out)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,28 @@ from textworld_express.constants import GAME_NAMES
 from agentworld.envs.jvm import stop_gateway
 
 UNKNOWN = "Unknown action"  # how TWX answers anything outside its valid actions
+SPLIT_FOLDS = {"train": "train", "heldout": "test"}
+
+
+def fold_of(name: str, split: str | None, fold: str | None) -> str:
+    """The fold that `split` (train or heldout) and/or `fold` (train, dev or test) name; train by default."""
+    if split is None:
+        return fold or "train"
+    if split not in SPLIT_FOLDS:
+        raise ValueError(f"twx:{name}: split must be train or heldout, not {split!r}")
+    if fold is not None and fold != SPLIT_FOLDS[split]:
+        raise ValueError(f"twx:{name}: split={split!r} is fold {SPLIT_FOLDS[split]!r}, but fold={fold!r} was given")
+    return SPLIT_FOLDS[split]
 
 
 class TWXEnv:
     def __init__(self, name: str, max_steps: int | None = None, domain: str = "textgame",
-                 fold: str = "train", **params: Any):
+                 fold: str | None = None, split: str | None = None, **params: Any):
         check(name)
+        fold = fold_of(name, split, fold)
         if fold not in ("train", "dev", "test"):
             raise ValueError(f"twx:{name}: fold must be train, dev or test, not {fold!r}")
-        self.env_id, self.domain, self.name, self.fold = f"twx:{name}", domain, name, fold
+        self.env_id, self.domain, self.name, self.fold, self.split = f"twx:{name}", domain, name, fold, split
         # Game parameters, e.g. numLocations=3 for coin. TWX keeps them across resets, so every reset
         # passes them again (an empty string clears another game's).
         self.params = ",".join(f"{k}={v}" for k, v in sorted(params.items()))

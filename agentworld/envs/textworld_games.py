@@ -1,12 +1,18 @@
 """TextWorld games as text envs. Each seed picks a game that TextWorld generates and compiles with its
 bundled Inform7 (~3 s), cached on disk so a game is built once: `textworld:custom` is a small random quest,
 the other names are TextWorld's challenge generators. The oracle is TextWorld's walkthrough, which its
-state tracker re-plans from the current state after every step."""
+state tracker re-plans from the current state after every step.
+
+With `split` (`train` or `heldout`) a game seed g belongs to the split `split_of(f"{name}:{g}")`, and reset(seed)
+plays the split's (seed mod n_games)-th game seed: the two splits never share a game. For `cooking` the split also
+picks the cooking game's own food split (`train`; `test` for heldout), so held-out recipes use unseen ingredients."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -20,6 +26,8 @@ from jericho.jericho import UnsupportedGameWarning
 from textworld.challenges import CHALLENGES
 from textworld.generator import compile_game, make_game
 
+from agentworld.envs.base import split_of
+
 CACHE_DIR = Path(os.environ.get("AGENTWORLD_CACHE", Path.home() / ".cache" / "agentworld")) / "textworld"
 
 # name -> default generation settings; kwargs of `make` override them.
@@ -31,6 +39,9 @@ GAMES = {
     "cooking": {"recipe": 1, "take": 1, "go": 1, "open": True, "cook": False, "cut": False, "drop": False,
                 "recipe_seed": 0, "split": "train"},  # the First TextWorld Problems cooking game
 }
+
+SPLITS = ("train", "heldout")
+COOKING_SPLIT = {"train": "train", "heldout": "test"}  # TextWorld's cooking games split their food items
 
 INFOS = textworld.EnvInfos(admissible_commands=True, policy_commands=True, won=True, max_score=True)
 
@@ -83,6 +94,12 @@ def game_file(name: str, settings: dict[str, Any], seed: int) -> Path:
     return path
 
 
+@functools.cache
+def split_seeds(name: str, split: str, n: int) -> tuple[int, ...]:
+    """The split's first n game seeds: the nonnegative integers g with `split_of(f"{name}:{g}") == split`."""
+    return tuple(itertools.islice((g for g in itertools.count() if split_of(f"{name}:{g}") == split), n))
+
+
 def parse(action: Any) -> tuple[str, str | None]:
     """(command for the game, error or None). Newlines would queue a second command in the interpreter."""
     if not isinstance(action, str):
@@ -97,14 +114,20 @@ def parse(action: Any) -> tuple[str, str | None]:
 
 class TextWorldEnv:
     def __init__(self, name: str, max_steps: int | None = None, domain: str = "textgame",
-                 n_games: int | None = 100, **settings: Any):
+                 n_games: int | None = 100, split: str | None = None, **settings: Any):
         check(name)
         unknown = set(settings) - set(GAMES[name])
         if unknown:
             raise ValueError(f"textworld:{name}: unknown settings {sorted(unknown)}; known: {sorted(GAMES[name])}")
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"textworld:{name}: split must be train or heldout, not {split!r}")
+        if split is not None and not n_games:
+            raise ValueError(f"textworld:{name}: split={split!r} needs n_games (the split's first n_games games)")
         self.env_id, self.domain, self.name = f"textworld:{name}", domain, name
         self.settings = {**GAMES[name], **settings}
-        self.max_steps, self.n_games = max_steps, n_games
+        if split is not None and name == "cooking":
+            self.settings["split"] = COOKING_SPLIT[split]
+        self.max_steps, self.n_games, self.split = max_steps, n_games, split
         self.game_seed: int | None = None
         self._game = None  # the running textworld env
         self._state = None  # its last GameState
@@ -116,8 +139,14 @@ class TextWorldEnv:
                 "won": bool(s["won"]), "score": self.score, "max_score": float(s["max_score"]), **extra}
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
-        """`seed` picks the game (modulo `n_games` when set); None replays the current game (the first: 0)."""
-        game_seed = (self.game_seed or 0) if seed is None else seed % (self.n_games or 2**32)
+        """`seed` picks the game (modulo `n_games` when set; with a split, the split's game seed of that index);
+        None replays the current game (the first: seed 0)."""
+        if seed is None and self.game_seed is not None:
+            game_seed = self.game_seed
+        else:
+            game_seed = (seed or 0) % (self.n_games or 2**32)
+            if self.split is not None:
+                game_seed = split_seeds(self.name, self.split, self.n_games)[game_seed]
         if self._game is None or game_seed != self.game_seed:
             self.close()
             path = game_file(self.name, self.settings, game_seed)
