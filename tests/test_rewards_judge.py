@@ -46,3 +46,12 @@ def test_judge_parser_well_formed_and_malformed():
     assert parse_judgment('{"format": 5}') is None and parse_judgment("") is None
     two = good + '<scores>{"format": 1, "factuality": 1, "consistency": 1, "realism": 1, "quality": 2}</scores>'
     assert parse_judgment(two)["quality"] == 2  # the last block wins
+
+
+def test_field_f1_reads_python_literals_as_mcp_sqlite_prints_them():
+    ref = "[{'cid': 0, 'name': 'id', 'dflt_value': None}, {'cid': 1, 'name': 'city', 'dflt_value': None}]"
+    assert field_f1(ref, ref) == 1.0
+    assert 0 < field_f1("[{'cid': 0, 'name': 'id', 'dflt_value': None}]", ref) < 1
+    assert field_f1("Error: no such table", ref) == 0.0
+    assert field_f1(ref, "Error: no such table") is None
+    assert field_f1("[1, 2]", "(1, 2)") is None  # a tuple is not what a tool prints

@@ -6,6 +6,7 @@ discourages padding beyond the reference, a cheap way to hack similarity metrics
 
 from __future__ import annotations
 
+import ast
 import json
 
 from agentworld.config import RewardWeights  # noqa: F401  (the reward's weights are config)
@@ -44,15 +45,34 @@ def _flatten(obj, prefix="") -> dict[str, str]:
     return {prefix.rstrip("."): json.dumps(obj, sort_keys=True)}
 
 
-def field_f1(pred: str, ref: str) -> float | None:
-    """F1 over (path, value) leaves of JSON states; None when the reference is not JSON."""
+def structured(text: str):
+    """A state as data: JSON, or a Python literal of a list or dict (what MCP's sqlite server prints, e.g.
+    `[{'id': 1, 'name': None}]`); ValueError when it is neither."""
     try:
-        r = _flatten(json.loads(ref))
+        return json.loads(text)
     except (ValueError, TypeError):
+        pass
+    if not text.lstrip().startswith(("[", "{")):
+        raise ValueError("not structured")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("not structured") from None
+    if not isinstance(value, (list, dict)):
+        raise ValueError("not structured")
+    return value
+
+
+def field_f1(pred: str, ref: str) -> float | None:
+    """F1 over (path, value) leaves of structured states (JSON, or a Python list or dict literal); None when the
+    reference is neither."""
+    try:
+        r = _flatten(structured(ref))
+    except ValueError:
         return None
     try:
-        p = _flatten(json.loads(pred))
-    except (ValueError, TypeError):
+        p = _flatten(structured(pred))
+    except ValueError:
         return 0.0
     hits = sum(1 for k, v in p.items() if r.get(k) == v)
     if not p or not r or hits == 0:
