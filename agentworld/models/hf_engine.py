@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from agentworld.models.chat import render_chat, stop_token_ids
 from agentworld.models.engine import Generation, read_weights
 from agentworld.registry import INFERENCE_ENGINES
 
@@ -90,6 +91,7 @@ class HFEngine:
         self.model, self.tok = load_model_and_tokenizer(path)
         self.model.eval()
         self.version = 0
+        self.stop_ids = stop_token_ids(self.tok, getattr(self.model, "generation_config", None))
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -97,6 +99,7 @@ class HFEngine:
         """An engine over a model held elsewhere (a learner evaluates its own weights with it)."""
         engine = cls.__new__(cls)
         engine.path, engine.model, engine.tok, engine.version = None, model, tok, 0
+        engine.stop_ids = stop_token_ids(tok, getattr(model, "generation_config", None))
         engine.generator = torch.Generator().manual_seed(0)
         return engine
 
@@ -111,14 +114,14 @@ class HFEngine:
             raise KeyError(f"weights lack {untied[:3]}")
         self.version = version
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+        return render_chat(self.tok, messages, add_generation_prompt, enable_thinking)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int | None = None) -> list[Generation]:
-        """Sample (temperature > 0) or decode greedily, with a KV cache, until EOS, a stop string or the
-        token limit. Logprobs are under the distribution that was sampled from. A `seed` makes the call
+        """Sample (temperature > 0) or decode greedily, with a KV cache, until any of the stop ids (`stop_ids`), a
+        stop string or the token limit. Logprobs are under the distribution that was sampled from. A `seed` makes the call
         reproducible; without one the engine's own generator advances."""
         tok, model = self.tok, self.model
         generator = self.generator if seed is None else torch.Generator().manual_seed(seed)
@@ -132,7 +135,7 @@ class HFEngine:
         ids: list[list[int]] = [[] for _ in range(n)]
         lps: list[list[float]] = [[] for _ in range(n)]
         texts = [""] * n
-        eos = tok.eos_token_id
+        ended: list[int | None] = [None] * n  # the stop id that ended each reply
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             logp = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
@@ -145,9 +148,9 @@ class HFEngine:
                 if done[i]:
                     continue
                 t = int(nxt[i])
-                if t == eos:  # its logprob counts: ending the reply is part of the action
+                if t in self.stop_ids:  # its logprob counts: ending the reply is part of the action
                     lps[i].append(float(chosen[i]))
-                    done[i] = True
+                    done[i], ended[i] = True, t
                     continue
                 ids[i].append(t)
                 lps[i].append(float(chosen[i]))
@@ -167,7 +170,7 @@ class HFEngine:
             for s in stop:
                 if s in text:
                     text = text[: text.index(s) + len(s)]
-            gens.append(Generation(text, ids[i], lps[i]))
+            gens.append(Generation(text, ids[i], lps[i], ended[i]))
         return gens
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from transformers import AutoTokenizer
 
+from agentworld.models.chat import checkpoint_generation_config, render_chat, stop_token_ids
 from agentworld.models.engine import Generation
 from agentworld.registry import INFERENCE_ENGINES
 
@@ -40,6 +41,7 @@ class VLLMEngine:
         self.tok = AutoTokenizer.from_pretrained(path)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        self.stop_ids = stop_token_ids(self.tok, checkpoint_generation_config(path))  # as HFEngine's
         self.llm = LLM(model=path, seed=seed, dtype=c.dtype, max_model_len=c.max_model_len, enforce_eager=c.enforce_eager,
                        tensor_parallel_size=c.tensor_parallel_size, gpu_memory_utilization=c.gpu_memory_utilization,
                        kv_cache_memory_bytes=None if c.kv_cache_gb is None else int(c.kv_cache_gb * 2**30),
@@ -48,22 +50,23 @@ class VLLMEngine:
         self.rng = random.Random(seed)
         self.version = 0
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+        return render_chat(self.tok, messages, add_generation_prompt, enable_thinking)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  stop: Sequence[str] = (), seed: int | None = None) -> list[Generation]:
-        """Sample or decode greedily until EOS, a stop string (kept in the text) or the token limit; each
+        """Sample or decode greedily until any of the stop ids (`stop_ids`), a stop string (kept in the text) or the token limit; each
         request gets its own seed, drawn from `seed` or from the engine's generator."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         rng = self.rng if seed is None else random.Random(seed)
         params = [SamplingParams(temperature=temperature, max_tokens=max_new_tokens, stop=list(stop) or None,
-                                 include_stop_str_in_output=True, logprobs=0, seed=rng.randrange(2**31),
+                                 include_stop_str_in_output=True, stop_token_ids=list(self.stop_ids), logprobs=0,
+                                 seed=rng.randrange(2**31),
                                  skip_special_tokens=False) for _ in prompts]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=self._ids(p)) for p in prompts], params, use_tqdm=False)
         gens = []
@@ -71,13 +74,14 @@ class VLLMEngine:
             o = out.outputs[0]
             ids = list(o.token_ids)
             lps = [d[t].logprob for t, d in zip(ids, o.logprobs)]
-            if ids and ids[-1] == self.tok.eos_token_id:  # as in HFEngine: EOS is not in the ids, its logprob is
+            eos = ids[-1] if ids and ids[-1] in self.stop_ids else None
+            if eos is not None:  # as in HFEngine: the stop id is not in the ids, its logprob is
                 ids = ids[:-1]
             text = self.tok.decode(ids, skip_special_tokens=False)
             for s in stop:
                 if s in text:
                     text = text[: text.index(s) + len(s)]
-            gens.append(Generation(text, ids, lps))
+            gens.append(Generation(text, ids, lps, eos))
         return gens
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
