@@ -31,7 +31,9 @@ class EngineActor:
         from learners.weight_sync import make_weight_sync
 
         self.name = name
-        self.engine = make_engine(runtime.engine.inference, path, seed, version, runtime.engine.vllm)
+        # in model.dtype, on the GPU Ray gave this actor when engine.num_gpus > 0 (runtime.device)
+        self.engine = make_engine(runtime.engine.inference, path, seed, version, runtime.engine.vllm, runtime.dtype,
+                                  runtime.device)
         self.sync = make_weight_sync(runtime, registry)
         self.lock, self.pulling = threading.Lock(), threading.Lock()
         if self.sync.pushes:  # the learner sends each version here (receive_broadcast)

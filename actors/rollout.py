@@ -94,7 +94,8 @@ class RolloutActor:
             from actors.engine_actor import RemoteEngine
 
             return RemoteEngine(shared, path)
-        return make_engine(self.spec.runtime.engine.inference, path, seed, version, self.spec.runtime.engine.vllm)
+        rt = self.spec.runtime  # a rollout actor reserves no GPU: its own engine runs on cpu
+        return make_engine(rt.engine.inference, path, seed, version, rt.engine.vllm, rt.dtype)
 
     # -- what the arm kind builds its envs with (agentworld/arms/base.py: EnvFactory) ------------------
     def real(self):

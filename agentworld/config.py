@@ -47,10 +47,29 @@ class TinyModelConfig:
     max_positions: int = 1024  # the BPE tokenizer is trained on the LWM's collected data, as the models will see it
 
 
+MODEL_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters (peft) on the model the learners train: only the adapters' parameters train; what they publish
+    and save are the merged weights (base + adapter delta), so engines and `model.path` readers see a plain model."""
+    enabled: bool = False
+    r: int = 16  # rank of each adapter
+    alpha: int = 32  # the adapter's output is scaled by alpha / r
+    dropout: float = 0.05  # on the adapter's input, in training only
+    # modules to adapt, by name or name suffix (q_proj matches model.layers.0.self_attn.q_proj): linear or embedding layers
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
 @dataclass
 class ModelConfig:
     path: Optional[str] = None  # any HF causal-LM checkpoint dir; None builds the tiny default in the run dir
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # the dtype the learners train in and the HF and vLLM engines run in (engine.vllm.dtype may override vLLM's).
+    # bfloat16 full fine-tuning keeps AdamW's weights in bfloat16; with LoRA, peft keeps the adapters in float32
+    dtype: str = "float32"  # float32 | bfloat16
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -311,7 +330,8 @@ class ServeConfig:
 @dataclass
 class VLLMConfig:
     """The vLLM inference engine (engine.inference: vllm)."""
-    dtype: str = "float32"  # float32 gives the HF engine's tokens on CPU; bfloat16 on GPUs
+    # null: model.dtype. float32 gives the HF engine's tokens on CPU; bfloat16 on GPUs
+    dtype: Optional[str] = None
     max_model_len: int = 1024  # prompt + reply tokens
     kv_cache_gb: Optional[float] = 1.0  # KV cache per engine; null: gpu_memory_utilization decides (GPUs)
     gpu_memory_utilization: float = 0.1  # share of the GPU's memory (on CPU, of RAM) when kv_cache_gb is null
@@ -367,6 +387,15 @@ class Runtime:
     ray: RayConfig = field(default_factory=RayConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     weights_dir: Optional[str] = None  # engine.weights_dir, or <run dir>/weights
+    dtype: str = "float32"  # model.dtype: what learners train in and engines run in
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora: the learners' adapters
+
+    @property
+    def device(self) -> str:
+        """Where learners and shared engine actors put their model: cuda when engine.num_gpus > 0 (Ray then gives the
+        process its GPUs and sets CUDA_VISIBLE_DEVICES), else cpu. Rollout actors reserve no GPU: their engines stay
+        on cpu."""
+        return "cuda" if self.engine.num_gpus > 0 else "cpu"
 
 
 def section(cfg_node) -> Any:
@@ -378,7 +407,8 @@ def section(cfg_node) -> Any:
 
 def runtime(cfg, run_dir) -> Runtime:
     return Runtime(ray=section(cfg.ray), engine=section(cfg.engine),
-                   weights_dir=cfg.engine.weights_dir or str(Path(run_dir) / "weights"))
+                   weights_dir=cfg.engine.weights_dir or str(Path(run_dir) / "weights"), dtype=cfg.model.dtype,
+                   lora=section(cfg.model.lora))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,8 +421,11 @@ WM_STAGES = ("cpt", "sft", "rl")
 
 class ConfigError(Exception):
     def __init__(self, file: str, key: str | None, message: str):
-        self.file, self.key = file, key
+        self.file, self.key, self.message = file, key, message
         super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+    def __reduce__(self):  # whole across processes: a learner's ConfigError reaches the driver as itself
+        return type(self), (self.file, self.key, self.message)
 
 
 def _omegaconf_error(e, file: str) -> ConfigError:
@@ -474,6 +507,7 @@ def validate_config(cfg, file: str) -> None:
     _validate_envs(cfg, fail)
     _validate_arms(cfg, fail)
     validate_engine(cfg.engine, fail)
+    _validate_model(cfg, fail)
     _validate_agent(cfg, fail)
     _validate_world_model(cfg, fail)
     _validate_run(cfg, fail)
@@ -522,12 +556,40 @@ def _checkpoint(path: str) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+def _validate_model(cfg, fail) -> None:
+    m = cfg.model
+    if m.path is not None and not _checkpoint(m.path):
+        fail("model.path", f"no HF checkpoint (config.json) at {m.path!r}")
+    if m.tiny.hidden_size % m.tiny.num_heads:
+        fail("model.tiny.num_heads", f"must divide hidden_size {m.tiny.hidden_size}")
+    if m.dtype not in MODEL_DTYPES:
+        fail("model.dtype", f"must be one of {', '.join(MODEL_DTYPES)} (got {m.dtype!r})")
+    lora = m.lora
+    if lora.r < 1:
+        fail("model.lora.r", f"must be >= 1 (got {lora.r})")
+    if lora.alpha <= 0:
+        fail("model.lora.alpha", f"must be > 0 (got {lora.alpha})")
+    if not 0 <= lora.dropout < 1:
+        fail("model.lora.dropout", f"must be in [0, 1) (got {lora.dropout})")
+    if not lora.target_modules:
+        fail("model.lora.target_modules", "name at least one module to adapt (e.g. q_proj)")
+    if lora.enabled:
+        _validate_lora_targets(cfg, fail)
+
+
+def _validate_lora_targets(cfg, fail) -> None:
+    """Every target module exists in the models the learners train: model.path (or the tiny default, a Qwen2) and a
+    checkpoint agent.init names. Built on the meta device: no weights are read."""
+    from agentworld.models.lora import lora_targets_error, skeleton
+
+    paths = [cfg.model.path] + ([cfg.agent.init] if _checkpoint(cfg.agent.init) else [])
+    for path in dict.fromkeys(paths):
+        problem = lora_targets_error(skeleton(path, cfg.model.tiny), list(cfg.model.lora.target_modules))
+        if problem:
+            fail("model.lora.target_modules", f"{problem}, at {path or 'the tiny default model'}")
+
+
 def _validate_agent(cfg, fail) -> None:
-    if cfg.model.path is not None and not _checkpoint(cfg.model.path):
-        fail("model.path", f"no HF checkpoint (config.json) at {cfg.model.path!r}")
-    tiny = cfg.model.tiny
-    if tiny.hidden_size % tiny.num_heads:
-        fail("model.tiny.num_heads", f"must divide hidden_size {tiny.hidden_size}")
     a = cfg.agent
     if a.init not in ("lwm", "scratch") and not _checkpoint(a.init):
         fail("agent.init", f"must be lwm, scratch or a checkpoint dir (no config.json at {a.init!r})")

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agentworld.cluster import start_ray
-from agentworld.config import ArmConfig, Runtime, lwm_generation, runtime, save_config, section
+from agentworld.config import ArmConfig, ConfigError, Runtime, lwm_generation, runtime, save_config, section
 from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
@@ -232,7 +232,7 @@ def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
                        em=_fmt(s["exact_match"], ".3f"), es=_fmt(s["edit_similarity"], ".3f"))
             if ready:
                 break
-    done = ray.get(ref)
+    done = learner_result(ref)
     metrics = ray.get(learner.metrics.remote())
     if not keep:
         ray.kill(learner)
@@ -449,13 +449,24 @@ def wait_for_arms(run: Run, arms: Arms, tracker, lwm: dict, metrics: list[dict],
     return wm_tail + rows + tail + pool_rows + replay_metric_rows(run, arms.cursor)
 
 
+def learner_result(ref):
+    """A learner's result. Its ConfigError (model.lora.target_modules naming a module its model lacks) is raised as
+    itself: one line and exit code 2, as bad input is, not a remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ConfigError):
+            raise e.cause from None
+        raise
+
+
 def _results(runs: dict) -> str | None:
-    """What failed among the arms' learners (the others' results stand)."""
+    """What failed among the arms' learners (the others' results stand); a ConfigError in one line."""
     failed = None
     for name, ref in runs.items():
         try:
-            ray.get(ref)
-        except ray.exceptions.RayError as e:
+            learner_result(ref)
+        except (ray.exceptions.RayError, ConfigError) as e:
             failed = f"arm {name} failed: {e}"
     return failed
 

@@ -100,7 +100,9 @@ class LLMPolicy:
         scores = self.engine.score_choices(prompts, choices)
         acts = []
         for cs, logp in zip(choices, choice_logits(scores, [len(c) for c in choices], self.temperature)):
-            k = int(logp.argmax()) if self.greedy else int(torch.multinomial(logp.exp(), 1, generator=self.generator))
+            # sampled on cpu, where the generator is (the scores are on the model's device)
+            k = int(logp.argmax()) if self.greedy else int(torch.multinomial(logp.exp().cpu(), 1,
+                                                                             generator=self.generator))
             acts.append(Act(cs[k], [float(logp[k])], cs))
         return acts
 

@@ -26,8 +26,8 @@ from agentworld.envs import make_env_from
 from agentworld.metrics import metric_row
 from agentworld.episodes import evaluate
 from agentworld.models.chat import render_chat
-from agentworld.models.hf_engine import (HFEngine, choice_logprobs, completion_logprobs, encode_pairs,
-                                         load_model_and_tokenizer)
+from agentworld.models.hf_engine import HFEngine, choice_logprobs, completion_logprobs, encode_pairs
+from agentworld.models.lora import load_trainable, merged_state_dict
 from agentworld.policy import LLMPolicy, choice_logits, policy_messages
 from learners.losses import GRPO, Loss, group_advantages
 
@@ -163,7 +163,8 @@ class AgentLearner:
 
         spec, a, ev = self.spec, self.spec.agent, self.spec.eval
         torch.manual_seed(spec.seed)
-        model, tok = load_model_and_tokenizer(spec.init_path)
+        rt = spec.runtime  # model.dtype on the learner's device, with new adapters when model.lora is enabled
+        model, tok = load_trainable(spec.init_path, rt.dtype, rt.device, rt.lora)
         engine = HFEngine.from_model(model, tok)
         eval_envs = [make_env_from(spec.env) for _ in range(min(16, ev.episodes))]
         trainer = make_trainer(model, tok, a.lr, a.updates * a.epochs, runtime=spec.runtime)
@@ -186,7 +187,7 @@ class AgentLearner:
                     losses.append(trainer.step(loss_fn, live[i : i + 64]))
             self.version += 1
             engine.version = self.version
-            self.sync.publish(self.name, self.version, model.state_dict())
+            self.sync.publish(self.name, self.version, merged_state_dict(model))
             self._log_train(batch, losses, wait_s=t_train - t_wait, train_s=time.time() - t_train)
             if self.version % ev.every_updates == 0 or self.version == a.updates:
                 self._evaluate(engine, eval_envs)

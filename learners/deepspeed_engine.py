@@ -4,8 +4,10 @@ data-parallel over Ray actors, gloo on CPU and NCCL on GPUs.
 Rank 0 is the learner's own process and holds the learner's model; ranks 1.. are `DataParallelRank` actors, each
 with a replica loaded from the same checkpoint path (DeepSpeed broadcasts rank 0's weights when it wraps a model,
 so replicas start equal even after earlier training). Every step runs `loss_fn` on each rank's share of the items;
-DeepSpeed averages the gradients. Checkpoints are those of the torch engine: HF weights, and the optimizer state
-gathered into torch AdamW's per-parameter format, so either engine resumes the other's checkpoints."""
+DeepSpeed averages the gradients. Checkpoints are those of the torch engine: HF weights (merged, for a LoRA model, with
+its adapter beside them), and the optimizer state of the trainable parameters gathered into torch AdamW's
+per-parameter format, so either engine resumes the other's checkpoints. Replicas load the model as the learner does
+(model.dtype, model.lora); with LoRA only the adapters are DeepSpeed's parameters."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import ray
 import torch
 
+from agentworld.models.lora import merged_state_dict, save_model, trainable_parameters
 from agentworld.registry import TRAIN_ENGINES
 from learners.torch_engine import lr_schedule
 
@@ -61,7 +64,7 @@ class _Shard:
         config = ds_config(lr, weight_decay, max_grad_norm, world, zero_stage, offload_optimizer, torch_adam)
         schedule = lr_schedule(total_steps, warmup_steps)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=config,
+            model=model, model_parameters=trainable_parameters(model), config=config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
         self.model.eval()
 
@@ -90,20 +93,21 @@ class _Shard:
 
         inner = self._state()
         state = {}
-        for i, p in enumerate(self.model.parameters()):
+        params = trainable_parameters(self.model)
+        for i, p in enumerate(params):
             full = {k: safe_get_full_optimizer_state(p, k) for k in ADAM_KEYS}
             if full["exp_avg"] is None:  # ZeRO stage 0: the torch optimizer holds the parameters themselves
                 full = {k: inner.state[p][k] for k in ADAM_KEYS} if p in inner.state else {}
             if full:
                 state[i] = {"step": torch.tensor(float(steps)), **{k: v.detach().cpu().clone() for k, v in full.items()}}
         group = {k: v for k, v in inner.param_groups[0].items() if k != "params"}
-        return {"state": state, "param_groups": [dict(group, params=list(range(len(list(self.model.parameters())))))]}
+        return {"state": state, "param_groups": [dict(group, params=list(range(len(params))))]}
 
     def load_optimizer_state(self, optimizer: dict, scheduler: dict) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
         inner = self._state()
-        params = list(self.model.parameters())
+        params = trainable_parameters(self.model)
         for i, s in optimizer["state"].items():
             p = params[int(i)]
             if hasattr(p, "_hp_mapping"):
@@ -123,11 +127,11 @@ class _Shard:
 class DataParallelRank:
     """Rank k > 0: a replica of the learner's model in its own process."""
 
-    def __init__(self, path: str, init_method: str, rank: int, world: int, backend: str, torch_threads: int):
+    def __init__(self, path: str, init_method: str, rank: int, world: int, backend: str, torch_threads: int, load: dict):
         torch.set_num_threads(torch_threads)
-        from agentworld.models.hf_engine import load_model_and_tokenizer
+        from agentworld.models.lora import load_trainable
 
-        self.model, self.tok = load_model_and_tokenizer(path)
+        self.model, self.tok = load_trainable(path, **load)  # dtype, device and LoRA as the learner's model
         _init_process_group(init_method, rank, world, backend)
         self.shard = None
 
@@ -147,14 +151,15 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _data_parallel_ranks(path: str, world: int, backend: str, num_cpus: float, num_gpus: float) -> list:
+def _data_parallel_ranks(path: str, world: int, backend: str, num_cpus: float, num_gpus: float, load: dict) -> list:
     if world not in _RANKS:
         if _RANKS:
             raise RuntimeError(f"this process already trains with {next(iter(_RANKS))} data-parallel ranks, not {world}")
         host = ray.util.get_node_ip_address() if world > 1 else "127.0.0.1"
         init = f"tcp://{host}:{_free_port(host)}"
         threads = torch.get_num_threads()
-        ranks = [DataParallelRank.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(path, init, r, world, backend, threads)
+        ranks = [DataParallelRank.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(path, init, r, world, backend,
+                                                                                       threads, load)
                  for r in range(1, world)]
         _init_process_group(init, 0, world, backend)  # waits for every rank to join
         _RANKS[world] = ranks
@@ -176,12 +181,16 @@ def shard(items: list, world: int) -> list[list]:
 
 class DeepSpeedEngine:
     """ZeRO `config.zero_stage` (0-2) with optional optimizer offload, over `config.data_parallel` ranks; each
-    rank's actor reserves `num_cpus` and `num_gpus`."""
+    rank's actor reserves `num_cpus` and `num_gpus` and loads its replica with `load` (load_trainable's dtype, device
+    and lora)."""
 
     def __init__(self, model, tok, lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 max_grad_norm: float = 1.0, *, config: DeepSpeedConfig, num_cpus: float, num_gpus: float):
+                 max_grad_norm: float = 1.0, *, config: DeepSpeedConfig, num_cpus: float, num_gpus: float,
+                 load: dict | None = None):
         self.model, self.tok, self.steps, self.world = model, tok, 0, config.data_parallel
-        self.ranks = _data_parallel_ranks(model.name_or_path, config.data_parallel, config.backend, num_cpus, num_gpus)
+        # a LoRA model's name_or_path is its base checkpoint's: replicas add adapters, then get rank 0's weights
+        self.ranks = _data_parallel_ranks(model.name_or_path, config.data_parallel, config.backend, num_cpus, num_gpus,
+                                          load or {})
         args = (lr, total_steps, warmup_steps, weight_decay, max_grad_norm, config.data_parallel, config.zero_stage,
                 config.offload_optimizer, config.torch_adam)
         refs = [r.build.remote(*args) for r in self.ranks]  # wrapping is a collective: all ranks at once
@@ -199,13 +208,12 @@ class DeepSpeedEngine:
         return sum(losses) / len(losses)
 
     def state_dict(self) -> dict:
-        return self.model.state_dict()
+        return merged_state_dict(self.model)
 
     def save(self, path: str | Path, tokenizer=None) -> Path:
         """HF weights (+ tokenizer) and trainer_state.pt in the torch engine's format."""
-        path = Path(path)
         optimizer = self._all("optimizer_state", [(self.steps,)] * self.world)[0]
-        self.model.save_pretrained(str(path))
+        path = save_model(self.model, path)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(path))
         torch.save({"optimizer": optimizer, "scheduler": self.local.scheduler.state_dict(), "steps": self.steps,
@@ -225,4 +233,5 @@ def build_deepspeed_engine(model, tok, lr: float, total_steps: int, warmup_steps
                            runtime) -> DeepSpeedEngine:
     """The TRAIN_ENGINES builder: engine.deepspeed, and each rank's share of the Ray resources."""
     return DeepSpeedEngine(model, tok, lr, total_steps, warmup_steps, weight_decay, config=runtime.engine.deepspeed,
-                           num_cpus=runtime.ray.actor_num_cpus, num_gpus=runtime.engine.num_gpus)
+                           num_cpus=runtime.ray.actor_num_cpus, num_gpus=runtime.engine.num_gpus,
+                           load=dict(dtype=runtime.dtype, device=runtime.device, lora=runtime.lora))

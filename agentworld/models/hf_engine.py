@@ -14,13 +14,26 @@ from agentworld.models.engine import Generation, read_weights
 from agentworld.registry import INFERENCE_ENGINES
 
 
-def load_model_and_tokenizer(path: str):
-    """Load an HF checkpoint directory (model + tokenizer) for CPU float32 use."""
+def load_tokenizer(path: str):
+    """The checkpoint's tokenizer, padding with EOS when it has no pad token."""
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model, tok
+    return tok
+
+
+def place(model, device: str):
+    """`model` moved to `device` (cpu, or cuda where engine.num_gpus > 0: see Runtime.device)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"engine.num_gpus > 0 puts the model on {device}, but torch {torch.__version__} sees no "
+                           "CUDA device here")
+    return model.to(device)
+
+
+def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu"):
+    """Load an HF checkpoint directory (model + tokenizer): the model in `dtype` (float32 | bfloat16) on `device`."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return place(model, device), load_tokenizer(path)
 
 
 def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str]):
@@ -86,9 +99,9 @@ class HFEngine:
 
     kind = "hf"
 
-    def __init__(self, path: str, seed: int = 0):
+    def __init__(self, path: str, seed: int = 0, dtype: str = "float32", device: str = "cpu"):
         self.path = path
-        self.model, self.tok = load_model_and_tokenizer(path)
+        self.model, self.tok = load_model_and_tokenizer(path, dtype, device)
         self.model.eval()
         self.version = 0
         self.stop_ids = stop_token_ids(self.tok, getattr(self.model, "generation_config", None))
@@ -104,7 +117,8 @@ class HFEngine:
         return engine
 
     def load_weights(self, weights: dict | str, version: int) -> None:
-        """Swap weights in place (a state dict, or a checkpoint dir): the engine keeps running."""
+        """Swap weights in place (a state dict, or a checkpoint dir; copied into the model's dtype and device): the
+        engine keeps running."""
         weights = read_weights(weights) if isinstance(weights, str) else weights
         missing = self.model.load_state_dict(weights, strict=False).missing_keys
         # save_pretrained leaves out tied copies (lm_head = embeddings): only those may be missing
@@ -180,6 +194,6 @@ class HFEngine:
 
 
 @INFERENCE_ENGINES.register("hf")
-def build_hf_engine(path: str, seed: int, vllm) -> HFEngine:
+def build_hf_engine(path: str, seed: int, vllm, dtype: str = "float32", device: str = "cpu") -> HFEngine:
     """The INFERENCE_ENGINES builder; the vllm options do not apply to it."""
-    return HFEngine(path, seed=seed)
+    return HFEngine(path, seed=seed, dtype=dtype, device=device)

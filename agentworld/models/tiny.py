@@ -43,17 +43,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     return hf
 
 
-def build_tiny_model(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path, *, hidden_size: int = 128,
-                     intermediate_size: int = 512, num_layers: int = 2, num_heads: int = 2,
-                     max_positions: int = 1024, seed: int = 0) -> Path:
-    """Initialise a tiny Qwen2 for `tokenizer` and save model and tokenizer together in `out_dir`."""
-    import torch
-
+def tiny_config(vocab_size: int, *, hidden_size: int = 128, intermediate_size: int = 512, num_layers: int = 2,
+                num_heads: int = 2, max_positions: int = 1024, eos_token_id: int | None = None,
+                pad_token_id: int | None = None) -> Qwen2Config:
+    """The tiny model's Qwen2 config (head_dim = hidden_size / num_heads, tied embeddings)."""
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    return Qwen2Config(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
@@ -63,9 +60,21 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path, *,
         max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
     )
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path, *, hidden_size: int = 128,
+                     intermediate_size: int = 512, num_layers: int = 2, num_heads: int = 2,
+                     max_positions: int = 1024, seed: int = 0) -> Path:
+    """Initialise a tiny Qwen2 for `tokenizer` and save model and tokenizer together in `out_dir`."""
+    import torch
+
+    config = tiny_config(len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_layers=num_layers, num_heads=num_heads, max_positions=max_positions,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir))

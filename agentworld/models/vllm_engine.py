@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 @INFERENCE_ENGINES.register("vllm")  # vllm itself is imported only when an engine is built
 class VLLMEngine:
-    """A vLLM engine over the checkpoint at `path`, set up by a VLLMConfig (None: its defaults)."""
+    """A vLLM engine over the checkpoint at `path`, set up by a VLLMConfig (None: its defaults), in `config.dtype` or
+    else `dtype` (model.dtype). vLLM picks its device itself (a GPU where Ray gave the actor one): `device` is unused."""
 
     kind = "vllm"
 
-    def __init__(self, path: str, seed: int = 0, config: VLLMConfig | None = None):
+    def __init__(self, path: str, seed: int = 0, config: VLLMConfig | None = None, dtype: str = "float32",
+                 device: str = "cpu"):
         from agentworld.config import VLLMConfig
 
         c = config or VLLMConfig()
@@ -42,8 +44,9 @@ class VLLMEngine:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.stop_ids = stop_token_ids(self.tok, checkpoint_generation_config(path))  # as HFEngine's
-        self.llm = LLM(model=path, seed=seed, dtype=c.dtype, max_model_len=c.max_model_len, enforce_eager=c.enforce_eager,
-                       tensor_parallel_size=c.tensor_parallel_size, gpu_memory_utilization=c.gpu_memory_utilization,
+        self.llm = LLM(model=path, seed=seed, dtype=c.dtype or dtype, max_model_len=c.max_model_len,
+                       enforce_eager=c.enforce_eager, tensor_parallel_size=c.tensor_parallel_size,
+                       gpu_memory_utilization=c.gpu_memory_utilization,
                        kv_cache_memory_bytes=None if c.kv_cache_gb is None else int(c.kv_cache_gb * 2**30),
                        distributed_executor_backend="uni" if in_process else None,
                        logprobs_mode="processed_logprobs", generation_config="vllm")
