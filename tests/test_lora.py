@@ -18,6 +18,7 @@ from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokeni
 from agentworld.worldmodel.data import wm_examples
 from learners.train_engine import make_trainer
 from learners.wm_recipe import cpt_loss, sft_loss, token_logprobs
+from tests.test_wm_recipe import episode
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT / "models" / "smollm2-135m-instruct"
@@ -26,11 +27,6 @@ QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
 # the loss much (q/k/v/o alone stall near the uniform loss)
 TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 LORA = LoRAConfig(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=TARGETS)
-
-
-def episode(n=6):
-    return [dict(episode_id="e", step=t, env_id="gymnasium:X", domain="grid", obs=f"s{t}", action=f"a{t}",
-                 next_obs=f"s{t + 1}", reward=float(t == n - 1), terminated=t == n - 1) for t in range(n)]
 
 
 @pytest.fixture(scope="module")
