@@ -708,6 +708,14 @@ def lwm_generation(wm) -> GenerationConfig:
     return GenerationConfig(wm.generation.max_new_tokens + think_tokens(wm.think), wm.generation.temperature)
 
 
+def lwm_rl(wm, rl) -> "WMRLConfig":
+    """An RL stage's settings (`rl`: world_model.rl, maybe with other steps), its token budget grown by the think
+    block's, as lwm_generation does for generation."""
+    import dataclasses
+
+    return dataclasses.replace(rl, max_new_tokens=rl.max_new_tokens + think_tokens(wm.think))
+
+
 def _validate_run(cfg, fail) -> None:
     if cfg.eval.episodes < 1 or cfg.eval.every_updates < 1:
         fail("eval", "episodes and every_updates must be >= 1")

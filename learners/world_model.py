@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from agentworld.config import Runtime, WorldModelConfig, lwm_generation, think_tokens
+from agentworld.config import Runtime, WorldModelConfig, lwm_generation, lwm_rl
 from agentworld.metrics import metric_row
 
 from agentworld.models.hf_engine import HFEngine
@@ -190,7 +190,7 @@ class WorldModelLearner:
                 trainer = wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"),
                                             runtime=spec.runtime)
             elif stage == "rl":
-                cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens + think_tokens(wm.think))
+                cfg = lwm_rl(wm, cfg)
                 weights = wm_recipe.sampling_weights(train, wm.sft.balance_transitions, wm.sft.balance_outcomes)
                 trainer = wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights,
                                            self._rubric(cfg), runtime=spec.runtime)
@@ -255,7 +255,7 @@ class WorldModelLearner:
             self.stage, self.step, self.total_steps = f"continual-{c.stage}", 0, c.steps
             cfg = dataclasses.replace(getattr(wm, c.stage), steps=c.steps)
             if c.stage == "rl":
-                cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens + think_tokens(wm.think))
+                cfg = lwm_rl(wm, cfg)
             if c.stage == "sft":
                 wm_recipe.run_sft(model, tok, examples, dataclasses.replace(cfg, eval_every=c.steps + 1), rng,
                                   on_step(self.stage), lambda step: None, runtime=self.spec.runtime)
