@@ -4,6 +4,7 @@ The scoring functions here are also the learners' differentiable logprobs, so bo
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -143,7 +144,8 @@ class HFEngine:
         enc = enc.to(model.device)
         mask = enc.attention_mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        # the prompt's last position only: the LM head over every prompt position costs batch x length x vocab floats
+        out = model(input_ids=enc.input_ids, attention_mask=mask, position_ids=pos, use_cache=True, **last_logits(model))
         n = len(prompts)
         done = [False] * n
         ids: list[list[int]] = [[] for _ in range(n)]
@@ -191,6 +193,12 @@ class HFEngine:
     def score_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
         """Flat summed logprobs of each `choice + EOS`, sharing each prompt's KV cache."""
         return choice_logprobs(self.model, self.tok, prompts, choices)
+
+
+def last_logits(model) -> dict:
+    """`logits_to_keep=1` where the model's forward takes it (transformers' causal LMs do), else nothing."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
 
 @INFERENCE_ENGINES.register("hf")
