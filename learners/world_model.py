@@ -24,9 +24,14 @@ from agentworld.worldmodel.prompt import parse_prediction
 
 
 def greedy_texts(engine: HFEngine, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """The engine's greedy replies to `prompts`, in batches."""
-    return [g.text for i in range(0, len(prompts), batch_size)
-            for g in engine.generate(prompts[i : i + batch_size], max_new_tokens=max_new_tokens, temperature=0.0)]
+    """The engine's greedy replies to `prompts`, in batches of similar length (a batch is padded to its longest)."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts = [""] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        for i, g in zip(idx, engine.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens, temperature=0.0)):
+            texts[i] = g.text
+    return texts
 
 
 def predict(engine: HFEngine, examples, max_new_tokens: int) -> list:
