@@ -509,6 +509,8 @@ def validate_config(cfg, file: str) -> None:
     validate_engine(cfg.engine, fail)
     _validate_model(cfg, fail)
     _validate_agent(cfg, fail)
+    if cfg.model.lora.enabled:  # on the checkpoints model.path and agent.init name, checked above
+        _validate_lora_targets(cfg, fail)
     _validate_world_model(cfg, fail)
     _validate_run(cfg, fail)
     _validate_serve(cfg.serve, fail)
@@ -556,10 +558,19 @@ def _checkpoint(path: str) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+def _checkpoint_problem(path: str) -> str | None:
+    """What stops `path` being a checkpoint dir the models here load and render prompts with (config.json transformers
+    reads, a causal LM, a tokenizer with a chat template; a GGUF gets the `agentworld model import` to run); None: it
+    is one. Reads no weights (agentworld/models/convert.py)."""
+    from agentworld.models.convert import checkpoint_problem as problem
+
+    return problem(path)
+
+
 def _validate_model(cfg, fail) -> None:
     m = cfg.model
-    if m.path is not None and not _checkpoint(m.path):
-        fail("model.path", f"no HF checkpoint (config.json) at {m.path!r}")
+    if m.path is not None and (problem := _checkpoint_problem(m.path)):
+        fail("model.path", problem)
     if m.tiny.hidden_size % m.tiny.num_heads:
         fail("model.tiny.num_heads", f"must divide hidden_size {m.tiny.hidden_size}")
     if m.dtype not in MODEL_DTYPES:
@@ -573,8 +584,6 @@ def _validate_model(cfg, fail) -> None:
         fail("model.lora.dropout", f"must be in [0, 1) (got {lora.dropout})")
     if not lora.target_modules:
         fail("model.lora.target_modules", "name at least one module to adapt (e.g. q_proj)")
-    if lora.enabled:
-        _validate_lora_targets(cfg, fail)
 
 
 def _validate_lora_targets(cfg, fail) -> None:
@@ -584,15 +593,19 @@ def _validate_lora_targets(cfg, fail) -> None:
 
     paths = [cfg.model.path] + ([cfg.agent.init] if _checkpoint(cfg.agent.init) else [])
     for path in dict.fromkeys(paths):
-        problem = lora_targets_error(skeleton(path, cfg.model.tiny), list(cfg.model.lora.target_modules))
+        try:
+            model = skeleton(path, cfg.model.tiny)
+        except Exception:  # a model that cannot be built on the meta device: its learner checks the targets on loading
+            continue
+        problem = lora_targets_error(model, list(cfg.model.lora.target_modules))
         if problem:
             fail("model.lora.target_modules", f"{problem}, at {path or 'the tiny default model'}")
 
 
 def _validate_agent(cfg, fail) -> None:
     a = cfg.agent
-    if a.init not in ("lwm", "scratch") and not _checkpoint(a.init):
-        fail("agent.init", f"must be lwm, scratch or a checkpoint dir (no config.json at {a.init!r})")
+    if a.init not in ("lwm", "scratch") and (problem := _checkpoint_problem(a.init)):
+        fail("agent.init", f"must be lwm, scratch or a checkpoint dir: {problem}")
     if a.action_mode not in ACTION_MODES:
         fail("agent.action_mode", f"must be one of {', '.join(ACTION_MODES)} (got {a.action_mode!r})")
     if a.algorithm not in LOSSES:
@@ -606,13 +619,20 @@ def _validate_agent(cfg, fail) -> None:
         fail("agent.lr", "must be > 0")
 
 
-def _behaviour_policy_ok(policy: str) -> bool:
+def _behaviour_policy_problem(policy: str) -> str | None:
+    """None for random, oracle, mix:<p> with p in [0, 1] or a checkpoint dir; else what is wrong with it."""
+    usage = f"must be random, oracle, mix:<p> with p in [0, 1], or a checkpoint dir (got {policy!r})"
     if policy.startswith("mix:"):
         try:
-            return 0 <= float(policy[4:]) <= 1
+            return None if 0 <= float(policy[4:]) <= 1 else usage
         except ValueError:
-            return False
-    return policy in BEHAVIOUR_POLICIES or _checkpoint(policy)
+            return usage
+    if policy in BEHAVIOUR_POLICIES:
+        return None
+    if not Path(policy).exists():
+        return usage
+    problem = _checkpoint_problem(policy)
+    return f"a checkpoint policy: {problem}" if problem else None
 
 
 def _validate_sources(cfg, fail) -> None:
@@ -629,8 +649,8 @@ def _validate_sources(cfg, fail) -> None:
             _env_key(cfg, src.env, f"{key}.env", fail)
             if src.steps < 1:
                 fail(f"{key}.steps", "must be >= 1")
-            if not _behaviour_policy_ok(src.policy):
-                fail(f"{key}.policy", f"must be random, oracle, mix:<p> with p in [0, 1], or a checkpoint dir (got {src.policy!r})")
+            if problem := _behaviour_policy_problem(src.policy):
+                fail(f"{key}.policy", problem)
         elif not Path(src.data).exists():
             fail(f"{key}.data", f"no such file or replay dir {src.data!r}")
 
@@ -665,8 +685,8 @@ def _validate_world_model(cfg, fail) -> None:
     if rl.reward.rubric > 0 and not rl.judge_endpoint:
         fail("world_model.rl.judge_endpoint", "reward.rubric > 0 needs a judge endpoint")
     d = wm.data
-    if not _behaviour_policy_ok(d.policy):
-        fail("world_model.data.policy", f"must be random, oracle, mix:<p> or a checkpoint dir (got {d.policy!r})")
+    if problem := _behaviour_policy_problem(d.policy):
+        fail("world_model.data.policy", problem)
     if d.steps < 1:
         fail("world_model.data.steps", "must be >= 1")
     if not 0 <= d.heldout_fraction < 1:

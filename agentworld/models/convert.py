@@ -4,10 +4,21 @@ generation_config.json) that everything here loads by path.
 
 transformers reads the GGUF (with the `gguf` package) and dequantizes it. `save_pretrained` refuses a model loaded
 that way, so the model is rebuilt from its config without the quantization config and given the dequantized weights.
-The result is written beside OUT and renamed into place at the end: a dir holding config.json is always complete."""
+The result is written beside OUT and renamed into place at the end: a dir holding config.json is always complete.
+
+Bad input is a ValueError or FileNotFoundError whose message is one line naming the file (the CLI: exit code 2). A GGUF
+is parsed with the `gguf` package first, so a corrupt or truncated one is named as such; one transformers cannot
+read (an architecture it does not support) or reads only in part (tensors its model class has no place for) is named
+with transformers' reason.
+
+`checkpoint_problem(path)` is what config validation asks of `model.path` and the other keys naming a checkpoint:
+an HF causal-LM dir transformers reads, whose tokenizer has a chat template (not a GGUF: this module imports it).
+It reads config.json and the tokenizer, never the weights."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import sys
 import tempfile
@@ -32,7 +43,11 @@ def import_checkpoint(src: str | Path, out: str | Path, gguf_file: str | None = 
     _check_out(out)
     with tempfile.TemporaryDirectory(prefix="aw-import-") as tmp:
         where, name = locate(src, gguf_file, Path(tmp), say)
-        model, tok = load_gguf(where, name, dtype, say) if name else load_hf(where, dtype, say)
+        if name:
+            extracted = where == Path(tmp) or Path(tmp) in where.parents  # from a wheel: name the wheel too
+            model, tok = load_gguf(where, name, dtype, say, f"{src} ({name})" if extracted else str(where / name))
+        else:
+            model, tok = load_hf(where, dtype, say)
         summary = save(model, tok, out, say)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     say(f"wrote {out}: {summary['class']}, {summary['parameters'] / 1e6:.1f}M parameters, {dtype}, stop ids "
@@ -102,20 +117,48 @@ def _from_zip(src: Path, gguf_file: str | None, tmp: Path, say: Say) -> tuple[Pa
     return path.parent, path.name
 
 
-def load_gguf(where: Path, name: str, dtype: str, say: Say):
-    """(plain model, tokenizer) from the GGUF `where/name`: read and dequantized by transformers, then rebuilt."""
+def read_gguf_header(path: Path, label: str) -> str:
+    """The architecture the GGUF at `path` declares, after the `gguf` package has parsed its header, metadata and
+    tensor index (memory-mapped: no weights are read); a corrupt or truncated file is a ValueError naming `label`."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        field = reader.fields.get("general.architecture")
+        return bytes(field.parts[-1]).decode() if field is not None else "?"
+    except Exception as e:  # the reader's errors on garbage are anything from IndexError to KeyError
+        raise ValueError(f"{label}: not a readable GGUF file (corrupt or truncated?): {_first_line(e)}") from None
+
+
+def load_gguf(where: Path, name: str, dtype: str, say: Say, label: str | None = None):
+    """(plain model, tokenizer) from the GGUF `where/name`: read and dequantized by transformers, then rebuilt. Errors
+    name `label` (default: the file's path)."""
+    label = label or str(where / name)
+    arch = read_gguf_header(where / name, label)  # before torch and transformers load: a bad file fails fast
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    say(f"reading {name} with transformers {transformers.__version__}: the tokenizer, then the weights, "
+    say(f"reading {name} ({arch}) with transformers {transformers.__version__}: the tokenizer, then the weights, "
         "dequantized ...")
+    cannot = f"{label}: the installed transformers {transformers.__version__} cannot read this GGUF"
+    verbosity, noise = hf_logging.get_verbosity(), io.StringIO()
+    hf_logging.set_verbosity_error()  # its load report of missing weights is ours to tell, below
     try:
-        tok = AutoTokenizer.from_pretrained(str(where), gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=name, dtype=torch.float32)
+        with contextlib.redirect_stderr(noise):  # its progress bars: a failure stays one line
+            tok = AutoTokenizer.from_pretrained(str(where), gguf_file=name)
+            loaded, info = AutoModelForCausalLM.from_pretrained(str(where), gguf_file=name, dtype=torch.float32,
+                                                                output_loading_info=True)
     except Exception as e:  # whatever stops transformers reading it: an unknown architecture, a missing package
-        raise ValueError(f"{name}: the installed transformers {transformers.__version__} cannot read this GGUF: "
-                         f"{_first_line(e)}") from e
+        raise ValueError(f"{cannot}: {_first_line(e)}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers initialised them at random: the weights do not fit the class (a wrong architecture)
+        raise ValueError(f"{cannot}: its {arch} tensors leave {len(missing)} of {type(loaded).__name__}'s weights "
+                         f"unset ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    sys.stderr.write(noise.getvalue())
     say(f"rebuilding {type(loaded).__name__} without its GGUF quantization config ...")
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -161,3 +204,59 @@ def save(model, tok, out: Path, say: Say) -> dict:
     partial.rename(out)
     return {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
             "stop_ids": list(stop_token_ids(tok, model.generation_config)), "chat_template": bool(template_text(tok))}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What stops `path` being a checkpoint the engines and learners load by path and render prompts with, in one
+    line; None when it is an HF causal-LM checkpoint dir transformers reads whose tokenizer has a chat template. A GGUF
+    (bare, in a dir without config.json, or in a wheel) gets the `agentworld model import` to run. Reads config.json
+    and the tokenizer, never the weights."""
+    p = Path(path)
+    fix = f"convert it with `agentworld model import {path} --out DIR` and name DIR instead"
+    if p.is_file():
+        try:
+            if _is_gguf(p):
+                return f"{str(path)!r} is a GGUF file, not a checkpoint dir: {fix}"
+            if zipfile.is_zipfile(p):
+                with zipfile.ZipFile(p) as z:
+                    if any(m.endswith(".gguf") for m in z.namelist()):
+                        return f"{str(path)!r} is a wheel holding a GGUF, not a checkpoint dir: {fix}"
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"{str(path)!r}: cannot be read: {_first_line(e)}"
+        return f"{str(path)!r} is a file, not an HF checkpoint dir (config.json)"
+    if not (p / "config.json").is_file():
+        ggufs = sorted(g.name for g in p.glob("*.gguf")) if p.is_dir() else []
+        if ggufs:
+            pick = f" --gguf-file {ggufs[0]}" if len(ggufs) > 1 else ""
+            return (f"no HF checkpoint (config.json) at {str(path)!r}, only {', '.join(ggufs)}: convert it with "
+                    f"`agentworld model import {path}{pick} --out DIR` and name DIR instead")
+        return f"no HF checkpoint (config.json) at {str(path)!r}"
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from agentworld.models.chat import template_text
+
+    version = f"transformers {transformers.__version__}"
+    try:
+        config = AutoConfig.from_pretrained(str(p))
+    except Exception as e:  # bad JSON, an unknown model_type, remote code
+        return f"{p / 'config.json'}: the installed {version} cannot read it: {_first_line(e)}"
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return (f"{p}: a {config.model_type} model, not a causal LM (AutoModelForCausalLM of {version} has no class "
+                "for it)")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        return f"{p}: no tokenizer (no tokenizer.json or tokenizer_config.json)"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p))
+    except Exception as e:
+        return f"{p}: the installed {version} cannot load its tokenizer: {_first_line(e)}"
+    if not template_text(tok):
+        return (f"{p}: its tokenizer has no chat template (none in tokenizer_config.json or chat_template.jinja), and "
+                "every prompt is rendered with the checkpoint's own: use an instruct checkpoint, or give this "
+                "tokenizer a chat_template")
+    return None
