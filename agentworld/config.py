@@ -517,13 +517,17 @@ def validate_config(cfg, file: str) -> None:
 
 
 def _validate_envs(cfg, fail) -> None:
-    from agentworld.envs import resolve_env_id
+    from agentworld.envs import check_menu, resolve_env_id
 
     for name, env in cfg.envs.items():
         try:
             resolve_env_id(env.id)
         except ValueError as e:
             fail(f"envs.{name}.id", str(e))
+        try:
+            check_menu(env.id, env.kwargs.get("menu", "visible"))
+        except ValueError as e:
+            fail(f"envs.{name}.kwargs.menu", str(e))
         if env.max_steps < 1:
             fail(f"envs.{name}.max_steps", "must be >= 1")
 

@@ -350,8 +350,8 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
 
 
 def env_facts(env, starts: int) -> tuple[str, list]:
-    """The env's domain, and its distinct start states over `starts` seeded resets (where a simulated episode
-    begins: the observation and the actions the policy may choose among)."""
+    """The env's domain, and its distinct start states over `starts` seeded resets of the env as configured (its
+    split included): where a simulated episode begins, the observation (which states the task) and its info."""
     from agentworld.envs import make_env_from
 
     probe = make_env_from(env)
@@ -359,7 +359,7 @@ def env_facts(env, starts: int) -> tuple[str, list]:
         states: dict[str, tuple] = {}
         for seed in range(starts):
             obs, info = probe.reset(seed=seed)
-            states.setdefault(obs, (obs, {"admissible_actions": info.get("admissible_actions")}))
+            states.setdefault(obs, (obs, info))
         return probe.domain, list(states.values())
     finally:
         probe.close()

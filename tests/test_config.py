@@ -140,3 +140,11 @@ def test_history_defaults_follow_the_domains_the_lwm_learns():
     fixed = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", "world_model.history_turns=2",
                                      "world_model.history_budget_tokens=0"])
     assert (fixed.world_model.history_turns, fixed.world_model.history_budget_tokens) == (2, 0)
+
+
+def test_an_envs_menu_is_visible_or_oracle_and_oracle_only_where_actions_are_open_ended():
+    shell = ["envs.frozenlake.id=terminal:train"]
+    assert load_config(QUICKSTART, [*shell, "envs.frozenlake.kwargs.menu=oracle"]).envs.frozenlake.kwargs.menu == "oracle"
+    assert "envs.frozenlake.kwargs.menu" in error_of(QUICKSTART, [*shell, "envs.frozenlake.kwargs.menu=solution"])
+    msg = error_of(QUICKSTART, ["envs.frozenlake.kwargs.menu=oracle"])  # FrozenLake's menu is its four moves
+    assert "envs.frozenlake.kwargs.menu" in msg and "own action set" in msg

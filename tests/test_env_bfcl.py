@@ -7,6 +7,7 @@ from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils  # noqa: E40
 
 from agentworld.envs import make_env, resolve_env_id  # noqa: E402
 from agentworld.envs.bfcl import tasks  # noqa: E402
+from tests.oracle import unseen_calls  # noqa: E402
 
 END = '{"end_turn": true}'
 
@@ -19,19 +20,33 @@ def play(env, policy, limit=200):
     raise AssertionError("the episode did not end")
 
 
-def test_oracle_passes_bfcls_own_checker_on_every_base_task():
+def test_oracle_passes_bfcls_own_checker_on_every_base_task_and_the_menu_never_holds_its_unseen_calls():
+    """At every state of every task's ground-truth episode, a ground-truth call in the menu must have only argument
+    values the agent has seen (the function docs, the user's requests, the outputs so far): the old menu, which
+    copied the turn's remaining ground truth, fails this on most tasks."""
     ids = list(tasks())
     assert len(ids) == 200
-    failed = []
+    failed, leaked = [], []
     for test_id in ids:
         env = make_env(f"bfcl:{test_id}")
         obs, info = env.reset()
-        assert "Functions:\n" in obs and "\nUser: " in obs and env.oracle_action() in info["admissible_actions"]
-        obs, r, info = play(env, env.oracle_action)
+        assert "Functions:\n" in obs and "\nUser: " in obs and END in info["admissible_actions"]
+        seen = [obs]
+
+        def oracle():
+            action = env.oracle_action()
+            leaked.extend((test_id, a) for a in unseen_calls(info["admissible_actions"], [action], "\n".join(seen)))
+            return action
+
+        for _ in range(200):
+            obs, r, term, trunc, info = env.step(oracle())
+            seen.append(obs)
+            if term:
+                break
         if not (r == 1.0 and info["won"] and "checker passed" in obs):
             failed.append(test_id)
         env.close()
-    assert failed == []
+    assert failed == [] and leaked == []
 
 
 def test_an_empty_trajectory_fails_the_checker():

@@ -12,6 +12,7 @@ pytest.importorskip("mcp")
 from agentworld.envs import make_env, resolve_env_id  # noqa: E402
 from agentworld.envs.mcp_tools import (CATALOGUE, NAMES, SPLITS, TASKS, TEMPLATES, build_task,  # noqa: E402
                                        draw_key, git, query, split_of, task_keys)
+from tests.oracle import unseen_calls  # noqa: E402
 
 GENERATED = [f"{family}-{split}" for family in TEMPLATES for split in SPLITS]
 HAND_WRITTEN = [t for t in TASKS if t not in GENERATED]
@@ -25,18 +26,50 @@ def play_oracle(env, limit=10):
     raise AssertionError("the oracle did not finish")
 
 
+def play_checking_the_menu(env, seed):
+    """Play the oracle's episode (the scripted solution, in order). At every state the menu must offer none of the
+    solution's calls whose values the agent has not seen, and the first menu no answer. Returns the tool outputs,
+    and the last step's reward, termination and info."""
+    obs, info = env.reset(seed=seed)
+    assert info["admissible_actions"] and not any("answer" in json.loads(a) for a in info["admissible_actions"])
+    solution, outputs = list(map(json.dumps, env.task.solution)), []
+    for action in solution:
+        assert env.oracle_action() == action and not info["won"]
+        leaked = unseen_calls(info["admissible_actions"], solution, "\n".join([obs, *outputs]))
+        assert not leaked, (env.task.key or env.env_id, leaked)
+        out, r, term, trunc, info = env.step(action)
+        outputs.append(out)
+    return outputs, r, term, info
+
+
 @pytest.mark.parametrize("task", HAND_WRITTEN)
-def test_oracle_solves_each_task_on_the_real_server(task):
+def test_oracle_solves_each_task_on_the_real_server_and_the_menu_never_holds_its_unseen_calls(task):
     env = make_env(f"mcp:{task}")
     try:
         obs, info = env.reset(seed=7)
         assert obs.startswith("Task: ") and "Tools:\n- " in obs and "input={" in obs
-        assert info["open_actions"] and env.oracle_action() in info["admissible_actions"]
-        assert not info["won"]
-        obs, r, term, info = play_oracle(env)
+        assert info["open_actions"] and not info["won"] and "menu" not in info
+        _, r, term, info = play_checking_the_menu(env, seed=7)
         assert r == 1.0 and term and info["won"] and info["score"] == 1.0
     finally:
         env.close()
+
+
+def test_menu_oracle_adds_the_oracles_next_call_and_says_so():
+    env = make_env("mcp:sqlite-train", menu="oracle")
+    try:
+        obs, info = env.reset(seed=seed_of("sqlite", "train", "orders-after"))
+        oracle = env.oracle_action()
+        assert info["menu"] == "oracle" and oracle in info["admissible_actions"]
+        assert info["admissible_actions"] == sorted(info["admissible_actions"])  # no place of its own
+        solution = list(map(json.dumps, env.task.solution))
+        assert unseen_calls(info["admissible_actions"], solution, obs) == [oracle]  # what the check catches
+        *_, info = env.step(oracle)
+        assert info["menu"] == "oracle" and env.oracle_action() in info["admissible_actions"]
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="menu must be one of"):
+        make_env("mcp:git-train", menu="solution")
 
 
 def test_git_commit_is_checked_against_the_repository_and_is_deterministic():
@@ -231,26 +264,14 @@ def test_git_answers_agree_with_git_and_a_no_op_or_wrong_answer_fails(tmp_path):
                 assert not task.passes(wrong(truth)), key
 
 
-def play_generated(env, seed):
-    obs, info = env.reset(seed=seed)
-    oracle = [json.dumps(a) for a in env.task.solution]
-    assert info["admissible_actions"] and not set(oracle) & set(info["admissible_actions"])
-    assert not any("answer" in json.loads(a) for a in info["admissible_actions"])
-    seen = []
-    for action in oracle:
-        assert env.oracle_action() == action and not info["won"]
-        o, r, term, trunc, info = env.step(action)
-        seen.append(o)
-    return seen, r, term, info
-
-
 def said(answer, text):
     m = re.search(r"-?\d+(?:\.\d+)?", text)
     return answer in text or (m is not None and abs(float(m.group()) - float(answer)) < 0.005)
 
 
 @pytest.mark.parametrize("env_id", GENERATED)
-def test_oracle_solves_every_template_of_the_split_on_the_real_server_and_the_menu_never_holds_its_calls(env_id):
+def test_oracle_solves_every_template_of_the_split_on_the_real_server_and_the_menu_never_holds_its_unseen_calls(
+        env_id):
     family, split = env_id.split("-")
     seeds = {}
     for seed in range(300):
@@ -259,7 +280,7 @@ def test_oracle_solves_every_template_of_the_split_on_the_real_server_and_the_me
     env = make_env(f"mcp:{env_id}")
     try:
         for name, seed in sorted(seeds.items()):
-            seen, r, term, info = play_generated(env, seed)
+            seen, r, term, info = play_checking_the_menu(env, seed)
             assert env.task.key.startswith(name + " ") and split_of(env.task.key) == split
             assert r == 1.0 and term and info["won"], (env.task.key, seen)
             if family == "sqlite" and "answer" in env.task.solution[-1]:  # the server said what the oracle answers

@@ -144,8 +144,7 @@ def test_malformed_actions_give_an_error_observation(index_dir, action):
 def test_a_random_policy_on_the_menu_makes_valid_moves(index_dir):
     env = env_for("python-docs", index_dir, max_steps=40)
     rng = random.Random(0)
-    env.reset(seed=1)
-    info = {"admissible_actions": env.actions()}
+    _, info = env.reset(seed=1)
     for _ in range(40):
         obs, r, term, trunc, info = env.step(rng.choice(info["admissible_actions"]))
         assert "error" not in info, obs

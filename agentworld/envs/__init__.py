@@ -7,12 +7,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from agentworld.envs.base import Supervised, TextEnv
+from agentworld.envs.base import Menu, MenuFn, Supervised, TextEnv
 
-_FAMILIES: dict[str, tuple[Callable[..., TextEnv], str, Callable[[str], None] | None]] = {}
+_FAMILIES: dict[str, tuple[Callable[..., TextEnv], str, Callable[[str], None] | None, MenuFn | None]] = {}
 
 # prefix -> (module, domain, install hint). Each module has `make(name, max_steps=None, domain=..., **kw)`
-# and `check(name)` (ValueError for a name it does not have).
+# and `check(name)` (ValueError for a name it does not have); a family whose actions are open-ended (tool calls,
+# shell commands) also has `menu(observations, actions)`: what its `choice` menu offers (base.Menu).
 BUILTIN = {
     "gymnasium": ("agentworld.envs.gym_text", "gridworld", "pip install -e ."),
     "terminal": ("agentworld.envs.terminal", "terminal", "apt-get install bubblewrap tmux"),
@@ -34,11 +35,14 @@ BUILTIN = {
 STATEFUL = frozenset({"terminal", "swe", "mcp", "search", "web", "textgame", "science", "embodied"})
 
 
+MENUS = ("visible", "oracle")  # an env's `menu` kwarg: what its choice menu is built from (base.Menu)
+
+
 def register(prefix: str, factory: Callable[..., TextEnv], domain: str,
-             check: Callable[[str], None] | None = None) -> None:
+             check: Callable[[str], None] | None = None, menu: MenuFn | None = None) -> None:
     """`factory(name, max_steps=..., domain=..., **kwargs)` builds an env; `check(name)` raises
-    ValueError for a name the family does not have."""
-    _FAMILIES[prefix] = (factory, domain, check)
+    ValueError for a name the family does not have; `menu(observations, actions)` is the family's menu."""
+    _FAMILIES[prefix] = (factory, domain, check, menu)
 
 
 def _family(prefix: str):
@@ -48,7 +52,7 @@ def _family(prefix: str):
             mod = importlib.import_module(module)
         except ImportError as e:
             raise ValueError(f"env family {prefix!r} needs a package that is not installed ({e.name}): {hint}") from None
-        register(prefix, mod.make, domain, getattr(mod, "check", None))
+        register(prefix, mod.make, domain, getattr(mod, "check", None), getattr(mod, "menu", None))
     return _FAMILIES.get(prefix)
 
 
@@ -63,13 +67,32 @@ def resolve_env_id(env_id: str) -> None:
         check(name)
 
 
-def make_env(env_id: str, max_steps: int | None = None, domain: str | None = None, **kwargs: Any) -> TextEnv:
+def menu_of(env_id: str) -> MenuFn | None:
+    """The `menu(observations, actions)` of the env's family; None where the env's own action set is its menu."""
+    family = _family(str(env_id).partition(":")[0])
+    return family[3] if family else None
+
+
+def check_menu(env_id: str, menu: Any) -> None:
+    """ValueError unless `menu` is a value of MENUS that the env's family can build."""
+    if menu not in MENUS:
+        raise ValueError(f"menu must be one of {', '.join(MENUS)} (got {menu!r})")
+    if menu == "oracle" and menu_of(env_id) is None:
+        raise ValueError(f"{env_id}: menu 'oracle' is for envs with open-ended actions; this env's menu is its "
+                         "own action set")
+
+
+def make_env(env_id: str, max_steps: int | None = None, domain: str | None = None, menu: str = "visible",
+             **kwargs: Any) -> TextEnv:
     """Build an env by id. It is supervised: if its underlying process crashes, the episode is truncated
-    with the reason and the env is recreated, so the actor that holds it lives on."""
+    with the reason and the env is recreated, so the actor that holds it lives on. Where its family has a
+    `menu`, that builds `info["admissible_actions"]` (base.Menu; `menu="oracle"` adds the oracle's next action)."""
     resolve_env_id(env_id)
+    check_menu(env_id, menu)
     prefix, _, name = env_id.partition(":")
-    factory, default_domain, _ = _family(prefix)
-    return Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))
+    factory, default_domain, _, menu_fn = _family(prefix)
+    env = Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))
+    return env if menu_fn is None else Menu(env, menu_fn, oracle=menu == "oracle")
 
 
 def domain_of(cfg) -> str:

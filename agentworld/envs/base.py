@@ -1,10 +1,10 @@
-"""The text environment protocol shared by real envs and the world model (docs/architecture.md), and the
-supervisor that keeps a crashed env from taking its actor down."""
+"""The text environment protocol shared by real envs and the world model (docs/architecture.md), the
+supervisor that keeps a crashed env from taking its actor down, and the menu of envs with open-ended actions."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,48 @@ class Supervised:
             self._recreate()
             obs = f"[environment error: {reason}. The episode was ended.]"
             return obs, 0.0, False, True, {"error": reason, "crashed": True, "won": False, "admissible_actions": []}
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# A family's menu: the episode as the agent has seen it (its observations, the first holding the task, and its
+# actions) -> the actions its `choice` menu offers. Only what the agent could know goes in, so the LWM simulator
+# (worldmodel/env.py) builds its menus from predicted observations with the same function.
+MenuFn = Callable[[Sequence[str], Sequence[str]], list]
+
+
+class Menu:
+    """Sets `info["admissible_actions"]` of an env with open-ended actions to its family's menu of the episode so
+    far (empty once it has ended). With `oracle` (YAML: `envs.<key>.kwargs.menu: oracle`), the oracle's next action
+    is added, the menu sorted so that action has no place of its own, and `info["menu"] = "oracle"` says so."""
+
+    def __init__(self, env, menu: MenuFn, oracle: bool = False):
+        self.env, self.menu, self.oracle = env, menu, oracle
+        self.env_id, self.domain = env.env_id, env.domain
+        self.observations: list[str] = []
+        self.actions: list[str] = []
+
+    def __getattr__(self, name: str):  # oracle_action, crashes, ... of the wrapped env
+        return getattr(self.env, name)
+
+    def reset(self, seed: int | None = None):
+        obs, info = self.env.reset(seed=seed)
+        self.observations, self.actions = [obs], []
+        return obs, self._info(info, False)
+
+    def step(self, action: str):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.observations.append(obs)
+        self.actions.append(action)
+        return obs, reward, terminated, truncated, self._info(info, terminated or truncated)
+
+    def _info(self, info: dict, ended: bool) -> dict:
+        menu = [] if ended else self.menu(self.observations, self.actions)
+        if not self.oracle:
+            return dict(info, admissible_actions=menu)
+        oracle = None if ended else self.env.oracle_action()
+        return dict(info, admissible_actions=sorted(set(menu + ([oracle] if oracle else []))), menu="oracle")
 
     def close(self) -> None:
         self.env.close()

@@ -15,7 +15,7 @@ import json
 import random
 import re
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from bfcl_eval.constants.eval_config import MULTI_TURN_FUNC_DOC_PATH
 from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING, MULTI_TURN_FUNC_DOC_FILE_MAPPING
@@ -197,16 +197,7 @@ class BFCLEnv:
         return json.dumps(END_TURN)
 
     def _info(self, **extra) -> dict[str, Any]:
-        menu = {json.dumps(END_TURN)}
-        if not self.done:
-            for i in range(self.progress, len(self.truth[self.turn])):  # the turn's remaining ground truth
-                name, args = self._truth_call(i)
-                menu.add(json.dumps({"tool": name, "arguments": args}))
-            no_args = [n for n, p in self.params.items() if not p]  # and calls that need no arguments
-            for name in random.Random(self.turn).sample(no_args, min(len(no_args), 6)):
-                menu.add(json.dumps({"tool": name, "arguments": {}}))
-        return {"admissible_actions": sorted(menu)[:20], "open_actions": True, "score": self.score, "won": False,
-                "turn": self.turn, **extra}
+        return {"open_actions": True, "score": self.score, "won": False, "turn": self.turn, **extra}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.entry is None:
@@ -254,6 +245,26 @@ class BFCLEnv:
 
     def close(self) -> None:
         self._forget()
+
+
+MENU_SIZE = 20
+
+
+def menu(observations: Sequence[str], actions: Sequence[str]) -> list[str]:
+    """Ending the turn, the calls that need no argument, and the calls of one-string-argument functions with each
+    value the current user request quotes, of the classes the first observation documents; at most MENU_SIZE."""
+    docs = [d for c in re.findall(r"^(\w+): ", observations[0], re.M) if c in CLASS_FILE_PATH_MAPPING
+            for d in class_docs(c)[1]]
+    request = next((" ".join(re.findall(r"^User: (.*)$", o, re.M)) for o in reversed(observations)
+                    if re.search(r"^User: ", o, re.M)), "")
+    quoted = dict.fromkeys(a or b for a, b in re.findall(r"'([^'\s]{1,60})'|\"([^\"\n]{1,60})\"", request))
+    out = [END_TURN] + [{"tool": d["name"], "arguments": {}} for d in docs if not d["parameters"].get("required")]
+    for value in quoted:
+        for d in docs:
+            required, props = d["parameters"].get("required", []), d["parameters"].get("properties", {})
+            if len(required) == 1 and props.get(required[0], {}).get("type") == "string":
+                out.append({"tool": d["name"], "arguments": {required[0]: value}})
+    return list(dict.fromkeys(json.dumps(a) for a in out))[:MENU_SIZE]
 
 
 def check(name: str) -> None:

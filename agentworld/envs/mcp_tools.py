@@ -3,18 +3,20 @@ over stdio through the official `mcp` client SDK. The first observation is the t
 schemas; an action is a JSON tool call (or a final answer); the observation is the raw tool output or error.
 Each task's checker inspects real state: the repository's commits and branches, the database's rows, the answer.
 
-Two kinds of tasks. Seven hand-written ones (`mcp:time-convert`, `mcp:git-commit`, ...), whose menu of admissible
-actions holds their scripted solution among distractors. And seeded procedural ones (`mcp:sqlite-train`,
-`mcp:sqlite-heldout`, `mcp:git-train`, `mcp:git-heldout`): templates x parameters (1,044 sqlite, 1,976 git),
-split 80/20 by a stable hash of the task's key (template and parameters) so no held-out task is a training task;
-`reset(seed)` draws one task of the split and seeds its data (shop database, repository) from the seed. Their
-menu is the same for every task of the family, read-only calls built from the tool schemas and the table names
-the prompt gives (`list_tables`, `describe_table`, `SELECT *`; `git_status`, `git_log`, ...): it tells nothing
-about the task, and never holds the oracle's calls or an answer, so writing and answering need free text
-(`open_actions`)."""
+Two kinds of tasks. Seven hand-written ones (`mcp:time-convert`, `mcp:git-commit`, ...). And seeded procedural ones
+(`mcp:sqlite-train`, `mcp:sqlite-heldout`, `mcp:git-train`, `mcp:git-heldout`): templates x parameters (1,044 sqlite,
+1,976 git), split 80/20 by a stable hash of the task's key (template and parameters) so no held-out task is a
+training task; `reset(seed)` draws one task of the split and seeds its data (shop database, repository) from the seed.
+
+The menu (`menu`) is built from what the agent has seen, never from the scripted solution: read-only calls of the
+listed tools with arguments the task or an earlier output names (`list_tables`, `describe_table`, `SELECT *` of the
+tables named; `git_status`, `git_log`, ... of the repository named; the time zones and clock times the question
+names), and answers read off the last tool output. Writing, and answers that need more than reading off a value,
+take free text (`open_actions`)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import concurrent.futures
 import functools
@@ -30,10 +32,10 @@ import sys
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from zoneinfo import ZoneInfo
 
 from mcp.client.session import ClientSession
@@ -216,15 +218,12 @@ def call(tool: str, **arguments) -> dict:
 
 @dataclass
 class Task:
-    """A prompt, a scripted solution (JSON actions), a checker of real state or of the answer (None when the
-    agent has not answered), and extra candidate actions for the menu. A generated task has its key and its own
-    menu, which replaces distractors + solution."""
+    """A prompt, a scripted solution (JSON actions), and a checker of real state or of the answer (None when the
+    agent has not answered). A generated task has its key."""
     prompt: str
     solution: list[dict]
     check: Callable[[str | None], bool]
-    distractors: list[dict] = field(default_factory=list)
     key: str | None = None
-    menu: list[dict] | None = None
 
     def passes(self, answer: str | None) -> bool:
         try:
@@ -252,14 +251,10 @@ def time_convert(rng: random.Random, scratch: Path) -> Task:
     at = f"{rng.randrange(24):02d}:{rng.choice([0, 15, 30, 45]):02d}"
     h, m = map(int, at.split(":"))
     expected = datetime(2024, 1, 15, h, m, tzinfo=ZoneInfo(src)).astimezone(ZoneInfo(dst)).strftime("%H:%M")
-    other = rng.choice([z for z in NO_DST_ZONES if z not in (src, dst)])
     return Task(
         prompt=f"When it is {at} in {src}, what time is it in {dst}? Answer with the time as HH:MM.",
         solution=[call("convert_time", source_timezone=src, time=at, target_timezone=dst), answer_of(expected)],
-        check=lambda answer: hhmm(answer) == expected,
-        distractors=[call("get_current_time", timezone=dst), call("convert_time", source_timezone=dst, time=at,
-                     target_timezone=src), call("convert_time", source_timezone=src, time=at, target_timezone=other),
-                     answer_of(at)])
+        check=lambda answer: hhmm(answer) == expected)
 
 
 def seeded_history(rng: random.Random, n: int) -> list[tuple[str, str, str, str]]:
@@ -288,10 +283,7 @@ def git_commit(rng: random.Random, scratch: Path) -> Task:
         prompt=(f"In the git repository at repo_path 'project', a new file {path} is not yet committed. "
                 f"Commit it, on top of the current HEAD, with the message: {message}"),
         solution=[call("git_add", repo_path="project", files=[path]), call("git_commit", repo_path="project", message=message)],
-        check=check,
-        distractors=[call("git_status", repo_path="project"), call("git_log", repo_path="project", max_count=5),
-                     call("git_diff_staged", repo_path="project"), call("git_reset", repo_path="project"),
-                     call("git_commit", repo_path="project", message="update")])
+        check=check)
 
 
 def git_branch(rng: random.Random, scratch: Path) -> Task:
@@ -311,10 +303,7 @@ def git_branch(rng: random.Random, scratch: Path) -> Task:
                 f"the branch {base}, and switch to it."),
         solution=[call("git_create_branch", repo_path="project", branch_name=branch, base_branch=base),
                   call("git_checkout", repo_path="project", branch_name=branch)],
-        check=check,
-        distractors=[call("git_branch", repo_path="project", branch_type="local"),
-                     call("git_log", repo_path="project", max_count=5), call("git_status", repo_path="project"),
-                     call("git_checkout", repo_path="project", branch_name="release")])
+        check=check)
 
 
 def git_log_question(rng: random.Random, scratch: Path) -> Task:
@@ -331,10 +320,7 @@ def git_log_question(rng: random.Random, scratch: Path) -> Task:
         prompt=(f"In the git repository at repo_path 'project', who authored the commit with the message "
                 f"'{message}'? Answer with the author's name."),
         solution=[call("git_log", repo_path="project", max_count=10), answer_of(author)],
-        check=check,
-        distractors=[call("git_status", repo_path="project"), call("git_show", repo_path="project", revision="HEAD"),
-                     call("git_branch", repo_path="project", branch_type="local"),
-                     answer_of(rng.choice([a for a, *_ in history if a != author]))])
+        check=check)
 
 
 def fresh_db(scratch: Path) -> Path:
@@ -354,10 +340,7 @@ def sqlite_create_insert(rng: random.Random, scratch: Path) -> Task:
                 f"and insert exactly these rows (id, name, qty): {values}."),
         solution=[call("create_table", query="CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)"),
                   call("write_query", query=f"INSERT INTO products (id, name, qty) VALUES {values}")],
-        check=lambda answer: _rows(db, "SELECT id, name, qty FROM products ORDER BY id") == rows,
-        distractors=[call("list_tables"), call("describe_table", table_name="customers"),
-                     call("read_query", query="SELECT * FROM customers"),
-                     call("write_query", query=f"INSERT INTO products (id, name, qty) VALUES {values.split('), ')[0]})")])
+        check=lambda answer: _rows(db, "SELECT id, name, qty FROM products ORDER BY id") == rows)
 
 
 def _rows(db: Path, sql: str) -> list[tuple] | None:
@@ -385,10 +368,7 @@ def sqlite_query(rng: random.Random, scratch: Path) -> Task:
         prompt=f"In the SQLite database, what is the total amount of all orders placed by the customer {name}? "
                "Answer with the number.",
         solution=[call("read_query", query=sql), answer_of(f"{total:.2f}")],
-        check=check,
-        distractors=[call("list_tables"), call("describe_table", table_name="orders"),
-                     call("read_query", query="SELECT * FROM orders"), call("read_query", query="SELECT * FROM customers"),
-                     answer_of(f"{total + 10:.2f}")])
+        check=check)
 
 
 def sqlite_update(rng: random.Random, scratch: Path) -> Task:
@@ -400,10 +380,7 @@ def sqlite_update(rng: random.Random, scratch: Path) -> Task:
     return Task(
         prompt=f"In the SQLite database, the customer {name} has moved to {city}. Update their city, and change nothing else.",
         solution=[call("write_query", query=f"UPDATE customers SET city = '{city}' WHERE name = '{name}'")],
-        check=lambda answer: _rows(db, "SELECT id, name, city FROM customers ORDER BY id") == expected,
-        distractors=[call("list_tables"), call("describe_table", table_name="customers"),
-                     call("read_query", query="SELECT * FROM customers"),
-                     call("write_query", query=f"UPDATE customers SET city = '{city}'")])
+        check=lambda answer: _rows(db, "SELECT id, name, city FROM customers ORDER BY id") == expected)
 
 
 # ---------------------------------------------------------------- generated tasks, split by key
@@ -461,7 +438,7 @@ def build_task(family: str, key: str, rng: random.Random, scratch: Path) -> Task
             v not in t.params[k] for k, v in params.items()):
         raise ValueError(f"{key!r} is not a {family} task")
     task = t.build(rng, scratch, params)
-    task.key, task.menu = key, MENUS[family]
+    task.key = key
     return task
 
 
@@ -575,11 +552,6 @@ def rows_added(before: list[tuple], now: list[tuple]) -> list[tuple] | None:
     if [r for r in now if r[0] in old] != before:
         return None
     return [r[1:] for r in now if r[0] not in old]
-
-
-SQLITE_MENU = [call("list_tables")] + [c for t in ("customers", "products", "orders")
-                                       for c in (call("describe_table", table_name=t),
-                                                 call("read_query", query=f"SELECT * FROM {t}"))]
 
 
 def sqlite_question(prompt: str, sql: str, answer: str, check: Callable) -> Task:
@@ -740,11 +712,6 @@ CHANGE_MESSAGES = [m.format(w) for m in ("Tune the {} value", "Fix the {} return
                                          "Adjust {} for the release") for w in GIT_WORDS]
 NEW_BRANCHES = [f"{kind}/{w}" for kind in ("feature", "fix", "hotfix") for w in GIT_WORDS]
 REPO = "In the git repository at repo_path 'project', "
-GIT_MENU = [call("git_status", repo_path="project"), call("git_log", repo_path="project"),
-            call("git_branch", repo_path="project", branch_type="local"),
-            call("git_diff_unstaged", repo_path="project"), call("git_diff_staged", repo_path="project"),
-            call("git_show", repo_path="project", revision="HEAD")]
-MENUS = {"sqlite": SQLITE_MENU, "git": GIT_MENU}
 
 
 def seeded_repo(rng: random.Random, scratch: Path, files: tuple[str, ...] = (), author: str | None = None):
@@ -955,10 +922,7 @@ class MCPToolEnv:
                                 log_path=str(self.scratch / "server.log"))
 
     def _info(self, **extra) -> dict[str, Any]:
-        menu = [] if self.task is None else (self.task.menu if self.task.menu is not None
-                                             else self.task.distractors + self.task.solution)
-        actions = sorted({json.dumps(a) for a in menu})
-        return {"admissible_actions": actions, "open_actions": True, "score": self.score, "won": False, **extra}
+        return {"open_actions": True, "score": self.score, "won": False, **extra}
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self.task = self.builder(random.Random(seed), self.scratch)  # state first: the git server needs its repo
@@ -1011,6 +975,56 @@ class MCPToolEnv:
             self.server.close()
             self.server = None
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the menu: from what the agent has seen
+
+ZONE = re.compile(r"\b(?:UTC|[A-Z][a-z]+/[A-Z][A-Za-z_]+)\b")  # an IANA time zone name
+CLOCK = re.compile(r"\b\d{1,2}:\d{2}\b")
+
+
+def menu(observations: Sequence[str], actions: Sequence[str]) -> list[str]:
+    """Read-only calls of the tools the first observation lists, with the arguments the task or an earlier output
+    names, and answers read off the last tool output (`shown_values`)."""
+    task, _, rest = observations[0].partition("\n\nTools:\n")
+    tools = set(re.findall(r"^- (\w+): ", rest, re.M))
+    calls = []
+    if "list_tables" in tools:  # the tables the task names, and those a list_tables call showed
+        named = re.search(r"\(tables ([\w, ]+)\)", task)
+        tables = re.findall(r"\w+", named.group(1).replace(" and ", ", ")) if named else []
+        for action, obs in zip(actions, observations[1:]):
+            if parse_action(action) == call("list_tables"):
+                tables += re.findall(r"'name': '(\w+)'", obs)
+        calls += [call("list_tables")] + [c for t in dict.fromkeys(tables) for c in (
+            call("describe_table", table_name=t), call("read_query", query=f"SELECT * FROM {t}"))]
+    repo = re.search(r"repo_path '([^']+)'", task)
+    if "git_status" in tools and repo:
+        calls += [call(tool, repo_path=repo.group(1), **args) for tool, args in (
+            ("git_status", {}), ("git_log", {}), ("git_branch", {"branch_type": "local"}), ("git_diff_unstaged", {}),
+            ("git_diff_staged", {}), ("git_show", {"revision": "HEAD"}))]
+    if "convert_time" in tools:
+        zones, clocks = list(dict.fromkeys(ZONE.findall(task))), list(dict.fromkeys(CLOCK.findall(task)))
+        calls += [call("get_current_time", timezone=z) for z in zones]
+        calls += [call("convert_time", source_timezone=a, time=t, target_timezone=b)
+                  for a in zones for b in zones if a != b for t in clocks]
+    if len(observations) > 1:
+        calls += [answer_of(v) for v in shown_values(observations[-1])]
+    return list(dict.fromkeys(json.dumps(c) for c in calls))
+
+
+def shown_values(text: str, most: int = 8) -> list[str]:
+    """Candidate answers read off a tool's output: the cells of a small query result (three rows at most), the
+    authors a git log names, the clock times of a time conversion, and the numbers of a short output."""
+    values = re.findall(r"^Author: (.+)$", text, re.M) + re.findall(r'"datetime": "[^"T]*T(\d\d:\d\d)', text)
+    try:
+        rows = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        rows = None
+    if isinstance(rows, list) and len(rows) <= 3 and all(isinstance(r, dict) for r in rows):
+        values += [str(v) for r in rows for v in r.values() if isinstance(v, (str, int, float))]
+    elif len(text) <= 300:
+        values += re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])", text)
+    return list(dict.fromkeys(values))[:most]
 
 
 def check(name: str) -> None:

@@ -11,7 +11,9 @@ The call forms `web_search(queries=[...])`, `web_extractor(url="...")` and `answ
 `search:q1`..`q17` are hand-written questions (`search:python-docs` draws one by seed). `search:train` and
 `search:heldout` draw from hundreds of questions generated from the index's own pages (which page says this
 sentence, which module or package is described so, which name fills this blank, which version is installed),
-split by a hash of the page that holds the answer; see `split_tasks`."""
+split by a hash of the page that holds the answer; see `split_tasks`. The menu (`menu`) is read off what the agent
+has seen: searches from the question, reads of the last results and answers naming their top pages, and on a page
+read its next page and the names it quotes."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import sys
 import sysconfig
 import tokenize
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pydoc_data.topics
 from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
@@ -506,7 +508,6 @@ class SearchEnv:
     def _start(self) -> None:
         self.t, self.score, self.done, self.won = 0, 0.0, False, False
         self.results: list[str] = []  # URLs of the last search
-        self.viewed: tuple[str, int, str, bool] | None = None  # (url, page, text, more pages?) on view
         self.seen: set[tuple[str, int]] = set()
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -548,7 +549,6 @@ class SearchEnv:
         if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= pages:
             raise ValueError(f"`page` must be an integer from 1 to {pages}")
         chunk = text[(page - 1) * PAGE_CHARS: page * PAGE_CHARS]
-        self.viewed = (url.strip(), page, chunk, page < pages)
         self.seen.add((url.strip(), page))
         if pages > 1:
             more = f" Next: {call('web_extractor', url=url.strip(), page=page + 1)}" if page < pages else ""
@@ -584,42 +584,8 @@ class SearchEnv:
             return f"{err}\n\n{HELP}", 0.0, False, truncated, self._info(error=err)
         return obs, 0.0, False, truncated, self._info()
 
-    def actions(self) -> list[str]:
-        """A menu: searches from the question's keywords, extractor calls on the last results (and the next
-        page of the page on view), and answers taken from the quoted terms of the page on view."""
-        words = [w for w in re.findall(r"[\w.]+", self.task["question"])
-                 if len(w) > 2 and w.lower() not in STOPWORDS]
-        menu = [call("web_search", queries=[" ".join(words)]),
-                call("web_search", queries=[" ".join(words[: len(words) // 2 + 1])]),
-                call("web_search", queries=[" ".join(words[len(words) // 2:])])]
-        quoted_text = re.search(r'"(.+)"', self.task["question"]) if "template" in self.task else None
-        if quoted_text:  # a generated question quotes its page: search for the quote's words
-            menu.append(call("web_search", queries=[oracle_query(quoted_text.group(1))]))
-        menu += [call("web_extractor", url=url) for url in self.results[:6]]
-        if self.viewed:
-            url, page, text, more = self.viewed
-            if more:
-                menu.append(call("web_extractor", url=url, page=page + 1))
-            quoted = re.findall(r'"([^"\s]{1,40})"', text)
-            common = sorted(dict.fromkeys(quoted), key=lambda q: (-quoted.count(q), quoted.index(q)))
-            menu += [call("answer", answer=q.strip("()")) for q in common[:3]]
-            if "template" in self.task:
-                menu += [call("answer", answer=a) for a in self.page_answers(url, text)]
-        return list(dict.fromkeys(menu))
-
-    def page_answers(self, url: str, text: str) -> list[str]:
-        """What a generated question may ask of the page on view: its name, its version (a package's), and
-        the quoted names of the sentence sharing most words with the question."""
-        answers = [url.rsplit("/", 1)[-1]]
-        version = re.match(r"# \S+ ([^\s:]+)", text) if url.startswith("pypi://") else None
-        answers += [version.group(1)] if version else []
-        asked = set(re.findall(r"\w+", self.task["question"].lower()))
-        best = max(sentences(text), key=lambda s: len(asked & set(re.findall(r"\w+", s.lower()))), default="")
-        return answers + list(dict.fromkeys(m.group(2) for m in QUOTED.finditer(best)))[:3]
-
     def _info(self, **extra: Any) -> dict[str, Any]:
-        return {"admissible_actions": [] if self.done else self.actions(), "open_actions": True,
-                "won": self.won, "score": self.score, **extra}
+        return {"open_actions": True, "won": self.won, "score": self.score, **extra}
 
     def oracle_action(self) -> str | None:
         """Search with a good query, read the page that holds the answer, then answer."""
@@ -638,6 +604,68 @@ class SearchEnv:
         if self.con is not None:
             self.con.close()
             self.con = None
+
+
+# --- The menu: from what the agent has seen -----------------------------------------------------------
+
+RESULT = re.compile(r"^\[\d+\] (\w+://\S+)\n(.*)$", re.M)  # a search result's URL and title lines
+FOOTER = re.compile(r"\n\n\[Page \d+ of \d+; the page was cut at \d+ characters\.( Next: .*)?\]$")
+
+
+def menu(observations: Sequence[str], actions: Sequence[str]) -> list[str]:
+    """Searches from the question's keywords (and its quoted text), extractor calls on the last search's results and
+    answers naming their top pages, and on the last page read: its next page and the answers it suggests."""
+    question = re.match(r"Question: (.*)", observations[0])
+    question = question.group(1) if question else ""
+    words = [w for w in re.findall(r"[\w.]+", question) if len(w) > 2 and w.lower() not in STOPWORDS]
+    out = [call("web_search", queries=[" ".join(words)]),
+           call("web_search", queries=[" ".join(words[: len(words) // 2 + 1])]),
+           call("web_search", queries=[" ".join(words[len(words) // 2:])])]
+    quoted = re.search(r'"(.+)"', question)
+    if quoted:  # a generated question quotes its page: search for the quote's words
+        out.append(call("web_search", queries=[oracle_query(quoted.group(1))]))
+    results = next((dict(RESULT.findall(o)) for o in reversed(observations) if o.startswith("## Results for")), {})
+    out += [call("web_extractor", url=url) for url in list(results)[:6]]
+    out += [call("answer", answer=a) for url, title in list(results.items())[:3] for a in page_answers(url, title)]
+    viewed = last_page(observations, actions)
+    if viewed:
+        url, page, text = viewed
+        footer = FOOTER.search(text)
+        if footer and footer.group(1):
+            out.append(call("web_extractor", url=url, page=page + 1))
+        text = FOOTER.sub("", text)
+        terms = re.findall(r'"([^"\s]{1,40})"', text)
+        common = sorted(dict.fromkeys(terms), key=lambda q: (-terms.count(q), terms.index(q)))
+        title = text[2:].split("\n", 1)[0] if text.startswith("# ") else ""  # on the page's first chunk
+        out += [call("answer", answer=a)
+                for a in [q.strip("()") for q in common[:3]] + page_answers(url, title) + asked_names(text, question)]
+    return list(dict.fromkeys(out))
+
+
+def last_page(observations: Sequence[str], actions: Sequence[str]) -> tuple[str, int, str] | None:
+    """(url, page, text) of the last page the extractor showed, if any."""
+    for action, obs in zip(reversed(actions), reversed(observations)):
+        try:
+            tool, args = parse_action(action)
+        except ValueError:
+            continue
+        if tool == "web_extractor" and not obs.startswith("Invalid action"):
+            page = args.get("page", 1)
+            return str(args.get("url")).strip(), page if isinstance(page, int) else 1, obs
+    return None
+
+
+def page_answers(url: str, title: str) -> list[str]:
+    """The answers that name a page: its name, and a package's version (its title reads "Name Version: Summary")."""
+    version = re.match(r"\S+ ([^\s:]+)", title) if url.startswith("pypi://") else None
+    return [url.rsplit("/", 1)[-1]] + ([version.group(1)] if version else [])
+
+
+def asked_names(text: str, question: str) -> list[str]:
+    """The quoted names of the page's sentence that shares most words with the question (a fill-the-blank answer)."""
+    asked = set(re.findall(r"\w+", question.lower()))
+    best = max(sentences(text), key=lambda s: len(asked & set(re.findall(r"\w+", s.lower()))), default="")
+    return list(dict.fromkeys(m.group(2) for m in QUOTED.finditer(best)))[:3]
 
 
 NAMES = ["python-docs", *SPLITS] + [f"q{k}" for k in range(1, len(QUESTIONS) + 1)]

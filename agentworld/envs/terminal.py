@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from agentworld.envs.sandbox import Limits, Sandbox
 from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
@@ -67,7 +67,6 @@ class Episode:
     files: dict[str, str]  # relative path -> content, written into /scratch at reset
     check: Callable[[Path], bool]  # reads the scratch dir on the host, never following a symlink
     solution: list[str]  # the oracle's commands, in order
-    menu: list[str] = field(default_factory=list)  # task-specific candidate commands
     decoy: list[str] = field(default_factory=list)  # plausible wrong commands that its check must reject
 
 
@@ -83,9 +82,7 @@ def count_lines(rng: random.Random) -> Episode:
              for _ in range(n)]
     return Episode("Write the number of lines in log.txt into answer.txt.", {"log.txt": "\n".join(lines) + "\n"},
                    lambda root: _text(root, "answer.txt").strip() == str(n),
-                   ["wc -l < log.txt > answer.txt"],
-                   ["head log.txt", "wc -l log.txt", "wc -l < log.txt > answer.txt", "wc -w < log.txt > answer.txt",
-                    "grep -c ERROR log.txt > answer.txt", "cat answer.txt"])
+                   ["wc -l < log.txt > answer.txt"])
 
 
 def make_tree(rng: random.Random) -> Episode:
@@ -97,9 +94,7 @@ def make_tree(rng: random.Random) -> Episode:
         return all(_kind(root, d) == "dir" for d in dirs) and _kind(root, f"{top}/README.md") == "file"
 
     return Episode(f"Create the directories {', '.join(dirs)} and an empty file {top}/README.md.", {}, check,
-                   [f"mkdir -p {' '.join(dirs)}", f"touch {top}/README.md"],
-                   [f"mkdir {top}", f"mkdir -p {' '.join(dirs)}", f"mkdir {dirs[0]}", f"touch {top}/README.md",
-                    f"ls -R {top}", f"rm -r {top}"])
+                   [f"mkdir -p {' '.join(dirs)}", f"touch {top}/README.md"])
 
 
 def find_word(rng: random.Random) -> Episode:
@@ -119,9 +114,7 @@ def find_word(rng: random.Random) -> Episode:
 
     return Episode(f"Write the names of the files in notes/ that contain the word '{word}' into found.txt, "
                    "one per line, sorted (e.g. notes/note01.txt).", files, check,
-                   [f"grep -lw {word} notes/* | sort > found.txt"],
-                   ["ls notes", f"grep -r {word} notes", f"grep -lw {word} notes/* | sort > found.txt",
-                    f"grep -L {word} notes/* > found.txt", "cat notes/note01.txt", "cat found.txt"])
+                   [f"grep -lw {word} notes/* | sort > found.txt"])
 
 
 def sort_uniq(rng: random.Random) -> Episode:
@@ -129,9 +122,7 @@ def sort_uniq(rng: random.Random) -> Episode:
     return Episode("Write the distinct words of words.txt into unique.txt, sorted alphabetically, one per line.",
                    {"words.txt": "\n".join(words) + "\n"},
                    lambda root: _text(root, "unique.txt").split("\n") == sorted(set(words)) + [""],
-                   ["sort -u words.txt > unique.txt"],
-                   ["head words.txt", "sort -u words.txt > unique.txt", "uniq words.txt > unique.txt",
-                    "sort words.txt > unique.txt", "sort words.txt | uniq -c", "cat unique.txt"])
+                   ["sort -u words.txt > unique.txt"])
 
 
 def rename_ext(rng: random.Random) -> Episode:
@@ -143,10 +134,7 @@ def rename_ext(rng: random.Random) -> Episode:
         return _listdir(root, "photos") == sorted(want) and all(_text(root, f"photos/{n}") == c for n, c in want.items())
 
     return Episode("Rename every file in photos/ from .jpeg to .jpg (img_001.jpeg -> img_001.jpg), keeping the contents.",
-                   files, check, ['for f in photos/*.jpeg; do mv "$f" "${f%.jpeg}.jpg"; done'],
-                   ["ls photos", 'for f in photos/*.jpeg; do mv "$f" "${f%.jpeg}.jpg"; done',
-                    f"mv photos/{stems[0]}.jpeg photos/{stems[0]}.jpg", "touch photos/new.jpg",
-                    'for f in photos/*.jpeg; do cp "$f" "${f%.jpeg}.jpg"; done'])
+                   files, check, ['for f in photos/*.jpeg; do mv "$f" "${f%.jpeg}.jpg"; done'])
 
 
 def csv_column(rng: random.Random) -> Episode:
@@ -155,10 +143,7 @@ def csv_column(rng: random.Random) -> Episode:
     return Episode("Write the city column of people.csv, without the header, into cities.txt: one city per line, "
                    "in the file's order.", {"people.csv": csv},
                    lambda root: _text(root, "cities.txt").split("\n") == [c for _, _, c in rows] + [""],
-                   ["tail -n +2 people.csv | cut -d, -f3 > cities.txt"],
-                   ["head -3 people.csv", "tail -n +2 people.csv | cut -d, -f3 > cities.txt",
-                    "cut -d, -f3 people.csv > cities.txt", "tail -n +2 people.csv | cut -d, -f2 > cities.txt",
-                    "cat cities.txt"])
+                   ["tail -n +2 people.csv | cut -d, -f3 > cities.txt"])
 
 
 def sum_column(rng: random.Random) -> Episode:
@@ -167,10 +152,7 @@ def sum_column(rng: random.Random) -> Episode:
     total = sum(a for _, a in rows)
     return Episode("Write the sum of the amount column of sales.csv into total.txt.", {"sales.csv": csv},
                    lambda root: _text(root, "total.txt").strip() == str(total),
-                   ["awk -F, 'NR > 1 {s += $2} END {print s}' sales.csv > total.txt"],
-                   ["cat sales.csv", "awk -F, 'NR > 1 {s += $2} END {print s}' sales.csv > total.txt",
-                    "awk -F, '{s += $2} END {print NR}' sales.csv > total.txt", "wc -l sales.csv > total.txt",
-                    "cat total.txt"])
+                   ["awk -F, 'NR > 1 {s += $2} END {print s}' sales.csv > total.txt"])
 
 
 def clean_tmp(rng: random.Random) -> Episode:
@@ -182,9 +164,7 @@ def clean_tmp(rng: random.Random) -> Episode:
     keep = sorted(p for p in files if not p.endswith(".tmp"))
     return Episode("Delete every .tmp file under build/, in all its subdirectories, and keep every other file.",
                    files, lambda root: _tree(root, "build") == keep,
-                   ["find build -name '*.tmp' -delete"],
-                   ["find build -name '*.tmp'", "find build -name '*.tmp' -delete", "rm build/*.tmp", "ls -R build",
-                    "rm -rf build"])
+                   ["find build -name '*.tmp' -delete"])
 
 
 TASKS: dict[str, Callable[[random.Random], Episode]] = {
@@ -213,13 +193,6 @@ def template(name: str, **grid: list) -> Callable:
     return register
 
 
-def _task(goal: str, files: dict[str, str], check: Callable[[Path], bool], solution: list[str], decoy: list[str],
-          look: list[str]) -> Episode:
-    """An Episode whose menu holds `look` (harmless commands), the solution and the decoy, in an order the rng
-    shuffles later: a fixed place for the solution would let a policy learn the place, not the task."""
-    return Episode(goal, files, check, solution, look + solution + decoy, decoy)
-
-
 def _lines_are(out: str, want: list[str]) -> Callable[[Path], bool]:
     return lambda root: _text(root, out).splitlines() == want
 
@@ -246,8 +219,7 @@ def gen_count(rng: random.Random, what: str, file: str, out: str) -> Episode:
     else:
         goal, n = f"how many lines of {file} contain {what}", sum(what in line for line in lines)
         sol, decoy = f"grep -c {what} {file} > {out}", lines_cmd
-    return _task(f"Write {goal} into {out}.", {file: "\n".join(lines) + "\n"}, _number_is(out, n), [sol], [decoy],
-                 [f"head {file}", f"wc {file}", f"cat {out}"])
+    return Episode(f"Write {goal} into {out}.", {file: "\n".join(lines) + "\n"}, _number_is(out, n), [sol], [decoy])
 
 
 @template("grep", keep=["with", "without"], level=LEVELS, file=LOGS, out=["lines.txt", "out.txt", "matches.txt"])
@@ -258,8 +230,8 @@ def gen_grep(rng: random.Random, keep: str, level: str, file: str, out: str) -> 
     if keep == "without":
         sol, decoy = decoy, sol
     how = "contain" if keep == "with" else "do not contain"
-    return _task(f"Write the lines of {file} that {how} {level} into {out}, in order.", {file: "\n".join(lines) + "\n"},
-                 _lines_are(out, want), [sol], [decoy], [f"head {file}", f"grep -c {level} {file}", f"cat {out}"])
+    return Episode(f"Write the lines of {file} that {how} {level} into {out}, in order.", {file: "\n".join(lines) + "\n"},
+                 _lines_are(out, want), [sol], [decoy])
 
 
 @template("ends", end=["first", "last"], k=[2, 3, 5, 10], file=LOGS, out=["part.txt", "lines.txt"])
@@ -267,8 +239,8 @@ def gen_ends(rng: random.Random, end: str, k: int, file: str, out: str) -> Episo
     lines = _log(rng, rng.randint(12, 30))
     head, tail = f"head -n {k} {file} > {out}", f"tail -n {k} {file} > {out}"
     sol, decoy, want = (head, tail, lines[:k]) if end == "first" else (tail, head, lines[-k:])
-    return _task(f"Write the {end} {k} lines of {file} into {out}.", {file: "\n".join(lines) + "\n"},
-                 _lines_are(out, want), [sol], [decoy], [f"wc -l {file}", f"cat {file}", f"cat {out}"])
+    return Episode(f"Write the {end} {k} lines of {file} into {out}.", {file: "\n".join(lines) + "\n"},
+                 _lines_are(out, want), [sol], [decoy])
 
 
 @template("tree", top=["atlas", "boreal", "cedar", "delta", "ember", "fjord"],
@@ -283,9 +255,8 @@ def gen_tree(rng: random.Random, top: str, subs: str, file: str) -> Episode:
             and _text(root, f"{top}/{file}") == ""
 
     touch = f"touch {top}/{file}"
-    return _task(f"Create the directories {' and '.join(dirs)} and an empty file {top}/{file}.", {}, check,
-                 [f"mkdir -p {' '.join(dirs)}", touch], [f"mkdir -p {dirs[0]}", touch],
-                 [f"mkdir {top}", f"ls -R {top}"])
+    return Episode(f"Create the directories {' and '.join(dirs)} and an empty file {top}/{file}.", {}, check,
+                 [f"mkdir -p {' '.join(dirs)}", touch], [f"mkdir -p {dirs[0]}", touch])
 
 
 @template("find", word=WORDS[:8], has=["with", "without"], dir=["notes", "docs", "mail"], out=["found.txt", "hits.txt"])
@@ -308,8 +279,8 @@ def gen_find(rng: random.Random, word: str, has: str, dir: str, out: str) -> Epi
     if has == "without":
         sol, decoy = decoy, sol
     how = "containing" if has == "with" else "not containing"
-    return _task(f"List the files in {dir}/ {how} the word '{word}' into {out}, one per line, sorted.", files, check,
-                 [sol], [decoy], [f"ls {dir}", f"grep -r {word} {dir}", f"cat {out}"])
+    return Episode(f"List the files in {dir}/ {how} the word '{word}' into {out}, one per line, sorted.", files, check,
+                 [sol], [decoy])
 
 
 POOLS = {"words.txt": WORDS[:10], "names.txt": NAMES, "cities.txt": CITIES, "tags.txt": WORDS[6:]}
@@ -335,8 +306,7 @@ def gen_uniq(rng: random.Random, file: str, mode: str, out: str) -> Episode:
                      f"sort -u {file} | wc -l > {out}", f"wc -l < {file} > {out}"),
         "top": ("the most frequent line of {} into {}", _number_is(out, vocab[0]), top("r"), top("")),
     }[mode]
-    return _task(f"Write {goal.format(file, out)}.", {file: "\n".join(lines) + "\n"}, check, [sol], [decoy],
-                 [f"head {file}", f"sort {file} | uniq -c", f"cat {out}"])
+    return Episode(f"Write {goal.format(file, out)}.", {file: "\n".join(lines) + "\n"}, check, [sol], [decoy])
 
 
 STEMS = {"jpeg": "img", "htm": "page", "txt": "note", "yml": "conf", "tiff": "scan", "mpeg": "clip"}
@@ -359,8 +329,8 @@ def gen_rename(rng: random.Random, ext: str, dir: str, op: str) -> Episode:
     cmd = "mv" if op == "rename" else "cp"
     goal = (f"Rename every .{a} file in {dir}/ to .{b} (x.{a} -> x.{b}), keeping the contents." if op == "rename" else
             f"Copy every .{a} file in {dir}/ to a .{b} file of the same name, keeping the originals.")
-    return _task(goal, files, check, [f'for f in {dir}/*.{a}; do {cmd} "$f" "${{f%.{a}}}.{b}"; done'],
-                 [f"{cmd} {dir}/{stems[0]}.{a} {dir}/{stems[0]}.{b}"], [f"ls {dir}", f"cat {dir}/notes.log"])
+    return Episode(goal, files, check, [f'for f in {dir}/*.{a}; do {cmd} "$f" "${{f%.{a}}}.{b}"; done'],
+                 [f"{cmd} {dir}/{stems[0]}.{a} {dir}/{stems[0]}.{b}"])
 
 
 @template("csv", file=["people.csv", "staff.csv", "members.csv"], column=["name", "age", "city"],
@@ -372,11 +342,11 @@ def gen_csv(rng: random.Random, file: str, column: str, order: str, out: str) ->
     k = cols.index(column) + 1
     want = [r[column] for r in rows]  # ages have two digits, so sort's order is the numeric one too
     pipe = " | sort" if order == "sorted" else ""
-    return _task(f"Write the {column} column of {file} (no header) into {out}, one per line, "
+    return Episode(f"Write the {column} column of {file} (no header) into {out}, one per line, "
                  f"{'sorted' if order == 'sorted' else 'in file order'}.",
                  {file: ",".join(cols) + "\n" + "".join(",".join(r[c] for c in cols) + "\n" for r in rows)},
                  _lines_are(out, sorted(want) if pipe else want), [f"tail -n +2 {file} | cut -d, -f{k}{pipe} > {out}"],
-                 [f"cut -d, -f{k} {file}{pipe} > {out}"], [f"head -3 {file}", f"cat {out}"])
+                 [f"cut -d, -f{k} {file}{pipe} > {out}"])
 
 
 @template("stat", file=["sales.csv", "costs.csv", "orders.csv"], column=["amount", "qty", "price"],
@@ -395,9 +365,9 @@ def gen_stat(rng: random.Random, file: str, column: str, agg: str, out: str) -> 
         "min": (ends["head"], ends["tail"], min(values)),
     }[agg]
     what = {"sum": "sum", "max": "largest value", "min": "smallest value"}[agg]
-    return _task(f"Write the {what} of the {column} column of {file} into {out}.",
+    return Episode(f"Write the {what} of the {column} column of {file} into {out}.",
                  {file: ",".join(cols) + "\n" + "".join(",".join(r[c] for c in cols) + "\n" for r in rows)},
-                 _number_is(out, answer), [sol], [decoy], [f"cat {file}", f"cat {out}"])
+                 _number_is(out, answer), [sol], [decoy])
 
 
 @template("clean", dir=["build", "cache", "out", "dist"], ext=["tmp", "log", "bak", "o"],
@@ -421,7 +391,7 @@ def gen_clean(rng: random.Random, dir: str, ext: str, op: str) -> Episode:
         "count": (f"Write how many .{ext} files there are under {dir}/, in all its subdirectories, into n.txt.",
                   _number_is("n.txt", len(targets)), f"{find} | wc -l > n.txt", f"ls {dir}/*.{ext} | wc -l > n.txt"),
     }[op]
-    return _task(goal, files, check, [sol], [decoy], [f"ls -R {dir}", find])
+    return Episode(goal, files, check, [sol], [decoy])
 
 
 NEW_WORDS = ["pear", "lake", "rock", "mist", "oak"]
@@ -436,9 +406,9 @@ def gen_replace(rng: random.Random, file: str, old: str, new: str) -> Episode:
             line.insert(rng.randrange(len(line) + 1), old)
     rng.shuffle(lines)
     text = "".join(" ".join(line) + "\n" for line in lines)
-    return _task(f"Replace every '{old}' in {file} with '{new}', editing the file in place.", {file: text},
+    return Episode(f"Replace every '{old}' in {file} with '{new}', editing the file in place.", {file: text},
                  lambda root: _text(root, file) == text.replace(old, new), [f"sed -i 's/{old}/{new}/g' {file}"],
-                 [f"sed -i 's/{old}/{new}/' {file}"], [f"cat {file}", f"grep -c {old} {file}"])
+                 [f"sed -i 's/{old}/{new}/' {file}"])
 
 
 def _enumerate() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -469,9 +439,7 @@ def task_keys(split: str | None = None) -> list[str]:
 def generate(key: str, rng: random.Random) -> Episode:
     """The task `key`, its files drawn from `rng`."""
     name, params = TASK_SPACE[key]
-    episode = TEMPLATES[name][0](rng, **params)
-    rng.shuffle(episode.menu)
-    return episode
+    return TEMPLATES[name][0](rng, **params)
 
 
 def draw(split: str, rng: random.Random) -> tuple[str, Episode]:
@@ -729,8 +697,7 @@ class TerminalEnv:
         return sol[self.done_cmds] if self.done_cmds < len(sol) else sol[-1]
 
     def _info(self, **extra: Any) -> dict[str, Any]:
-        menu = list(dict.fromkeys(GENERIC_MENU + (self.episode.menu if self.episode else [])))
-        return {"admissible_actions": menu, "open_actions": True, "won": self.won, "score": self.score,
+        return {"open_actions": True, "won": self.won, "score": self.score,
                 "task": self.episode.goal if self.episode else "", **({"task_key": self.key} if self.key else {}),
                 **extra}
 
@@ -741,6 +708,18 @@ class TerminalEnv:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+
+FILE = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.[A-Za-z]{2,4})(?![\w/])")  # log.txt, notes/note01.txt
+DIR = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+)/(?![\w.])")  # notes/
+
+
+def menu(observations: Sequence[str], actions: Sequence[str]) -> list[str]:
+    """The generic commands, and looks at what the task names: `cat` and `head` of its files, `ls` of its
+    directories. Nothing that writes: the task's own commands take free text (`open_actions`)."""
+    task = observations[0].split("\n", 1)[0].removeprefix("Task: ")
+    looks = [c for f in dict.fromkeys(FILE.findall(task)) for c in (f"cat {f}", f"head {f}")]
+    return list(dict.fromkeys(GENERIC_MENU + looks + [f"ls {d}" for d in dict.fromkeys(DIR.findall(task))]))
 
 
 def check(name: str) -> None:

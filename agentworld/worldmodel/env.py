@@ -1,16 +1,23 @@
 """WorldModelEnv: the LWM as an environment with the real envs' protocol. It keeps the episode history,
-builds the prompt, generates, and parses the next observation, reward and termination from the model."""
+builds the prompt, generates, and parses the next observation, reward and termination from the model. Each step's
+menu comes from the predicted episode through the env family's `menu` (agentworld/envs/base.py: Menu), as the real
+env's does; a family without one (a fixed action set) keeps its start state's."""
 
 from __future__ import annotations
 
 import random
 from typing import Any, Sequence
 
+from agentworld.envs import menu_of
 from agentworld.worldmodel.prompt import STATEFUL, build_messages, parse_prediction, render_state, window, wm_system_prompt
 
 
+# What a simulated episode keeps of its real start state's info: what stays fixed for an episode
+EPISODE_INFO = ("task", "task_key", "open_actions")
+
+
 class WorldModelEnv:
-    """One simulated episode at a time. Start states are drawn from real initial observations;
+    """One simulated episode at a time. Start states are drawn from real initial observations and their info;
     `step_batch` advances many of these envs with one batched generation."""
 
     batched = True  # step_all steps these together, one generation per engine
@@ -30,6 +37,7 @@ class WorldModelEnv:
         self.sampler, self.step_control, self.next_control = sampler, None, None
         self.notes = notes  # world_model.prompts
         self.system = wm_system_prompt(env_id, domain, control, notes)
+        self.menu = menu_of(env_id)
         self._reset_state()
 
     def _reset_state(self):
@@ -39,11 +47,21 @@ class WorldModelEnv:
         self.t, self.score, self.info = 0, 0.0, {}
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        return self.start(*random.Random(seed).choice(self.initial_states))
+
+    def start(self, obs: str, info: dict) -> tuple[str, dict[str, Any]]:
+        """Begin an episode at the real state `obs` with its `info`."""
         self._reset_state()
-        obs, info = random.Random(seed).choice(self.initial_states)
         self.observations.append(obs)
-        self.info = dict(info)
-        return obs, dict(info)
+        keep = EPISODE_INFO if self.menu is not None else EPISODE_INFO + ("admissible_actions",)
+        self.info = {k: info[k] for k in keep if k in info}
+        return obs, self._info(False)
+
+    def _info(self, ended: bool) -> dict[str, Any]:
+        """The episode's fixed info, and the menu of the predicted episode so far."""
+        if self.menu is None:
+            return dict(self.info)
+        return dict(self.info, admissible_actions=[] if ended else self.menu(self.observations, self.actions))
 
     def prompt(self, action: str) -> str:
         """The prompt for `action`; this settles the step's control (observe() reads it): next_control, else
@@ -70,7 +88,8 @@ class WorldModelEnv:
         self.observations.append(pred.obs)
         self.replies.append(render_state(pred.obs, reward, terminated))
         truncated = not terminated and self.t >= self.max_steps
-        info = dict(self.info, score=self.score, won=terminated and reward > 0, wm_version=self.engine.version)
+        info = dict(self._info(terminated or truncated), score=self.score, won=terminated and reward > 0,
+                    wm_version=self.engine.version)
         if not pred.well_formed:
             info["wm_format_error"] = True
         control = self.step_control if self.step_control is not None else self.control

@@ -78,9 +78,7 @@ class HybridEnv:
         self.rng = random.Random(f"shadow-{seed}")
         obs, info = self.real.reset(seed=seed)
         self.real_t, self.real_done = 0, False  # actions the real env has applied; whether its episode ended
-        self.sim._reset_state()
-        self.sim.observations.append(obs)  # the simulation starts from the real initial state
-        self.sim.info = dict(info)
+        self.sim.start(obs, info)  # the simulation starts from the real initial state
         return obs, dict(info)
 
     def _real_step(self, action: str) -> tuple:
