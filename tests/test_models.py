@@ -61,3 +61,18 @@ def test_weight_update_changes_generation(tiny):
     engine.load_weights(sd, version=3)
     after = engine.score_choices(prompt, [["left", "down"]])
     assert engine.version == 3 and not torch.allclose(before, after)
+
+
+def test_batched_greedy_predictions_come_back_in_prompt_order(tiny):
+    """The LWM's measurement batches prompts by length: each reply still answers its own prompt, and equals the
+    reply the prompt gets alone (left padding and the last-position logits change nothing)."""
+    from learners.world_model import greedy_texts
+
+    engine = HFEngine(tiny)
+    torch.manual_seed(0)  # random weights: replies that differ from prompt to prompt
+    engine.load_weights({k: torch.randn_like(v) for k, v in engine.model.state_dict().items()}, 1)
+    prompts = [render_chatml([{"role": "user", "content": "Observation:\n" + "[S]FF" * k + str(k)}], True)
+               for k in (5, 1, 9, 2, 7)]
+    alone = [engine.generate([p], max_new_tokens=6, temperature=0.0)[0].text for p in prompts]
+    assert len(set(alone)) >= 3
+    assert greedy_texts(engine, prompts, 6, batch_size=2) == alone
