@@ -23,7 +23,7 @@ from agentworld.worldmodel.fidelity import fidelity
 from agentworld.worldmodel.prompt import parse_prediction
 
 
-def greedy_texts(engine: HFEngine, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+def greedy_texts(engine: HFEngine, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """The engine's greedy replies to `prompts`, in batches of similar length (a batch is padded to its longest)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)

@@ -60,11 +60,17 @@ def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str]):
 def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> torch.Tensor:
     """Summed log-probability of the completion tokens of each row (differentiable)."""
     ids, attn, comp = ids.to(model.device), attn.to(model.device), comp.to(model.device)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    # logits only where some row predicts a completion token: a long prompt's vocab-wide logits (batch x length x
+    # vocab floats, and their gradient) are most of the memory and the LM head's time otherwise
+    keep = comp[:, 1:].any(0).nonzero().squeeze(1)
+    if last_logits(model):
+        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits.float()
+    else:
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][:, keep].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return (logp * comp[:, 1:]).sum(-1)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][:, keep, None]).squeeze(-1)
+    return (logp * comp[:, 1:][:, keep]).sum(-1)
 
 
 def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> torch.Tensor:
