@@ -178,25 +178,25 @@ def build_base_model(run: Run, rows: list[dict]) -> str:
         run.console.print(f"reusing base model {out}")
         return str(out)
     t = cfg.model.tiny
-    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml), t.vocab_size, out)
+    turns = max(agent_for(cfg, arm.env).history_turns for arm in cfg.arms)  # the policy prompts the arms will render
+    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml, turns), t.vocab_size, out)
     build_tiny_model(tok, out, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
                      num_layers=t.num_layers, num_heads=t.num_heads, max_positions=t.max_positions, seed=cfg.run.seed)
     run.console.print(f"built tiny Qwen2 (vocab {len(tok)}, hidden {t.hidden_size}, {t.num_layers} layers) in {out}")
     return str(out)
 
 
-def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
+def _tokenizer_corpus(rows: list[dict], render_chatml, history_turns: int) -> list[str]:
     """The run's own text: LWM examples and policy turns rendered exactly as the models will see them."""
     import pyarrow as pa
 
     from agentworld.policy import episode_prompts
     from agentworld.worldmodel.data import episodes_from_table, wm_examples
 
-    episodes = episodes_from_table(pa.Table.from_pylist(rows))
     render = lambda m: render_chatml(m, True)  # noqa: E731
-    texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes, render, 2)]
-    policy_rows = [r for e in episodes for r in e][:2000]
-    for r, prompt in zip(policy_rows, episode_prompts(policy_rows, render, 2)):
+    texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes_from_table(pa.Table.from_pylist(rows)),
+                                                                      render, 2)]
+    for r, prompt in zip(rows[:2000], episode_prompts(rows, render, history_turns)):
         texts.append(prompt + r["action"] + "<|im_end|>\n")
     return texts
 
