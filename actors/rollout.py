@@ -19,7 +19,7 @@ import ray
 
 from agentworld.config import AgentConfig, ArmConfig, EnvConfig, GenerationConfig, Runtime
 from agentworld.envs import make_env_from
-from agentworld.episodes import play_episodes
+from agentworld.episodes import parsed, play_episodes
 from agentworld.schema import rows_to_batch
 
 
@@ -82,9 +82,7 @@ class RolloutActor:
         s = self.spec
         if s.policy in ("random", "oracle") or s.policy.startswith("mix:"):  # scripted: no model
             return behaviour_policy(s.policy, s.seed)
-        a = s.agent
-        return LLMPolicy(self._engine(s.policy, s.seed, 0, s.policy_engine), mode=a.action_mode,
-                         temperature=a.temperature, max_action_tokens=a.max_action_tokens)
+        return LLMPolicy.for_agent(self._engine(s.policy, s.seed, 0, s.policy_engine), s.agent)
 
     def _engine(self, path: str, seed: int, version: int, shared):
         """The engine `runtime.engine.inference` names, in this actor, or `shared`, an EngineActor of the arm."""
@@ -144,7 +142,8 @@ class RolloutActor:
                 policy_version=self.policy.version, wm_version=None if self.wm_engine is None else self.wm_engine.version,
                 actor_id=s.actor_id, control=info.get("control"), shadow_steps=info.get("shadow_steps"),
                 fidelity_match=info.get("fidelity_match"), fidelity=info.get("fidelity"),
-                logprobs=act.logprobs, choices=act.choices, created_at=time.time()))
+                logprobs=act.logprobs, choices=act.choices, action_ids=act.ids, parsed=parsed(info),
+                created_at=time.time()))
 
         seeds = [s.seed * 1_000_003 + base + i for i in range(len(self.envs))]
         play_episodes(self.envs, self.policy, seeds, record)

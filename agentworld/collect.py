@@ -7,7 +7,7 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentworld.episodes import play_episodes
+from agentworld.episodes import parsed, play_episodes
 from agentworld.envs import make_env
 from agentworld.policy import behaviour_policy
 from agentworld.replay import ReplayStore
@@ -39,7 +39,8 @@ def collect(env_id: str, policy: str, episodes: int, out: str, *, seed: int = 0,
                         run_id=run_id, arm=arm, episode_id=f"{arm}-{seed}-{base + i}", step=t, env_id=env_id,
                         domain=envs[i].domain, source="real", obs=obs, action=act.action, next_obs=nobs,
                         reward=float(reward), terminated=bool(term), truncated=bool(trunc), policy_version=0,
-                        actor_id="collect", logprobs=act.logprobs, choices=act.choices, created_at=time.time()))
+                        actor_id="collect", logprobs=act.logprobs, choices=act.choices, action_ids=act.ids,
+                        parsed=parsed(info), created_at=time.time()))
 
                 results = play_episodes(batch, pol, [seed * 1_000_003 + base + i for i in range(len(batch))], record)
                 store.add(rows_to_batch(rows))

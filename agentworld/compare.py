@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from agentworld.metrics import KINDS, TIME, Kind
-from agentworld.report import (MARKERS, curve_rows, fmt, headline_measures, measure_panels, series_of,
+from agentworld.report import (MARKERS, curve_rows, fmt, headline_measures, key_text, measure_panels, series_of,
                                sim_vs_real_axes, x_values)
 
 X_AXES = [("x_real", "real env steps (own + LWM data)"), ("x_total", "total env steps (real + simulated)"),
@@ -84,7 +84,8 @@ def _arm_series(groups) -> list[dict]:
             evals = [sim_vs_real_axes(_of(df, "eval", arm)) for _, df in seeded]
             rows = {k.name: [_of(df, k.name, arm) for _, df in seeded] for k in KINDS.values() if "arm" in k.keys}
             out.append(dict(label=arm if len(groups) == 1 else f"{arm} · {gname}", arm=arm,
-                            source=str(evals[0]["source"].iloc[0]), evals=evals, pools=rows["pool"],
+                            source=str(evals[0]["source"].iloc[0]), init=key_text(evals[0].get("init")),
+                            evals=evals, pools=rows["pool"],
                             seeds=[config["run"].get("seed") for config, _ in seeded], rows=rows))
     return out
 
@@ -163,7 +164,9 @@ def plot(all_series: list[dict], path: Path, success_target: float | None, lwm: 
 
 def _series_label(s: dict) -> str:
     n = len(s["seeds"])
-    return f"{s['label']} ({s['source']}, {n} seed{'s' if n > 1 else ''})" + (": mean, band min-max" if n > 1 else "")
+    start = f", from {s['init']}" if s.get("init") else ""
+    return (f"{s['label']} ({s['source']}{start}, {n} seed{'s' if n > 1 else ''})"
+            + (": mean, band min-max" if n > 1 else ""))
 
 
 def _draw_headline(ax, all_series: list[dict], measure: tuple[str, str], x: tuple[str, str],
@@ -243,7 +246,8 @@ def _final(s: dict) -> dict:
             return f"{v.mean():,.1f}" + (f" ± {spread:,.1f}" if len(v) > 1 else "") + " min"
         return fmt(v.mean(), how) + (f" ± {fmt(spread, how)}" if len(v) > 1 else "")
 
-    return {"arm": s["label"], "trains in": s["source"], "seeds": ", ".join(str(x) for x in s["seeds"]),
+    return {"arm": s["label"], "trains in": s["source"], "starts from": fmt(s.get("init")),
+            "seeds": ", ".join(str(x) for x in s["seeds"]),
             "final success": stat("success", "fraction"), "final return": stat("return", "number"),
             "real env steps": stat("x_real", "count"), "total env steps": stat("x_total", "count"),
             "wall-clock": stat("x_wall", "min")}
@@ -265,7 +269,7 @@ def compare(run_dirs, out) -> Path:
     rows = [_final(s) for s in all_series]
     e = html.escape
     table = "<tr>" + "".join(f"<th>{e(k)}</th>" for k in rows[0]) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td class='{'txt' if k in ('arm', 'trains in') else 'num'}'>{e(str(v))}</td>"
+        "<tr>" + "".join(f"<td class='{'txt' if k in ('arm', 'trains in', 'starts from') else 'num'}'>{e(str(v))}</td>"
                          for k, v in r.items()) + "</tr>" for r in rows)
     runs = "".join(f"<li>{e(str(Path(d).resolve()))}</li>" for d in run_dirs)
     png = base64.b64encode((out / "compare.png").read_bytes()).decode()

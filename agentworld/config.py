@@ -216,7 +216,10 @@ class AgentConfig:
     # a loss in learners/losses.py: grpo (group-normalised advantages, clipped ratio) | ppo (group-mean baseline)
     # | rloo (leave-one-out baseline) | gspo (sequence-level ratio: the same as grpo for one action)
     algorithm: str = "grpo"
-    init: str = "lwm"  # lwm | scratch | PATH to a checkpoint
+    # what every arm's policy starts from, unless the arm sets its own `init`: lwm (the LWM) | cpt (the LWM recipe's
+    # CPT-only checkpoint: a control for "just more text of the domain") | scratch (the base model: model.path or the
+    # tiny default) | PATH to a checkpoint
+    init: str = "lwm"
     lr: float = 1e-3
     episodes_per_update: int = 32
     updates: int = 60
@@ -224,8 +227,15 @@ class AgentConfig:
     clip: float = 0.2
     temperature: float = 1.0  # behaviour sampling temperature
     max_staleness: int = 1  # actors start an episode only within this many versions of the learner
-    action_mode: str = "choice"  # choice: pick among admissible actions | generate: free text, parsed
-    max_action_tokens: int = 8
+    action_mode: str = "choice"  # choice: pick among admissible actions | generate: free text, parsed by the env
+    # a generated action's token limit; unset: the arm's domain's (ACTION_TOKENS: 8 for grids, 128 for MCP JSON calls)
+    max_action_tokens: Optional[int] = None
+    # past (observation, action) turns in the policy's prompt; unset: 4 when the arm's domain keeps state beyond one
+    # screen (envs.STATEFUL), else 1. In those domains the prompt keeps the episode's task when turns are dropped
+    history_turns: Optional[int] = None
+    # if > 0, drop the oldest turns until the prompt fits; unset: 1,536 tokens (at most the tiny model's positions less
+    # max_action_tokens) when history_turns > 1, else 0
+    history_budget_tokens: Optional[int] = None
 
 
 @dataclass
@@ -269,6 +279,7 @@ class ArmConfig:
     actors_min: Optional[int] = None
     actors_max: Optional[int] = None
     envs_per_actor: int = 16
+    init: Optional[str] = None  # what its policy starts from (lwm | cpt | scratch | PATH); unset: agent.init
     control: ControlConfig = field(default_factory=ControlConfig)  # sim arms: per-step controls (sim-controlled)
     hybrid: HybridConfig = field(default_factory=HybridConfig)  # source hybrid: shadow execution and routing
 
@@ -415,6 +426,12 @@ def runtime(cfg, run_dir) -> Runtime:
 # Loading and validation: every error is one line naming the file and the dotted key.
 
 ACTION_MODES = ("choice", "generate")
+AGENT_INITS = ("lwm", "cpt", "scratch")
+# a generated action's token limit per domain (agent.max_action_tokens overrides): a grid move, a game command, a
+# shell line, a search call, a JSON tool call, an edit block
+ACTION_TOKENS = {"gridworld": 8, "textgame": 24, "science": 24, "embodied": 24, "web": 32, "terminal": 64,
+                 "search": 96, "mcp": 128, "swe": 256}
+DEFAULT_ACTION_TOKENS = 64  # a domain not listed above
 BEHAVIOUR_POLICIES = ("random", "oracle")
 WM_STAGES = ("cpt", "sft", "rl")
 
@@ -591,11 +608,12 @@ def _validate_model(cfg, fail) -> None:
 
 
 def _validate_lora_targets(cfg, fail) -> None:
-    """Every target module exists in the models the learners train: model.path (or the tiny default, a Qwen2) and a
-    checkpoint agent.init names. Built on the meta device: no weights are read."""
+    """Every target module exists in the models the learners train: model.path (or the tiny default, a Qwen2) and the
+    checkpoints agent.init and arms[i].init name. Built on the meta device: no weights are read."""
     from agentworld.models.lora import lora_targets_error, skeleton
 
-    paths = [cfg.model.path] + ([cfg.agent.init] if _checkpoint(cfg.agent.init) else [])
+    inits = [cfg.agent.init] + [arm.init for arm in cfg.arms if arm.init is not None]
+    paths = [cfg.model.path] + [p for p in inits if _checkpoint(p)]
     for path in dict.fromkeys(paths):
         try:
             model = skeleton(path, cfg.model.tiny)
@@ -606,10 +624,23 @@ def _validate_lora_targets(cfg, fail) -> None:
             fail("model.lora.target_modules", f"{problem}, at {path or 'the tiny default model'}")
 
 
+def _validate_init(cfg, init: str, key: str, fail) -> None:
+    if init not in AGENT_INITS and (problem := _checkpoint_problem(init)):
+        fail(key, f"must be lwm, cpt, scratch or a checkpoint dir: {problem}")
+    if init == "cpt" and "cpt" not in cfg.world_model.stages:
+        fail(key, f"cpt starts from the LWM recipe's CPT checkpoint: add cpt to world_model.stages "
+                  f"(now {list(cfg.world_model.stages)})")
+
+
 def _validate_agent(cfg, fail) -> None:
     a = cfg.agent
-    if a.init not in ("lwm", "scratch") and (problem := _checkpoint_problem(a.init)):
-        fail("agent.init", f"must be lwm, scratch or a checkpoint dir: {problem}")
+    _validate_init(cfg, a.init, "agent.init", fail)
+    for i, arm in enumerate(cfg.arms):
+        if arm.init is not None:
+            _validate_init(cfg, arm.init, f"arms.{i}.init", fail)
+    for key, least in (("max_action_tokens", 1), ("history_turns", 1), ("history_budget_tokens", 0)):
+        if getattr(a, key) is not None and getattr(a, key) < least:
+            fail(f"agent.{key}", f"must be >= {least}, or unset")
     if a.action_mode not in ACTION_MODES:
         fail("agent.action_mode", f"must be one of {', '.join(ACTION_MODES)} (got {a.action_mode!r})")
     if a.algorithm not in LOSSES:
@@ -738,6 +769,35 @@ def lwm_rl(wm, rl) -> "WMRLConfig":
     import dataclasses
 
     return dataclasses.replace(rl, max_new_tokens=rl.max_new_tokens + think_tokens(wm.think))
+
+
+def agent_for(cfg, env_key: str, init: str | None = None) -> AgentConfig:
+    """The agent section as one arm's policy uses it: `init` (the arm's; None: agent.init), and the unset history and
+    token limits filled for the domain of `envs[env_key]` (resolve_agent)."""
+    import dataclasses
+
+    from agentworld.envs import domain_of
+
+    a = section(cfg.agent)
+    a = dataclasses.replace(a, init=init or a.init)
+    return resolve_agent(a, domain_of(cfg.envs[env_key]), None if cfg.model.path else cfg.model.tiny.max_positions)
+
+
+def resolve_agent(a: AgentConfig, domain: str, max_positions: int | None = None) -> AgentConfig:
+    """`a` with its unset max_action_tokens, history_turns and history_budget_tokens filled for `domain`, as
+    resolve_history fills the LWM's: the domain's token limit; 4 turns within 1,536 tokens (at most `max_positions`,
+    the tiny model's, less the action's tokens) where the domain keeps state beyond one screen, else 1 turn."""
+    import dataclasses
+
+    from agentworld.envs import STATEFUL
+
+    tokens = a.max_action_tokens or ACTION_TOKENS.get(domain, DEFAULT_ACTION_TOKENS)
+    turns = a.history_turns or (4 if domain in STATEFUL else 1)
+    budget = a.history_budget_tokens
+    if budget is None:
+        room = 1536 if max_positions is None else max_positions - tokens
+        budget = max(0, min(1536, room)) if turns > 1 else 0
+    return dataclasses.replace(a, max_action_tokens=tokens, history_turns=turns, history_budget_tokens=budget)
 
 
 def _validate_run(cfg, fail) -> None:

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agentworld.cluster import start_ray
-from agentworld.config import ArmConfig, ConfigError, Runtime, lwm_generation, runtime, save_config, section
+from agentworld.config import (ArmConfig, ConfigError, Runtime, agent_for, lwm_generation, runtime, save_config,
+                               section)
 from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
@@ -135,7 +136,7 @@ def _play_source(run: Run, src, arm: str, seed: int) -> None:
         return
     env = section(cfg.envs[src.env])
     spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=16),
-                       kind=ARM_KINDS.get("real")(), env=env, domain=env_facts(env, 0)[0], agent=section(cfg.agent),
+                       kind=ARM_KINDS.get("real")(), env=env, domain=env_facts(env, 0)[0], agent=agent_for(cfg, src.env),
                        runtime=run.runtime, seed=seed + have, policy=src.policy, actor_id="random0")
     actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
     with run.console.status(f"collecting {src.steps - have} real transitions of {src.env} with the {src.policy} policy"):
@@ -177,25 +178,25 @@ def build_base_model(run: Run, rows: list[dict]) -> str:
         run.console.print(f"reusing base model {out}")
         return str(out)
     t = cfg.model.tiny
-    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml), t.vocab_size, out)
+    turns = max(agent_for(cfg, arm.env).history_turns for arm in cfg.arms)  # the policy prompts the arms will render
+    tok = train_tokenizer(_tokenizer_corpus(rows, render_chatml, turns), t.vocab_size, out)
     build_tiny_model(tok, out, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
                      num_layers=t.num_layers, num_heads=t.num_heads, max_positions=t.max_positions, seed=cfg.run.seed)
     run.console.print(f"built tiny Qwen2 (vocab {len(tok)}, hidden {t.hidden_size}, {t.num_layers} layers) in {out}")
     return str(out)
 
 
-def _tokenizer_corpus(rows: list[dict], render_chatml) -> list[str]:
+def _tokenizer_corpus(rows: list[dict], render_chatml, history_turns: int) -> list[str]:
     """The run's own text: LWM examples and policy turns rendered exactly as the models will see them."""
     import pyarrow as pa
 
-    from agentworld.policy import policy_messages
+    from agentworld.policy import episode_prompts
     from agentworld.worldmodel.data import episodes_from_table, wm_examples
 
-    table = pa.Table.from_pylist(rows)
-    texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes_from_table(table),
-                                                                      lambda m: render_chatml(m, True), 2)]
-    for r in rows[:2000]:
-        prompt = render_chatml(policy_messages(r["env_id"], r["obs"], r["choices"]), True)
+    render = lambda m: render_chatml(m, True)  # noqa: E731
+    texts = [e.prompt + e.target + "<|im_end|>\n" for e in wm_examples(episodes_from_table(pa.Table.from_pylist(rows)),
+                                                                      render, 2)]
+    for r, prompt in zip(rows[:2000], episode_prompts(rows, render, history_turns)):
         texts.append(prompt + r["action"] + "<|im_end|>\n")
     return texts
 
@@ -323,30 +324,52 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     from actors.pool import ActorPool
     from actors.rollout import LWMSpec, RolloutSpec
     from agentworld.config import actor_bounds
-    from learners.agent import AgentLearner, LearnerSpec
+    from learners.agent import AgentLearner
 
     cfg = run.cfg
-    kind, env = ARM_KINDS.get(arm.source)(), section(cfg.envs[arm.env])
-    init = {"lwm": lwm["path"], "scratch": base_path}.get(cfg.agent.init, cfg.agent.init)
-    arm_cfg, agent = section(arm), section(cfg.agent)
-    spec = LearnerSpec(arm=arm_cfg, kind=kind, loss=LOSSES.get(cfg.agent.algorithm), init_path=init,
-                       run_dir=str(run.run_dir), t0=run.t0, agent=agent, eval=section(cfg.eval), env=env, seed=seed,
-                       runtime=run.runtime, replay_cursor=cursor,
-                       wm_real_steps=wm_real_steps if kind.uses_lwm or cfg.agent.init == "lwm" else 0)
+    spec = learner_spec(run, arm, seed, base_path, lwm, wm_real_steps, cursor)
     learner = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
         spec, run.replay, run.registry)
-    domain, states = env_facts(env, START_STATES if kind.uses_lwm else 0)
+    kind = spec.kind
+    domain, states = env_facts(spec.env, START_STATES if kind.uses_lwm else 0)
     wm = cfg.world_model
-    aspec = RolloutSpec(run_id=run.run_id, arm=arm_cfg, kind=kind, env=env, domain=domain, agent=agent,
-                        runtime=run.runtime, seed=seed, policy=init,
+    aspec = RolloutSpec(run_id=run.run_id, arm=spec.arm, kind=kind, env=spec.env, domain=domain, agent=spec.agent,
+                        runtime=run.runtime, seed=seed, policy=spec.init_path,
                         lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, lwm_generation(wm), states,
                                     dict(wm.prompts))
                         if kind.uses_lwm else None,
-                        **shared_engines(run, arm.name, kind, init, lwm, seed))
+                        **shared_engines(run, arm.name, kind, spec.init_path, lwm, seed))
     lo, hi = actor_bounds(arm)
     pool = ActorPool(aspec, run.replay, run.registry, lo=lo, hi=hi, start=arm.actors, num_cpus=cfg.ray.actor_num_cpus,
                      interval_s=cfg.pool.interval_s, t0=run.t0, episodes_per_update=cfg.agent.episodes_per_update)
     return learner, pool
+
+
+def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
+    """What the arm's AgentLearner trains (its actors act with the same agent settings and start checkpoint): the agent
+    section resolved for the arm's env and `init` (arms[i].init, else agent.init)."""
+    from learners.agent import LearnerSpec
+
+    cfg = run.cfg
+    kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init)
+    return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
+                       init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,
+                       agent=agent, eval=section(cfg.eval), env=section(cfg.envs[arm.env]), seed=seed,
+                       runtime=run.runtime, replay_cursor=cursor,
+                       # the LWM's data paid for what the policy starts from, or for the env it trains in
+                       wm_real_steps=wm_real_steps if kind.uses_lwm or agent.init in ("lwm", "cpt") else 0)
+
+
+def init_path(init: str, base_path: str, lwm: dict) -> str:
+    """The checkpoint an arm's policy starts from: the base model (scratch), the LWM, the LWM recipe's CPT-only
+    checkpoint, or a path."""
+    if init == "cpt":
+        path = lwm.get("stages", {}).get("cpt")
+        if path is None:
+            raise RuntimeError("init cpt: this run's LWM has no cpt checkpoint (trained before the cpt stage was "
+                               "listed?); delete checkpoints/wm_done.json to train it again")
+        return path
+    return {"lwm": lwm["path"], "scratch": base_path}.get(init, init)
 
 
 def env_facts(env, starts: int) -> tuple[str, list]:
@@ -526,9 +549,10 @@ def write_outputs(run: Run, metrics: list[dict]) -> dict:
 
 def _final_table(summary: dict) -> Table:
     table = Table(title="final real-env scores")
-    for col in ("arm", "source", "success", "return", "real steps", "sim steps", "wall-clock"):
+    for col in ("arm", "source", "starts from", "success", "return", "real steps", "sim steps", "wall-clock"):
         table.add_column(col)
     for name, a in summary.get("arms", {}).items():
-        table.add_row(name, str(a.get("source")), _fmt(a.get("final_success")), _fmt(a.get("final_return")),
-                      str(a.get("real_steps")), str(a.get("sim_steps")), f"{(a.get('wall_clock_s') or 0) / 60:.1f} min")
+        table.add_row(name, str(a.get("source")), str(a.get("init") or "-"), _fmt(a.get("final_success")),
+                      _fmt(a.get("final_return")), str(a.get("real_steps")), str(a.get("sim_steps")),
+                      f"{(a.get('wall_clock_s') or 0) / 60:.1f} min")
     return table

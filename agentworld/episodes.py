@@ -7,16 +7,24 @@ from typing import Callable, Sequence
 from agentworld.worldmodel.env import step_all
 
 
+def parsed(info: dict) -> bool:
+    """Whether the env could parse the action: an env answers an unparseable one with an error observation and
+    `error` in its info (agentworld/envs/base.py). A crashed env's truncation is not the action's fault."""
+    return not info.get("error") or bool(info.get("crashed"))
+
+
 def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callable[..., None] | None = None):
-    """Run one episode in each env, stepping all of them together. Returns per-episode
-    (return, won, length). `on_step(i, t, obs, act, next_obs, reward, terminated, truncated, info)`."""
+    """Run one episode in each env, stepping all of them together; the policy sees each episode so far. Returns
+    per-episode (return, won, length, parsed actions). `on_step(i, t, obs, act, next_obs, reward, terminated,
+    truncated, info)`."""
     obs, infos = zip(*[env.reset(seed=s) for env, s in zip(envs, seeds)])
     obs, infos = list(obs), list(infos)
+    histories: list[list[tuple[str, str]]] = [[] for _ in envs]
     active = list(range(len(envs)))
-    stats = [[0.0, False, 0] for _ in envs]
+    stats = [[0.0, False, 0, 0] for _ in envs]
     while active:
         acts = policy.act([envs[i].env_id for i in active], [obs[i] for i in active], [infos[i] for i in active],
-                          envs=[envs[i] for i in active])
+                          envs=[envs[i] for i in active], histories=[histories[i] for i in active])
         results = step_all([envs[i] for i in active], [a.action for a in acts])
         still = []
         for i, act, (nobs, reward, term, trunc, info) in zip(active, acts, results):
@@ -25,6 +33,8 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
             stats[i][0] += reward
             stats[i][2] += 1
             stats[i][1] = bool(info.get("won", False))
+            stats[i][3] += parsed(info)
+            histories[i].append((obs[i], act.action))
             obs[i], infos[i] = nobs, info
             if not (term or trunc):
                 still.append(i)
@@ -33,7 +43,8 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
 
 
 def evaluate(envs: Sequence, policy, episodes: int, seed0: int = 10_000) -> dict:
-    """Mean return and success of `policy` over `episodes` episodes, in batches of len(envs)."""
+    """Mean return and success of `policy` over `episodes` episodes, in batches of len(envs), and the share of its
+    actions the env could parse."""
     results = []
     for start in range(0, episodes, len(envs)):
         n = min(len(envs), episodes - start)
@@ -43,4 +54,5 @@ def evaluate(envs: Sequence, policy, episodes: int, seed0: int = 10_000) -> dict
         "return": sum(r[0] for r in results) / len(results),
         "episodes": len(results),
         "length": sum(r[2] for r in results) / len(results),
+        "parse_rate": sum(r[3] for r in results) / max(1, sum(r[2] for r in results)),
     }

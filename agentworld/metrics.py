@@ -83,6 +83,8 @@ class Kind:
 # The declarations: exactly the columns each producer emits.
 
 _ARM = {"arm": Key("arm"), "source": Key("trains in", series=False)}
+# an agent learner's rows also say what its policy started from: scratch, cpt, lwm or a checkpoint path (arms[i].init)
+_AGENT = dict(_ARM, init=Key("starts from", required=False, series=False))
 # what every learner row (eval, train) carries: learners/agent.py AgentLearner._log and agentworld/dyna.py
 _LEARNER = {
     "update": Measure("policy update", "count", plot=False),
@@ -95,21 +97,23 @@ _OBEDIENCE = "obedience to a counterfactual control"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("eval", "real-env evaluation", "learners/agent.py AgentLearner._evaluate; agentworld/dyna.py train_arm",
-         _ARM, dict(_LEARNER,
+         _AGENT, dict(_LEARNER,
                     success=Measure("real-env success", "fraction", headline=True),
                     **{"return": Measure("real-env return", headline=True)},
                     episodes=Measure("evaluation episodes", "count", plot=False),
                     length=Measure("episode length (steps)"),
-                    policy_version=Measure("policy version", "count", plot=False)),  # the agent's rows only
+                    policy_version=Measure("policy version", "count", plot=False),  # the agent's rows only
+                    parse_rate=Measure("share of actions the env could parse", "fraction")),
          x="update"),
     Kind("train", "learner", "learners/agent.py AgentLearner.run; agentworld/dyna.py train_arm",
-         _ARM, dict(_LEARNER,
+         _AGENT, dict(_LEARNER,
                     # the agent's GRPO learner
                     loss=Measure("policy loss"),
                     mean_reward=Measure("mean episode reward of the batch"),
                     batch_episodes=Measure("episodes per batch", "count", plot=False),  # a config constant
                     batch_steps=Measure("steps per batch", "count"),
                     max_staleness_seen=Measure("max staleness in the batch (versions)", "count"),
+                    parse_rate=Measure("share of the batch's actions the env could parse", "fraction"),
                     wait_s=Measure("waiting for rollouts", panel=_PER_UPDATE),
                     train_s=Measure("training", panel=_PER_UPDATE),
                     # RLlib PPO in the Dyna arm (agentworld/dyna.py)

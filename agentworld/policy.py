@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from agentworld.models import chat
+from agentworld.worldmodel.prompt import STATEFUL, fit_window, window
 
 AGENT_SYSTEM = "You are an agent in the {env_id} environment. Reply with exactly one action."
 
@@ -19,13 +23,55 @@ class Act:
     action: str
     logprobs: list[float]  # behaviour logprob(s) of the action: one entry in choice mode, per token otherwise
     choices: list[str] | None
+    # generated actions: the sampled token ids, with the stop id when the reply ended by itself. The action text
+    # may be stripped; these are the tokens `logprobs` cover, and the learner scores exactly them
+    ids: list[int] | None = None
 
 
-def policy_messages(env_id: str, obs: str, admissible: Sequence[str] | None) -> list[dict]:
-    user = f"Observation:\n{obs}"
+def policy_messages(env_id: str, obs: str, admissible: Sequence[str] | None, history: Sequence[tuple[str, str]] = (),
+                    history_turns: int = 1, keep_task: bool = False) -> list[dict]:
+    """The policy's chat: its instruction, then user turns with observations and assistant turns with the actions
+    taken after them, the current observation last (with the valid actions). `history`: the episode's earlier
+    (observation, action) pairs, of which the last `history_turns - 1` are kept; with `keep_task`, a window that
+    dropped turns starts with the episode's task (prompt.window, as the LWM's prompts do)."""
+    observations = [o for o, _ in history] + [obs]
+    # the LWM's window over the same episode: after action i comes observation i + 1; the action to choose is last
+    state, turns = window(observations, [a for _, a in history] + [""], observations[1:], history_turns, keep_task)
+    messages = [{"role": "system", "content": AGENT_SYSTEM.format(env_id=env_id)},
+                {"role": "user", "content": f"Observation:\n{state}"}]
+    for action, nxt in turns[:-1]:
+        messages += [{"role": "assistant", "content": action}, {"role": "user", "content": f"Observation:\n{nxt}"}]
     if admissible:
-        user += "\nValid actions: " + ", ".join(admissible)
-    return [{"role": "system", "content": AGENT_SYSTEM.format(env_id=env_id)}, {"role": "user", "content": user}]
+        messages[-1]["content"] += "\nValid actions: " + ", ".join(admissible)
+    return messages
+
+
+def policy_prompt(render, env_id: str, obs: str, admissible: Sequence[str] | None,
+                  history: Sequence[tuple[str, str]] = (), keep_task: bool = False, history_turns: int = 1,
+                  budget_tokens: int = 0, count_tokens=None) -> str:
+    """`policy_messages` rendered (`render`: the checkpoint's chat template) with as many of the last
+    `history_turns` turns as fit in `budget_tokens` (0: no budget), the oldest dropped first."""
+    def build(k):
+        messages = policy_messages(env_id, obs, admissible, history, k, keep_task)
+        return render(messages), sum(m["role"] == "user" for m in messages)
+    return fit_window(build, history_turns, budget_tokens, count_tokens)
+
+
+def episode_prompts(rows: Sequence[dict], render, history_turns: int = 1, budget_tokens: int = 0,
+                    count_tokens=None) -> list[str]:
+    """The prompt each replay row's action was chosen after, rebuilt from the earlier rows of its episode exactly as
+    `LLMPolicy` built it in play. `rows` hold whole episodes (a round lands in the replay whole), in any order."""
+    episodes: dict[str, list[dict]] = {}
+    for r in rows:
+        episodes.setdefault(r["episode_id"], []).append(r)
+    prompts: dict[tuple[str, int], str] = {}
+    for eid, ep in episodes.items():
+        ep = sorted(ep, key=lambda r: r["step"])
+        for t, r in enumerate(ep):
+            prompts[eid, r["step"]] = policy_prompt(render, r["env_id"], r["obs"], r["choices"],
+                                                    [(p["obs"], p["action"]) for p in ep[:t]], r["domain"] in STATEFUL,
+                                                    history_turns, budget_tokens, count_tokens)
+    return [prompts[r["episode_id"], r["step"]] for r in rows]
 
 
 def choice_logits(scores: torch.Tensor, sizes: Sequence[int], temperature: float) -> list[torch.Tensor]:
@@ -42,7 +88,8 @@ class RandomPolicy:
     def __init__(self, seed: int = 0):
         self.rng = random.Random(seed)
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None,
+            histories=None) -> list[Act]:
         acts = []
         for info in infos:
             choices = list(info["admissible_actions"])
@@ -59,7 +106,8 @@ class OraclePolicy:
     def __init__(self, seed: int = 0):
         self.fallback = RandomPolicy(seed)
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None,
+            histories=None) -> list[Act]:
         if envs is None:
             raise ValueError("the oracle policy needs the envs it acts in")
         acts = []
@@ -75,26 +123,45 @@ class OraclePolicy:
 
 
 class LLMPolicy:
+    """The policy LLM. Its prompt holds the episode so far (`history_turns` turns within `budget_tokens`, the task kept
+    where the env's domain is STATEFUL). `choice` mode samples among the admissible actions by their likelihood;
+    `generate` mode (and any state without admissible actions) writes up to `max_action_tokens` of free text, which
+    the env parses."""
+
     def __init__(self, engine, mode: str = "choice", temperature: float = 1.0, greedy: bool = False,
-                 max_action_tokens: int = 8):
+                 max_action_tokens: int = 8, history_turns: int = 1, budget_tokens: int = 0):
         self.engine, self.mode, self.temperature = engine, mode, temperature
         self.greedy, self.max_action_tokens = greedy, max_action_tokens
+        self.history_turns, self.budget_tokens = history_turns, budget_tokens
         self.generator = torch.Generator().manual_seed(0)
+
+    @classmethod
+    def for_agent(cls, engine, agent, greedy: bool = False) -> "LLMPolicy":
+        """The policy an `agent` section (resolved for its arm: config.agent_for) describes."""
+        return cls(engine, mode=agent.action_mode, temperature=agent.temperature, greedy=greedy,
+                   max_action_tokens=agent.max_action_tokens, history_turns=agent.history_turns,
+                   budget_tokens=agent.history_budget_tokens)
 
     @property
     def version(self) -> int:
         return self.engine.version
 
-    def prompts(self, env_ids, observations, infos) -> list[str]:
-        return [self.engine.render(policy_messages(e, o, i.get("admissible_actions")))
-                for e, o, i in zip(env_ids, observations, infos)]
+    def prompts(self, env_ids, observations, infos, envs=None, histories=None) -> list[str]:
+        histories = histories or [()] * len(env_ids)
+        domains = [getattr(e, "domain", None) for e in envs] if envs is not None else [None] * len(env_ids)
+        count = partial(chat.count_tokens, self.engine.tok)
+        return [policy_prompt(self.engine.render, e, o, i.get("admissible_actions"), h, d in STATEFUL,
+                              self.history_turns, self.budget_tokens, count)
+                for e, o, i, h, d in zip(env_ids, observations, infos, histories, domains)]
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
-        prompts = self.prompts(env_ids, observations, infos)
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None,
+            histories=None) -> list[Act]:
+        """`histories[k]`: the (observation, action) pairs of env k's episode before `observations[k]`."""
+        prompts = self.prompts(env_ids, observations, infos, envs, histories)
         if self.mode == "generate" or any(not i.get("admissible_actions") for i in infos):
             temp = 0.0 if self.greedy else self.temperature
             gens = self.engine.generate(prompts, max_new_tokens=self.max_action_tokens, temperature=temp)
-            return [Act(g.text.strip(), g.logprobs, list(i.get("admissible_actions") or []) or None)
+            return [Act(g.text.strip(), g.logprobs, list(i.get("admissible_actions") or []) or None, g.reply_ids)
                     for g, i in zip(gens, infos)]
         choices = [list(i["admissible_actions"]) for i in infos]
         scores = self.engine.score_choices(prompts, choices)
@@ -117,7 +184,8 @@ class MixPolicy:
         self.p, self.rng = p, random.Random(seed)
         self.oracle, self.random = OraclePolicy(seed), RandomPolicy(seed + 1)
 
-    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None) -> list[Act]:
+    def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None,
+            histories=None) -> list[Act]:
         acts = []
         for k, args in enumerate(zip(env_ids, observations, infos)):
             pick = self.oracle if self.rng.random() < self.p else self.random

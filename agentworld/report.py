@@ -37,6 +37,12 @@ def _num(x):
     return None if math.isnan(x) else (int(x) if x.is_integer() and abs(x) < 2**53 else x)
 
 
+def key_text(column: pd.Series | None) -> str | None:
+    """A text key's value in an arm's rows (its first non-null one), or None."""
+    values = column.dropna() if column is not None else ()
+    return str(values.iloc[0]) if len(values) else None
+
+
 def load_metrics(run_dir) -> pd.DataFrame:
     return pd.read_parquet(Path(run_dir) / "metrics.parquet")
 
@@ -57,9 +63,11 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
         first = reached.iloc[0] if len(reached) else None
         arms[arm] = {
             "source": str(last.get("source")),
+            "init": key_text(every.get("init")),
             "final_success": _num(e["success"].iloc[-1]) if len(e) else None,
             "final_return": _num(e["return"].iloc[-1]) if len(e) else None,
             "best_success": _num(e["success"].max()) if len(e) else None,
+            "final_parse_rate": _num(e["parse_rate"].iloc[-1]) if len(e) and "parse_rate" in e else None,
             "real_steps": _num(last.get("real_steps")),
             "sim_steps": _num(last.get("sim_steps")),
             "wm_real_steps": _num(last.get("wm_real_steps")),
@@ -273,9 +281,12 @@ class _Colors:
     def arm_handles(self, df: pd.DataFrame) -> list:
         from matplotlib.lines import Line2D
 
-        sources = df.dropna(subset=["arm"]).groupby("arm")["source"].first() if "source" in df else {}
+        by_arm = df.dropna(subset=["arm"]).groupby("arm")
+        sources = by_arm["source"].first() if "source" in df else {}
+        inits = by_arm["init"].first().dropna() if "init" in df else {}  # set on the agent learner's rows
         return [Line2D([], [], color=c, ls="-" if sources.get(arm) == "real" else "--", marker="o", ms=4,
-                       label=f"{arm} (trains in {sources.get(arm, '?')})") for arm, c in self.arm.items()]
+                       label=f"{arm} (trains in {sources.get(arm, '?')}{f', from {inits[arm]}' if arm in inits else ''})")
+                for arm, c in self.arm.items()]
 
 
 def _draw_headline(ax, evals: pd.DataFrame, measure: tuple[str, str], x: tuple[str, str], colors: _Colors,
@@ -391,16 +402,18 @@ def _table(header: list[str], rows: list[list], text: int | set[int] = 1) -> str
 
 def _arms_html(summary: dict) -> str:
     target = summary["success_target"]
-    rows = [[name, a["source"], fmt(a["final_success"], "fraction"), fmt(a["best_success"], "fraction"),
-             fmt(a["final_return"]), fmt(a["real_steps"], "count"), fmt(a["sim_steps"], "count"),
-             fmt(a["wm_real_steps"], "count"), fmt(a["updates"], "count"), fmt(a["wall_clock_s"], "seconds"),
-             to_target_words(a["to_target"])]
+    rows = [[name, a["source"], fmt(a.get("init")), fmt(a["final_success"], "fraction"),
+             fmt(a["best_success"], "fraction"), fmt(a["final_return"]), fmt(a.get("final_parse_rate"), "fraction"),
+             fmt(a["real_steps"], "count"), fmt(a["sim_steps"], "count"), fmt(a["wm_real_steps"], "count"),
+             fmt(a["updates"], "count"), fmt(a["wall_clock_s"], "seconds"), to_target_words(a["to_target"])]
             for name, a in summary["arms"].items() if "source" in a]  # not an arm known only from hybrid/control rows
-    header = ["arm", "trains in", "final success", "best success", "final return", "own real env steps",
-              "simulated steps", "LWM data steps", "updates", "wall-clock", f"first success ≥ {target:g}"]
+    header = ["arm", "trains in", "starts from", "final success", "best success", "final return", "parse rate",
+              "own real env steps", "simulated steps", "LWM data steps", "updates", "wall-clock",
+              f"first success ≥ {target:g}"]
     return (f"<h2>Arms, scored in the real env (target success {target:g})</h2>"
-            + _table(header, rows, text={0, 1, len(header) - 1})
-            + "<p>Real env steps in “first success” count the arm's own and the LWM's data.</p>")
+            + _table(header, rows, text={0, 1, 2, len(header) - 1})
+            + "<p>Real env steps in “first success” count the arm's own and the LWM's data. Parse rate: the share of "
+              "the last evaluation's actions the real env could parse.</p>")
 
 
 def _hybrid_html(summary: dict) -> str:

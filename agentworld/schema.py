@@ -40,6 +40,11 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("logprobs", pa.list_(pa.float32()), nullable=True),
         # admissible actions the policy chose among (null when it generated freely)
         pa.field("choices", pa.list_(pa.string()), nullable=True),
+        # a generated action's token ids, with the stop id where the reply ended by itself: the tokens `logprobs`
+        # cover, which the learner scores (the action text may be stripped); null for chosen and scripted actions
+        pa.field("action_ids", pa.list_(pa.int32()), nullable=True),
+        # whether the env could parse the action (agentworld/episodes.py parsed); null in rows written before it
+        pa.field("parsed", pa.bool_(), nullable=True),
     ]
 )
 

@@ -7,8 +7,10 @@ proximal policy (the weights this update started from), and each row is reweight
 probability, the behaviour logprob being what the actor recorded. So data from a policy up to `max_staleness`
 versions old is corrected, not dropped, and not clipped away either: plain PPO would clip the ratio to a stale
 behaviour policy and train nothing on exactly the rows that asynchrony makes stale.
-In `choice` mode the policy is the softmax over the admissible actions' sequence logprobs, exactly as the
-actor sampled it; in `generate` mode it is the logprob of the generated action text."""
+Each row is scored after the prompt the actor rendered for it (the episode so far: policy.episode_prompts). A chosen
+action's policy is the softmax over the admissible actions' sequence logprobs, exactly as the actor sampled it; a
+generated action's is the logprob of its sampled token ids, the stop id included only where the reply ended by
+itself, so the behaviour and learner logprobs cover the same tokens."""
 
 from __future__ import annotations
 
@@ -25,32 +27,43 @@ from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Run
 from agentworld.envs import make_env_from
 from agentworld.metrics import metric_row
 from agentworld.episodes import evaluate
-from agentworld.models.chat import render_chat
+from agentworld.models.chat import count_tokens
 from agentworld.models.hf_engine import HFEngine, choice_logprobs, completion_logprobs, encode_pairs
 from agentworld.models.lora import load_trainable, merged_state_dict
-from agentworld.policy import LLMPolicy, choice_logits, policy_messages
+from agentworld.policy import LLMPolicy, choice_logits, episode_prompts
 from learners.losses import GRPO, Loss, group_advantages
 
 
 MAX_BEHAVIOUR_WEIGHT = 5.0  # caps proximal / behaviour probability: one surprising stale row cannot dominate
 
 
-def action_logprobs(model, tok, render, rows: list[dict], mode: str, temperature: float) -> torch.Tensor:
-    """Logprob of each row's action under `model`, as the actor sampled it (differentiable)."""
-    prompts = [render(policy_messages(r["env_id"], r["obs"], r["choices"])) for r in rows]
-    if mode == "choice":
-        scores = choice_logprobs(model, tok, prompts, [r["choices"] for r in rows])
-        logps = choice_logits(scores, [len(r["choices"]) for r in rows], temperature)
-        return torch.stack([lp[r["choices"].index(r["action"])] for lp, r in zip(logps, rows)])
-    return completion_logprobs(model, *encode_pairs(tok, prompts, [r["action"] + tok.eos_token for r in rows]), temperature)
+def action_logprobs(model, tok, rows: list[dict], temperature: float) -> torch.Tensor:
+    """Logprob of each row's action after its `prompt` (the policy's prompt in play: policy.episode_prompts), as the
+    actor sampled it (differentiable): a chosen action under the softmax over the admissible actions' sequence
+    logprobs; a generated one summed over its `action_ids`, the tokens the behaviour logprobs cover (the stop id only
+    where the reply ended by itself), never a re-tokenization of its (stripped) text."""
+    out: list = [None] * len(rows)
+    chosen = [i for i, r in enumerate(rows) if r.get("action_ids") is None]
+    generated = [i for i, r in enumerate(rows) if r.get("action_ids") is not None]
+    if chosen:
+        sub = [rows[i] for i in chosen]
+        scores = choice_logprobs(model, tok, [r["prompt"] for r in sub], [r["choices"] for r in sub])
+        for i, r, lp in zip(chosen, sub, choice_logits(scores, [len(r["choices"]) for r in sub], temperature)):
+            out[i] = lp[r["choices"].index(r["action"])]
+    if generated:
+        sub = [rows[i] for i in generated]
+        ids = encode_pairs(tok, [r["prompt"] for r in sub], [r["action_ids"] for r in sub])
+        for i, lp in zip(generated, completion_logprobs(model, *ids, temperature)):
+            out[i] = lp
+    return torch.stack(out)
 
 
-def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: str, temperature: float,
-                clip: float, prox: list[float] | None = None, loss: Loss = GRPO) -> torch.Tensor:
+def policy_loss(model, tok, rows: list[dict], advs: list[float], temperature: float, clip: float,
+                prox: list[float] | None = None, loss: Loss = GRPO) -> torch.Tensor:
     """Decoupled PPO over `rows` (transitions) with per-row advantages: `loss`'s clipped objective on r = pi / pi_prox,
     weighted by pi_prox / pi_behaviour (capped). `prox`: the rows' logprobs under the proximal policy; None makes
     it the behaviour policy, which is plain PPO."""
-    new = action_logprobs(model, tok, render, rows, mode, temperature)
+    new = action_logprobs(model, tok, rows, temperature)
     behaviour = torch.tensor([sum(r["logprobs"] or [0.0]) for r in rows], device=new.device)
     prox_t = behaviour if prox is None else torch.tensor(prox, device=new.device, dtype=new.dtype)
     weight = torch.exp(prox_t - behaviour).clamp(max=MAX_BEHAVIOUR_WEIGHT)
@@ -59,30 +72,32 @@ def policy_loss(model, tok, render, rows: list[dict], advs: list[float], mode: s
     return loss.objective(new[:, None], prox_t[:, None], torch.ones_like(new)[:, None], adv, clip, weight)
 
 
-def agent_loss(model, tok, items: list[tuple], mode: str, temperature: float, clip: float,
-               loss: Loss = GRPO) -> torch.Tensor:
-    """`policy_loss` over (row, advantage[, proximal logprob]) items: the training engines' loss function
-    (picklable, for every rank; so is the `Loss`, passed whole so that one registered in a script reaches them)."""
-    def render(messages):
-        return render_chat(tok, messages)
+def agent_loss(model, tok, items: list[tuple], temperature: float, clip: float, loss: Loss = GRPO) -> torch.Tensor:
+    """`policy_loss` over (row, advantage[, proximal logprob]) items, each row with its `prompt`: the training
+    engines' loss function (picklable, for every rank; so is the `Loss`, passed whole so that one registered in a
+    script reaches them)."""
     prox = [it[2] for it in items] if all(len(it) > 2 for it in items) else None
-    return policy_loss(model, tok, render, [it[0] for it in items], [it[1] for it in items], mode, temperature, clip,
-                       prox, loss)
+    return policy_loss(model, tok, [it[0] for it in items], [it[1] for it in items], temperature, clip, prox, loss)
 
 
 @torch.no_grad()
-def proximal_logprobs(model, tok, rows: list[dict], version: int, mode: str, temperature: float) -> list[float]:
+def proximal_logprobs(model, tok, rows: list[dict], version: int, temperature: float) -> list[float]:
     """Each row's logprob under the weights of version `version`, held by `model` now. Rows that version produced
     already carry it (their behaviour logprob); only the stale ones cost a forward pass."""
-    def render(messages):
-        return render_chat(tok, messages)
     out = [sum(r["logprobs"] or [0.0]) for r in rows]
     stale = [i for i, r in enumerate(rows) if r["policy_version"] != version]
     for k in range(0, len(stale), 64):
         idx = stale[k : k + 64]
-        for i, lp in zip(idx, action_logprobs(model, tok, render, [rows[i] for i in idx], mode, temperature).tolist()):
+        for i, lp in zip(idx, action_logprobs(model, tok, [rows[i] for i in idx], temperature).tolist()):
             out[i] = lp
     return out
+
+
+def with_prompts(rows: list[dict], engine, agent: AgentConfig) -> list[dict]:
+    """The rows (whole episodes), each with the prompt its action was taken after, as the policy rendered it."""
+    prompts = episode_prompts(rows, engine.render, agent.history_turns, agent.history_budget_tokens,
+                              partial(count_tokens, engine.tok))
+    return [dict(r, prompt=p) for r, p in zip(rows, prompts)]
 
 
 @dataclass
@@ -122,15 +137,14 @@ class AgentLearner:
 
     def _log(self, kind: str, **row) -> None:
         s = self.spec
-        self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, update=self.version,
+        self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, init=s.agent.init, update=self.version,
                               real_steps=self.steps["real"], sim_steps=self.steps["sim"],
                               wm_real_steps=s.wm_real_steps, wall_time=time.time() - s.t0, **row))
 
     def _evaluate(self, engine, envs) -> None:
         self.phase = "evaluating"
         a, ev = self.spec.agent, self.spec.eval
-        policy = LLMPolicy(engine, mode=a.action_mode, temperature=a.temperature, greedy=ev.greedy,
-                           max_action_tokens=a.max_action_tokens)
+        policy = LLMPolicy.for_agent(engine, a, greedy=ev.greedy)
         self.last_eval = dict(evaluate(envs, policy, ev.episodes), policy_version=self.version)
         self._log("eval", **self.last_eval)
         self.phase = "training"
@@ -169,7 +183,7 @@ class AgentLearner:
         eval_envs = [make_env_from(spec.env) for _ in range(min(16, ev.episodes))]
         trainer = make_trainer(model, tok, a.lr, a.updates * a.epochs, runtime=spec.runtime)
         loss = spec.loss
-        loss_fn = partial(agent_loss, mode=a.action_mode, temperature=a.temperature, clip=a.clip, loss=loss)
+        loss_fn = partial(agent_loss, temperature=a.temperature, clip=a.clip, loss=loss)
         rng = random.Random(spec.seed)
         self._evaluate(engine, eval_envs)
         t_wait = time.time()  # the learner's time split, per update: waiting for rollouts, then training
@@ -177,9 +191,10 @@ class AgentLearner:
             t_train = time.time()
             self.phase = "training"
             advs = group_advantages(batch, loss)
-            live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]
-            prox = proximal_logprobs(model, tok, [r for r, _ in live], self.version, a.action_mode, a.temperature)
-            live = [(r, x, p) for (r, x), p in zip(live, prox)]
+            live = [(r, x) for r, x in zip(batch, advs) if x != 0.0]  # whole episodes: they share an advantage
+            rows = with_prompts([r for r, _ in live], engine, a)
+            prox = proximal_logprobs(model, tok, rows, self.version, a.temperature)
+            live = [(r, x, p) for r, (_, x), p in zip(rows, live, prox)]
             losses = []
             for _ in range(a.epochs if live else 0):
                 rng.shuffle(live)
@@ -206,9 +221,11 @@ class AgentLearner:
         for r in batch:
             episodes[r["episode_id"]] += r["reward"]
         staleness = [self.version - 1 - r["policy_version"] for r in batch]
+        parsed = [r["parsed"] for r in batch if r.get("parsed") is not None]
         self._log("train", loss=sum(losses) / len(losses) if losses else float("nan"),
                   mean_reward=sum(episodes.values()) / len(episodes), batch_episodes=len(episodes),
-                  batch_steps=len(batch), max_staleness_seen=max(staleness), **seconds)
+                  batch_steps=len(batch), max_staleness_seen=max(staleness),
+                  parse_rate=sum(parsed) / len(parsed) if parsed else None, **seconds)
 
     def stop(self) -> None:
         self._stop = True

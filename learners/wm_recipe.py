@@ -164,8 +164,7 @@ def run_rl(model, engine, tok, train, cfg: WMRLConfig, rng: random.Random, on_st
         # torch's unbiased std, as this RL always had it (the agent's groups use the population std): same numbers
         adv = rl.advantage(r, r.mean(1, keepdim=True), r.std(1, keepdim=True), g).view(-1)
         # the completion is what was sampled, the EOS that ended it included (any of the checkpoint's stop ids)
-        comps = [gen.token_ids + ([tok.eos_token_id if gen.eos_id is None else gen.eos_id]
-                                  if len(gen.logprobs) > len(gen.token_ids) else []) for gen in gens]
+        comps = [gen.reply_ids for gen in gens]
         keep = [i for i in range(len(gens)) if abs(float(adv[i])) > 1e-6 and comps[i]]
         if keep:
             items = [dict(prompt=prompts[i], comp=comps[i], old=gens[i].logprobs, adv=float(adv[i])) for i in keep]

@@ -112,7 +112,8 @@ class WorldModelLearner:
         self.rows.append(metric_row(kind, wall_time=time.time() - self.spec.t0, **row))
 
     def train(self) -> dict:
-        """Run every configured stage; returns the final checkpoint path, version and fidelity."""
+        """Run every configured stage; returns the final checkpoint path, each stage's checkpoint path, the version and
+        fidelity."""
         from learners import wm_recipe
 
         spec, wm = self.spec, self.spec.world_model
@@ -208,7 +209,8 @@ class WorldModelLearner:
             self._log("wm_horizon", stage=wm.stages[-1] if wm.stages else "untrained", **row)
         self.phase = "done"
         self._state = (model, tok, engine, rng, held, max_new, measure, publish, on_step, make)
-        return {"path": out, "wm_version": self.version, **f}
+        # each stage's own checkpoint too: `init: cpt` starts an agent from the CPT-only one
+        return {"path": out, "wm_version": self.version, "stages": {st: f"{out}-{st}" for st in wm.stages}, **f}
 
     def _rationales(self, train_eps, tok):
         """`rationale(row)` for the SFT targets' think blocks (None: no think block), cut to think.max_tokens, and

@@ -1,11 +1,16 @@
 from functools import partial
 
+import pytest
 import torch
 
-from agentworld.models.hf_engine import HFEngine
+from agentworld.config import AgentConfig, EnvConfig, resolve_agent
+from agentworld.envs import make_env_from
+from agentworld.episodes import evaluate, play_episodes
+from agentworld.models.chat import count_tokens
+from agentworld.models.hf_engine import HFEngine, completion_logprobs, encode_pairs
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
-from agentworld.policy import LLMPolicy, policy_messages
-from learners.agent import agent_loss
+from agentworld.policy import LLMPolicy, policy_messages, policy_prompt
+from learners.agent import action_logprobs, agent_loss, with_prompts
 from learners.losses import group_advantages
 from learners.torch_engine import TorchEngine
 
@@ -36,9 +41,119 @@ def test_policy_gradient_raises_probability_of_rewarded_action(tmp_path):
     trainer = TorchEngine(engine.model, lr=1e-2, total_steps=20, tok=engine.tok)
     for step in range(10):
         acts = policy.act(["gymnasium:FrozenLake-v1"] * 8, [obs] * 8, [info] * 8)
-        rows = [dict(episode_id=str(i), env_id="gymnasium:FrozenLake-v1", obs=obs, action=a.action, choices=a.choices,
-                     logprobs=a.logprobs, reward=float(a.action == "right")) for i, a in enumerate(acts)]
+        prompt = policy.prompts(["gymnasium:FrozenLake-v1"], [obs], [info])[0]
+        rows = [dict(episode_id=str(i), env_id="gymnasium:FrozenLake-v1", prompt=prompt, action=a.action,
+                     choices=a.choices, logprobs=a.logprobs, reward=float(a.action == "right")) for i, a in enumerate(acts)]
         advs = group_advantages(rows)
         if any(advs):
-            trainer.step(partial(agent_loss, mode="choice", temperature=1.0, clip=0.2), list(zip(rows, advs)))
+            trainer.step(partial(agent_loss, temperature=1.0, clip=0.2), list(zip(rows, advs)))
     assert p_right() > max(0.5, start + 0.2)
+
+
+# -- the policy as an LLM agent: the episode in its prompt, free-form actions scored on the tokens it generated ------
+
+LAKE = EnvConfig(id="gymnasium:FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False}, max_steps=3)
+TASK = "Question: which stdlib module splits shell-like syntax?"
+SEARCH_OBS = [f"{TASK}\n\nTools: web_search(queries), web_extractor(url), answer(answer)."] + [
+    f"[{k}] https://docs.python.org/3/library/page{k}.html\nPage {k}\n" + f"snippet {k} " * 12 for k in range(1, 6)]
+SEARCH_ACTS = [f'{{"tool": "web_search", "arguments": {{"queries": ["shell words {k}"]}}}}' for k in range(5)]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """A random tiny model whose tokenizer saw policy prompts of FrozenLake and of a search episode."""
+    out = tmp_path_factory.mktemp("tiny_policy")
+    env, texts = make_env_from(LAKE), []
+    obs, info = env.reset(seed=0)
+    texts.append(render_chatml(policy_messages(env.env_id, obs, info["admissible_actions"]), True) + "left<|im_end|>")
+    history = list(zip(SEARCH_OBS, SEARCH_ACTS))
+    texts.append(render_chatml(policy_messages("search:q1", SEARCH_OBS[5], None, history, 6, True), True))
+    build_tiny_model(train_tokenizer(texts * 5, 300, out), out)
+    return HFEngine(str(out))
+
+
+def test_multi_turn_prompts_keep_the_task_and_respect_the_budget(tiny_policy):
+    render, count = tiny_policy.render, lambda text: count_tokens(tiny_policy.tok, text)
+    history = list(zip(SEARCH_OBS[:5], SEARCH_ACTS))  # five steps taken; SEARCH_OBS[5] is the current observation
+
+    def prompt(turns, budget=0, keep_task=True):
+        return policy_prompt(render, "search:q1", SEARCH_OBS[5], None, history, keep_task, turns, budget, count)
+
+    one = prompt(1)  # only the current observation, but the task stays
+    assert TASK in one and "[5 earlier step(s) not shown]" in one and SEARCH_OBS[5] in one
+    assert SEARCH_OBS[4] not in one and SEARCH_ACTS[4] not in one
+    four = prompt(4)  # the last three (observation, action) turns and the current one
+    assert TASK in four and "[2 earlier step(s) not shown]" in four
+    assert all(o in four for o in SEARCH_OBS[2:]) and all(a in four for a in SEARCH_ACTS[2:])
+    assert SEARCH_OBS[1] not in four and SEARCH_ACTS[1] not in four
+    assert four.count("<|im_start|>assistant") == 3 + 1  # three actions taken, and the generation prompt
+    assert prompt(6) == render(policy_messages("search:q1", SEARCH_OBS[5], None, history, 6))  # nothing dropped
+    assert TASK not in prompt(2, keep_task=False)  # a grid's observation is its whole state: no task line
+
+    budget = count(prompt(2)) + 5  # room for two turns, not three: the oldest go first
+    assert count(prompt(3)) > budget
+    assert prompt(4, budget) == prompt(2) and count(prompt(4, budget)) <= budget
+    assert prompt(4, 1) == prompt(1)  # no budget can drop the current observation, nor the task
+
+
+def play_rows(policy, n_envs: int, seed0: int = 0):
+    """Rows of FrozenLake episodes as the rollout actor writes them (with the info of each step), and what
+    play_episodes returned."""
+    envs, rows = [make_env_from(LAKE) for _ in range(n_envs)], []
+
+    def record(i, t, obs, act, nobs, reward, term, trunc, info):
+        rows.append(dict(episode_id=str(i), step=t, env_id=envs[i].env_id, domain=envs[i].domain, obs=obs,
+                         action=act.action, choices=act.choices, logprobs=act.logprobs, action_ids=act.ids,
+                         reward=float(reward), policy_version=0, info=info))
+
+    results = play_episodes(envs, policy, [seed0 + i for i in range(n_envs)], record)
+    return rows, results
+
+
+def test_the_learner_rebuilds_the_prompts_the_policy_acted_on(tiny_policy):
+    seen = []
+
+    class Recording(LLMPolicy):
+        def prompts(self, *args, **kwargs):
+            seen.append(super().prompts(*args, **kwargs))
+            return seen[-1]
+
+    agent = resolve_agent(AgentConfig(history_turns=3, history_budget_tokens=300), "gridworld")
+    rows, _ = play_rows(Recording.for_agent(tiny_policy, agent), 4)
+    assert max(r["step"] for r in rows) == 2 and "<|im_start|>assistant\n" + rows[0]["action"] in seen[-1][0]
+    assert [r["prompt"] for r in with_prompts(rows, tiny_policy, agent)] == [p for step in seen for p in step]
+
+
+def test_generated_actions_have_importance_ratio_one_at_the_behaviour_version(tiny_policy):
+    """Cut off at the token limit (no EOS), ended by itself (EOS), whitespace-stripped before the env saw it: the
+    learner scores each on the tokens the actor generated, so its logprob is the behaviour one."""
+    agent = resolve_agent(AgentConfig(action_mode="generate", max_action_tokens=32, history_turns=2), "gridworld")
+    tiny_policy.generator.manual_seed(0)  # the same samples however the tests are picked
+    rows = with_prompts(play_rows(LLMPolicy.for_agent(tiny_policy, agent), 8)[0], tiny_policy, agent)
+    model, tok = tiny_policy.model, tiny_policy.tok
+    eos = set(tiny_policy.stop_ids)
+    ended = [r for r in rows if r["action_ids"][-1] in eos]
+    cut = [r for r in rows if r["action_ids"][-1] not in eos]
+    stripped = [r for r in cut if tok.decode(r["action_ids"]) != r["action"]]
+    assert ended and cut and stripped and all(len(r["action_ids"]) == 32 for r in cut)
+    assert all(len(r["logprobs"]) == len(r["action_ids"]) for r in rows)
+    with torch.no_grad():
+        new = action_logprobs(model, tok, rows, agent.temperature)
+        # what scoring the action text with an EOS appended gave: other tokens than the behaviour logprobs cover
+        retokenized = completion_logprobs(model, *encode_pairs(tok, [r["prompt"] for r in rows],
+                                                               [r["action"] + tok.eos_token for r in rows]))
+    ratio = torch.exp(new - torch.tensor([sum(r["logprobs"]) for r in rows]))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
+    off = (retokenized - new).abs()
+    assert all(off[i] > 1e-2 for i, r in enumerate(rows) if r in cut)  # the test can fail: the old way is off
+
+
+def test_the_parse_rate_is_the_share_of_actions_the_env_parsed(tiny_policy):
+    agent = resolve_agent(AgentConfig(action_mode="generate"), "gridworld")
+    rows, results = play_rows(LLMPolicy.for_agent(tiny_policy, agent), 8)
+    unparsed = sum(bool(r["info"].get("error")) for r in rows)  # the env's error observation for a malformed move
+    assert unparsed > 0  # a random model's free text is rarely a FrozenLake move
+    assert sum(r[3] for r in results) == len(rows) - unparsed
+    envs = [make_env_from(LAKE) for _ in range(8)]
+    assert 0 <= evaluate(envs, LLMPolicy.for_agent(tiny_policy, agent), 8)["parse_rate"] < 1
+    assert evaluate(envs, LLMPolicy(tiny_policy, mode="choice"), 8)["parse_rate"] == 1.0  # chosen moves always parse

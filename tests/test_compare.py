@@ -33,7 +33,8 @@ def fake_run(tmp_path, name, seed, overrides=(), sim_rate=1.0, pool=False):
         for u in range(0, 41, 5):
             steps = 220 * u
             success = min(1.0, u / 40 * (sim_rate if source == "sim" else 1.0) + rng.uniform(0, 0.1))
-            rows.append(dict(kind="eval", arm=arm, source=source, update=u, wall_time=12.0 * u + seed,
+            rows.append(dict(kind="eval", arm=arm, source=source, init="scratch" if source == "real" else "lwm",
+                             update=u, wall_time=12.0 * u + seed,
                              real_steps=steps if source == "real" else 0, sim_steps=steps if source == "sim" else 0,
                              wm_real_steps=3000, success=success, **{"return": success}, episodes=32,
                              policy_version=u))
@@ -79,6 +80,7 @@ def test_compare_writes_png_and_html_with_one_row_per_series(tmp_path):
     text = page.read_text()
     assert text.count("<tr>") == 1 + 4 and "±" in text and "data:image/png;base64," in text
     assert "0, 1" in text  # the seeds of the experiment that has two
+    assert "<th>starts from</th>" in text and text.count("<td class='txt'>scratch</td>") == 2  # each arm's init
 
 
 def test_cli_compare_and_its_errors(tmp_path):

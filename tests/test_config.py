@@ -91,7 +91,8 @@ def cli(*args):
 
 @pytest.mark.parametrize("override,key", [("agent.lrr=1", "agent.lrr"),
                                           ("envs.frozenlake.id=gymnasium:NoSuchEnv-v0", "envs.frozenlake.id"),
-                                          ("model.path=/no/such/dir", "model.path")])
+                                          ("model.path=/no/such/dir", "model.path"),
+                                          ("arms.1.init=/no/such/checkpoint", "arms.1.init")])
 def test_cli_bad_input_exits_2_with_one_line(override, key):
     r = cli("run", QUICKSTART, override)
     assert r.returncode == 2
@@ -148,3 +149,44 @@ def test_an_envs_menu_is_visible_or_oracle_and_oracle_only_where_actions_are_ope
     assert "envs.frozenlake.kwargs.menu" in error_of(QUICKSTART, [*shell, "envs.frozenlake.kwargs.menu=solution"])
     msg = error_of(QUICKSTART, ["envs.frozenlake.kwargs.menu=oracle"])  # FrozenLake's menu is its four moves
     assert "envs.frozenlake.kwargs.menu" in msg and "own action set" in msg
+
+
+def test_an_arms_init_is_scratch_cpt_lwm_or_a_checkpoint():
+    for override, key in (("arms.1.init=nowhere", "arms.1.init"), ("agent.init=nowhere", "agent.init")):
+        msg = error_of(QUICKSTART, [override])
+        assert key in msg and QUICKSTART in msg and "lwm, cpt, scratch" in msg and "\n" not in msg
+    msg = error_of(QUICKSTART, ["arms.0.init=cpt"])  # the quickstart's LWM recipe is sft only
+    assert "arms.0.init" in msg and "world_model.stages" in msg
+    assert load_config(QUICKSTART, ["arms.0.init=cpt", "world_model.stages=[cpt,sft]"]).arms[0].init == "cpt"
+
+
+def test_per_arm_init_reaches_the_learners(tmp_path):
+    from rich.console import Console
+
+    from agentworld.config import runtime
+    from agentworld.driver import Run, learner_spec
+
+    lwm = {"path": "/run/wm", "wm_version": 3, "stages": {"cpt": "/run/wm-cpt", "sft": "/run/wm-sft"}}
+
+    def specs(*overrides):
+        cfg = load_config(QUICKSTART, ["world_model.stages=[cpt,sft]", *overrides])
+        run = Run(cfg, tmp_path, "r", 0.0, runtime(cfg, tmp_path), Console())
+        return [learner_spec(run, arm, 0, "/run/base", lwm, 600, 0) for arm in cfg.arms]
+
+    got = [(s.arm.name, s.agent.init, s.init_path, s.wm_real_steps) for s in specs("arms.0.init=scratch", "arms.1.init=cpt")]
+    # scratch: the base model, and no LWM data paid for it; cpt: the recipe's CPT-only checkpoint
+    assert got == [("real", "scratch", "/run/base", 0), ("sim", "cpt", "/run/wm-cpt", 600)]
+    unset = specs("agent.init=cpt", "arms.1.init=lwm")  # an arm without its own init takes agent.init
+    assert [(s.agent.init, s.init_path) for s in unset] == [("cpt", "/run/wm-cpt"), ("lwm", "/run/wm")]
+
+
+def test_the_policys_history_and_action_tokens_follow_the_arms_domain():
+    from agentworld.config import agent_for
+
+    grid = agent_for(load_config(QUICKSTART), "frozenlake")
+    assert (grid.max_action_tokens, grid.history_turns, grid.history_budget_tokens) == (8, 1, 0)  # the YAML's 8
+    shell = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", "agent.max_action_tokens=null"])
+    a = agent_for(shell, "frozenlake")
+    assert (a.max_action_tokens, a.history_turns) == (64, 4)
+    assert a.history_budget_tokens == min(1536, shell.model.tiny.max_positions - 64)
+    assert "agent.history_turns" in error_of(QUICKSTART, ["agent.history_turns=0"])

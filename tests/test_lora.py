@@ -228,13 +228,12 @@ def test_every_forward_gets_its_inputs_on_the_models_device(tiny, lora):
     seen = inputs_seen(model.get_base_model() if lora else model)
     engine = HFEngine.from_model(model, tok)
     prompts = [e.prompt for e in batch]
-    rows = [dict(env_id="gymnasium:X", obs="s0", choices=["a0", "a1"], action="a1")]
-    render = engine.render
+    rows = [dict(prompt=prompts[0], choices=["a0", "a1"], action="a1")]
     for call in (lambda: engine.generate(prompts, max_new_tokens=2), lambda: engine.score_choices(prompts[:1], [["a"]]),
                  lambda: sft_loss(model, tok, batch), lambda: cpt_loss(model, tok, [torch.tensor([1, 2, 3])]),
                  lambda: token_logprobs(model, tok, prompts[:1], [[1, 2]]),
-                 lambda: action_logprobs(model, tok, render, rows, "choice", 1.0),
-                 lambda: action_logprobs(model, tok, render, rows, "generate", 1.0)):
+                 lambda: action_logprobs(model, tok, rows, 1.0),
+                 lambda: action_logprobs(model, tok, [dict(rows[0], action_ids=[1, 2])], 1.0)):
         with pytest.raises(Reached):
             call()
     assert len(seen) >= 7 and set(seen) == {"meta"}, seen

@@ -66,7 +66,7 @@ def test_agent_advantages_and_loss_are_the_old_ones(name, monkeypatch):
         new = torch.tensor(NEW, requires_grad=True)
         monkeypatch.setattr(learners.agent, "action_logprobs", lambda *a, **k: new)
         items = [(dict(logprobs=[b]), x) + ((p,) if decoupled else ()) for b, x, p in zip(BEH, ADV, PROX)]
-        out = agent_loss(None, None, items, mode="choice", temperature=1.0, clip=0.2, loss=loss)
+        out = agent_loss(None, None, items, temperature=1.0, clip=0.2, loss=loss)
         out.backward()
         assert (out.item(), new.grad.tolist()) == (value, grad)
 
@@ -114,7 +114,7 @@ def test_a_loss_registered_by_a_user_is_found_by_name_and_pickles():
     finally:
         LOSSES.unregister("half_grpo")
     assert "half_grpo" not in LOSSES
-    fn = partial(agent_loss, mode="choice", temperature=1.0, clip=0.2, loss=LOSSES.get("rloo"))
+    fn = partial(agent_loss, temperature=1.0, clip=0.2, loss=LOSSES.get("rloo"))
     assert pickle.loads(pickle.dumps(fn)).keywords["loss"] == LOSSES.get("rloo")  # what data-parallel ranks get
 
 

@@ -54,6 +54,15 @@ def test_truncated_segment_recovers_complete_batches(tmp_path):
     assert ReplayStore(str(tmp_path)).count() == 3
 
 
+def test_a_replay_written_before_the_generation_columns_reads_them_as_null(tmp_path):
+    old = batch(n=2)
+    old = old.select([n for n in old.schema.names if n not in ("action_ids", "parsed")])  # the schema before them
+    with pa.OSFile(str(tmp_path / "seg-0-0.arrow"), "wb") as f, pa.ipc.new_stream(f, old.schema) as w:
+        w.write_batch(old)
+    rows = ReplayStore(str(tmp_path)).sample().to_pylist()
+    assert len(rows) == 2 and all(r["action_ids"] is None and r["parsed"] is None for r in rows)
+
+
 def test_replay_survives_actor_kill(tmp_path, ray_local):
     ray = ray_local
     actor = ReplayService.remote(str(tmp_path))

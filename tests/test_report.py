@@ -20,18 +20,19 @@ def every_kind_rows() -> list[dict]:
             metric_row("wm", wall_time=30.0, wm_version=1, stage="sft", train_step=50, heldout=True,
                        train_examples=270, exact_match=0.75, edit_similarity=0.9, outcome_accuracy=0.8, n=64,
                        obedience=0.6, obedience_without_control=0.1)]
-    for arm, source, wm_real, per_update in (("real", "real", 0, 650), ("sim-controlled", "sim", 3038, 0),
-                                             ("hybrid", "hybrid", 3038, 100)):
+    for arm, source, init, wm_real, per_update in (("real", "real", "scratch", 0, 650),
+                                                   ("sim-controlled", "sim", "lwm", 3038, 0),
+                                                   ("hybrid", "hybrid", "cpt", 3038, 100)):
         for u in range(4):
-            steps = dict(arm=arm, source=source, update=u, real_steps=per_update * u,
+            steps = dict(arm=arm, source=source, init=init, update=u, real_steps=per_update * u,
                          sim_steps=0 if source == "real" else 400 * u, wm_real_steps=wm_real)
             if u:
                 rows.append(metric_row("train", **steps, wall_time=60.0 * u - 1, loss=0.1, mean_reward=0.2 * u,
                                        batch_episodes=32, batch_steps=200, max_staleness_seen=1, wait_s=1.0,
-                                       train_s=2.0))
+                                       train_s=2.0, parse_rate=0.5 + 0.1 * u))
             success = {"real": 0.3 * u, "sim-controlled": 0.2 * u, "hybrid": 0.25 * u}[arm]
             rows.append(metric_row("eval", **steps, wall_time=60.0 * u, success=success, **{"return": success},
-                                   episodes=32, length=8.0, policy_version=u))
+                                   episodes=32, length=8.0, policy_version=u, parse_rate=0.25 * u))
     for t, actors, decision in ((0.0, 1, "start"), (60.0, 2, "grow"), (200.0, 0, "stop")):
         rows.append(metric_row("pool", arm="real", source="real", wall_time=t, actors=actors, actors_pending=0,
                                decision=decision, reason="why", learner_starved=0.7 if decision == "grow" else None))
@@ -54,19 +55,22 @@ def every_kind_rows() -> list[dict]:
 EXPECTED_SUMMARY = {
     "run": "every-kind", "success_target": 0.5,
     "arms": {
-        "hybrid": {"source": "hybrid", "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
+        "hybrid": {"source": "hybrid", "init": "cpt", "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
+                   "final_parse_rate": 0.75,
                    "real_steps": 300, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180, "updates": 3,
                    "reached_target": True,
                    "to_target": {"real_steps": 200, "sim_steps": 800, "real_env_steps": 3238, "wall_clock_s": 120,
                                  "update": 2},
                    "hybrid": {"final_fidelity": 0.9, "min_fidelity": 0.5, "routed_steps": 40, "shadow_steps": 10,
                               "sim_steps": 40, "scored": 60, "match_rate": 50 / 60, "routed_bins": 1, "bins": 2}},
-        "real": {"source": "real", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
+        "real": {"source": "real", "init": "scratch", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
+                 "final_parse_rate": 0.75,
                  "real_steps": 1950, "sim_steps": 0, "wm_real_steps": 0, "wall_clock_s": 180, "updates": 3,
                  "reached_target": True,
                  "to_target": {"real_steps": 1300, "sim_steps": 0, "real_env_steps": 1300, "wall_clock_s": 120,
                                "update": 2}},
-        "sim-controlled": {"source": "sim", "final_success": 0.6, "final_return": 0.6, "best_success": 0.6,
+        "sim-controlled": {"source": "sim", "init": "lwm", "final_success": 0.6, "final_return": 0.6,
+                           "best_success": 0.6, "final_parse_rate": 0.75,
                            "real_steps": 0, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180,
                            "updates": 3, "reached_target": True,
                            "to_target": {"real_steps": 0, "sim_steps": 1200, "real_env_steps": 3038,
@@ -103,6 +107,8 @@ def test_report_html_is_for_people(tmp_path):
     assert "update 3 · 1,950 real env steps · 3.0 min" in page  # the real arm reached 0.7 at update 3
     assert "update 3 · 3,338 real env steps · 1,200 simulated steps · 3.0 min" in page  # hybrid: own + the LWM's
     assert re.search(r"<td class='txt'>not reached</td>", page)
+    assert "<th>starts from</th>" in page and "<td class='txt'>scratch</td>" in page  # each arm's init
+    assert "<th>parse rate</th>" in page and "<td class='num'>0.750</td>" in page
     assert "<td class='num'>0.833</td>" in page  # the hybrid arm's shadow match rate, three significant digits
     assert "<td class='num'>3,038</td>" in page and "0.833333" not in page
     # the LWM's measurements and the obedience per control are tables, labelled as declared

@@ -12,7 +12,7 @@ import torch
 
 from actors.rollout import RolloutActor, RolloutSpec
 from agentworld.arms.real import Real
-from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Runtime
+from agentworld.config import AgentConfig, ArmConfig, EnvConfig, EvalConfig, Runtime, resolve_agent
 from agentworld.envs import make_env_from
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.policy import policy_messages
@@ -46,7 +46,8 @@ def run_arm(policy_path: str, run_dir, max_staleness: int, updates: int = 5) -> 
     """One real arm: a learner and two actors, concurrently. Returns (the arm's replay rows, its train rows)."""
     replay = ReplayService.options(num_cpus=0).remote(str(run_dir / "replay"))
     registry = WeightRegistry.remote()
-    agent = AgentConfig(updates=updates, episodes_per_update=8, epochs=1, max_staleness=max_staleness)
+    agent = resolve_agent(AgentConfig(updates=updates, episodes_per_update=8, epochs=1, max_staleness=max_staleness),
+                          "gridworld")
     arm = ArmConfig(name="a", envs_per_actor=4)
     learner = AgentLearner.options(num_cpus=0).remote(LearnerSpec(
         arm=arm, kind=Real(), loss=GRPO, init_path=policy_path, run_dir=str(run_dir), t0=time.time(), agent=agent,
@@ -84,6 +85,8 @@ def test_every_replay_row_is_trained_within_the_staleness_bound(ray_local, polic
     assert {r["actor_id"] for r in rows} == {"a0", "a1"}
     assert min(staleness) >= 0 and max(staleness) <= max_staleness  # every row of the replay
     assert max(t["max_staleness_seen"] for t in train) == max(staleness[:trained])
+    assert all(r["parsed"] for r in rows) and all(t["parse_rate"] == 1.0 for t in train)  # chosen moves all parse
+    assert {t["init"] for t in train} == {"lwm"}  # agent.init, as every row of the learner says
     if max_staleness:  # actors ran ahead of the learner: the run really was asynchronous
         assert max(staleness[:trained]) == 1
 
@@ -97,16 +100,17 @@ def test_the_agent_loss_corrects_stale_rows_instead_of_clipping_them_away(policy
     env = make_env_from(ENV)
     obs, info = env.reset(seed=0)
     act = LLMPolicy(engine, mode="choice", temperature=1.0).act([env.env_id], [obs], [info])[0]
-    row = dict(env_id=env.env_id, obs=obs, action=act.action, choices=act.choices, policy_version=0)
+    prompt = LLMPolicy(engine).prompts([env.env_id], [obs], [info])[0]
+    row = dict(prompt=prompt, action=act.action, choices=act.choices, policy_version=0)
     model, tok = engine.model, engine.tok
-    (now,) = proximal_logprobs(model, tok, [dict(row, logprobs=[0.0], policy_version=-1)], 0, "choice", 1.0)
+    (now,) = proximal_logprobs(model, tok, [dict(row, logprobs=[0.0], policy_version=-1)], 0, 1.0)
     assert now == pytest.approx(act.logprobs[0], abs=1e-5)  # the version that acted: its recorded logprob
     stale = dict(row, logprobs=[now - 1.0], policy_version=-1)
-    assert proximal_logprobs(model, tok, [stale], 0, "choice", 1.0) == pytest.approx([now], abs=1e-5)
+    assert proximal_logprobs(model, tok, [stale], 0, 1.0) == pytest.approx([now], abs=1e-5)
 
     def grad_norm(items):
         model.zero_grad()
-        loss = agent_loss(model, tok, items, mode="choice", temperature=1.0, clip=0.2)
+        loss = agent_loss(model, tok, items, temperature=1.0, clip=0.2)
         loss.backward()
         return float(loss.detach()), sum(float(p.grad.norm()) for p in model.parameters() if p.grad is not None)
 

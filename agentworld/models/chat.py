@@ -62,6 +62,11 @@ def render_chat(tok, messages: list[dict], add_generation_prompt: bool = True,
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
 
 
+def count_tokens(tok, text: str) -> int:
+    """Tokens of rendered text, as engines and learners encode it (no special tokens added)."""
+    return len(tok(text, add_special_tokens=False).input_ids)
+
+
 def stop_token_ids(tok, generation_config=None) -> tuple[int, ...]:
     """The ids that end a reply: the tokenizer's EOS first, then those of `generation_config.eos_token_id`."""
     eos = getattr(generation_config, "eos_token_id", None)

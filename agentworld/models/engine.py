@@ -31,6 +31,12 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)  # one more than token_ids when the reply ended with EOS
     eos_id: int | None = None  # which of the engine's stop ids ended the reply (None: the token limit or a stop string)
 
+    @property
+    def reply_ids(self) -> list[int]:
+        """The tokens `logprobs` cover: the sampled ids, and the stop id where the reply ended by itself. Training on
+        exactly these keeps the learner's logprob the behaviour one (a cut-off reply has no EOS to learn)."""
+        return self.token_ids + ([self.eos_id] if self.eos_id is not None else [])
+
 
 class InferenceEngine(Protocol):
     version: int

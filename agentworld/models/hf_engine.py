@@ -37,13 +37,14 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     return place(model, device), load_tokenizer(path)
 
 
-def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str]):
-    """Right-padded ids of prompt+completion (each tokenized on its own, then joined) and a mask
-    that is 1 on completion tokens. Training and scoring both use it, so they see the same tokens."""
+def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str | Sequence[int]]):
+    """Right-padded ids of prompt+completion (each tokenized on its own, then joined; a completion given as token ids
+    is taken as it is) and a mask that is 1 on completion tokens. Training and scoring both use it, so they see the
+    same tokens."""
     seqs, comp_lens = [], []
     for p, c in zip(prompts, completions):
         p_ids = tok(p, add_special_tokens=False).input_ids
-        c_ids = tok(c, add_special_tokens=False).input_ids
+        c_ids = tok(c, add_special_tokens=False).input_ids if isinstance(c, str) else list(c)
         seqs.append(p_ids + c_ids)
         comp_lens.append(len(c_ids))
     width = max(len(s) for s in seqs)

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from typing import Callable
 
-from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
+from agentworld.worldmodel.prompt import STATEFUL, build_messages, fit_window, render_state, window, wm_system_prompt
 from agentworld.worldmodel.think import think_block
 
 
@@ -77,13 +77,11 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1,
             system = plain
             if control_fraction > 0 and rng.random() < control_fraction:
                 system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng), notes)
-            k = history_turns
-            while True:
+            def build(k, t=t, system=system):
                 state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k, keep_task)
-                prompt = render(build_messages(system, state, turns))
-                if k <= 1 or budget_tokens <= 0 or count_tokens(prompt) <= budget_tokens:
-                    break
-                k = min(k, len(turns)) - 1
+                return render(build_messages(system, state, turns)), len(turns)
+
+            prompt = fit_window(build, history_turns, budget_tokens, count_tokens)
             target = (think_block(think(r)) if think else "") + replies[t]
             out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"], r["domain"]))
     return out

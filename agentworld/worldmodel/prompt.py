@@ -98,6 +98,18 @@ def window(observations: list[str], actions: list[str], replies: list[str], hist
     return state, turns
 
 
+def fit_window(build, history_turns: int, budget_tokens: int = 0, count_tokens=None) -> str:
+    """The prompt `build(k) -> (prompt, turns kept)` makes with the most turns k <= `history_turns` whose prompt has at
+    most `budget_tokens` tokens (0: no budget): the oldest turns go first, the newest always stays. The LWM's examples
+    and the policy's prompts are both fitted so."""
+    k = history_turns
+    while True:
+        prompt, kept = build(k)
+        if kept <= 1 or budget_tokens <= 0 or count_tokens(prompt) <= budget_tokens:
+            return prompt
+        k = kept - 1
+
+
 def strip_think(text: str) -> str:
     """Drop think content, including an unclosed think block (everything after it)."""
     text = _THINK_BLOCK.sub("", text)
