@@ -286,8 +286,10 @@ def test_import_bad_input_is_one_line_and_exit_code_2(tmp_path, tok_dir, capsys)
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):  # tests/conftest.py: a skip without `make smollm2`, a failure under CI
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return HFEngine(smollm2_path)
+    yield HFEngine(smollm2_path)
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
