@@ -307,7 +307,7 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
             names = [n for n in COUNTERFACTUAL if n not in held] if counterfactual else sorted(held)
             c = make_control("hindsight", rng.choice(names or sorted(held)))
             state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
-                                  r["domain"] in STATEFUL)
+                                  r["domain"] in STATEFUL, r["domain"])
             prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
                        for text in (c.text, None)]
             out.append((prompts[0], prompts[1], c, r))

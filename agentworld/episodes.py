@@ -8,9 +8,10 @@ from agentworld.worldmodel.env import step_all
 
 
 def parsed(info: dict) -> bool:
-    """Whether the env could parse the action: an env answers an unparseable one with an error observation and
-    `error` in its info (agentworld/envs/base.py). A crashed env's truncation is not the action's fault."""
-    return not info.get("error") or bool(info.get("crashed"))
+    """Whether the env could parse the action into a well-formed action of its family: an env answers an unparseable
+    one with an error observation and `unparsed` in its info (agentworld/envs/base.py unparsed_info). An action that
+    parsed and then failed (a tool error, a missing file) and a crashed env's truncation count as parsed."""
+    return not info.get("unparsed")
 
 
 def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callable[..., None] | None = None):

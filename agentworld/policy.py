@@ -29,14 +29,16 @@ class Act:
 
 
 def policy_messages(env_id: str, obs: str, admissible: Sequence[str] | None, history: Sequence[tuple[str, str]] = (),
-                    history_turns: int = 1, keep_task: bool = False) -> list[dict]:
+                    history_turns: int = 1, keep_task: bool = False, domain: str | None = None) -> list[dict]:
     """The policy's chat: its instruction, then user turns with observations and assistant turns with the actions
     taken after them, the current observation last (with the valid actions). `history`: the episode's earlier
     (observation, action) pairs, of which the last `history_turns - 1` are kept; with `keep_task`, a window that
-    dropped turns starts with the episode's task (prompt.window, as the LWM's prompts do)."""
+    dropped turns starts with the episode's task in `domain` (prompt.window and task_text, as the LWM's prompts do:
+    in MCP the tools and how to call them too)."""
     observations = [o for o, _ in history] + [obs]
     # the LWM's window over the same episode: after action i comes observation i + 1; the action to choose is last
-    state, turns = window(observations, [a for _, a in history] + [""], observations[1:], history_turns, keep_task)
+    state, turns = window(observations, [a for _, a in history] + [""], observations[1:], history_turns, keep_task,
+                          domain)
     messages = [{"role": "system", "content": AGENT_SYSTEM.format(env_id=env_id)},
                 {"role": "user", "content": f"Observation:\n{state}"}]
     for action, nxt in turns[:-1]:
@@ -48,11 +50,11 @@ def policy_messages(env_id: str, obs: str, admissible: Sequence[str] | None, his
 
 def policy_prompt(render, env_id: str, obs: str, admissible: Sequence[str] | None,
                   history: Sequence[tuple[str, str]] = (), keep_task: bool = False, history_turns: int = 1,
-                  budget_tokens: int = 0, count_tokens=None) -> str:
+                  budget_tokens: int = 0, count_tokens=None, domain: str | None = None) -> str:
     """`policy_messages` rendered (`render`: the checkpoint's chat template) with as many of the last
     `history_turns` turns as fit in `budget_tokens` (0: no budget), the oldest dropped first."""
     def build(k):
-        messages = policy_messages(env_id, obs, admissible, history, k, keep_task)
+        messages = policy_messages(env_id, obs, admissible, history, k, keep_task, domain)
         return render(messages), sum(m["role"] == "user" for m in messages)
     return fit_window(build, history_turns, budget_tokens, count_tokens)
 
@@ -70,7 +72,7 @@ def episode_prompts(rows: Sequence[dict], render, history_turns: int = 1, budget
         for t, r in enumerate(ep):
             prompts[eid, r["step"]] = policy_prompt(render, r["env_id"], r["obs"], r["choices"],
                                                     [(p["obs"], p["action"]) for p in ep[:t]], r["domain"] in STATEFUL,
-                                                    history_turns, budget_tokens, count_tokens)
+                                                    history_turns, budget_tokens, count_tokens, r["domain"])
     return [prompts[r["episode_id"], r["step"]] for r in rows]
 
 
@@ -151,7 +153,7 @@ class LLMPolicy:
         domains = [getattr(e, "domain", None) for e in envs] if envs is not None else [None] * len(env_ids)
         count = partial(chat.count_tokens, self.engine.tok)
         return [policy_prompt(self.engine.render, e, o, i.get("admissible_actions"), h, d in STATEFUL,
-                              self.history_turns, self.budget_tokens, count)
+                              self.history_turns, self.budget_tokens, count, d)
                 for e, o, i, h, d in zip(env_ids, observations, infos, histories, domains)]
 
     def act(self, env_ids: Sequence[str], observations: Sequence[str], infos: Sequence[dict], envs=None,

@@ -1,15 +1,18 @@
+import json
+import re
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from agentworld.config import AgentConfig, EnvConfig, resolve_agent
-from agentworld.envs import make_env_from
-from agentworld.episodes import evaluate, play_episodes
+from agentworld.envs import make_env, make_env_from
+from agentworld.episodes import evaluate, parsed, play_episodes
 from agentworld.models.chat import count_tokens
 from agentworld.models.hf_engine import HFEngine, completion_logprobs, encode_pairs
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
-from agentworld.policy import LLMPolicy, policy_messages, policy_prompt
+from agentworld.policy import LLMPolicy, RandomPolicy, episode_prompts, policy_messages, policy_prompt
 from learners.agent import action_logprobs, agent_loss, with_prompts
 from learners.losses import group_advantages
 from learners.torch_engine import TorchEngine
@@ -151,9 +154,64 @@ def test_generated_actions_have_importance_ratio_one_at_the_behaviour_version(ti
 def test_the_parse_rate_is_the_share_of_actions_the_env_parsed(tiny_policy):
     agent = resolve_agent(AgentConfig(action_mode="generate"), "gridworld")
     rows, results = play_rows(LLMPolicy.for_agent(tiny_policy, agent), 8)
-    unparsed = sum(bool(r["info"].get("error")) for r in rows)  # the env's error observation for a malformed move
+    unparsed = sum(bool(r["info"].get("unparsed")) for r in rows)  # the env's flag for a move it could not parse
     assert unparsed > 0  # a random model's free text is rarely a FrozenLake move
     assert sum(r[3] for r in results) == len(rows) - unparsed
     envs = [make_env_from(LAKE) for _ in range(8)]
     assert 0 <= evaluate(envs, LLMPolicy.for_agent(tiny_policy, agent), 8)["parse_rate"] < 1
     assert evaluate(envs, LLMPolicy(tiny_policy, mode="choice"), 8)["parse_rate"] == 1.0  # chosen moves always parse
+
+
+class Failing:
+    """Every action parses and then fails, as a tool error does: `error` without `unparsed`."""
+
+    env_id, domain = "mcp:failing", "mcp"
+
+    def reset(self, seed=None):
+        return "Task: fail.", {"admissible_actions": ["a", "b"]}
+
+    def step(self, action):
+        return "Error: the tool failed.", 0.0, False, True, {"error": "the tool failed", "admissible_actions": []}
+
+    def close(self):
+        pass
+
+
+def test_the_parse_rate_counts_an_action_that_parsed_and_then_failed():
+    assert parsed({"error": "no such table", "won": False}) and parsed({"error": "crashed", "crashed": True})
+    assert not parsed({"error": "not valid JSON", "unparsed": True})
+    assert evaluate([Failing(), Failing()], RandomPolicy(0), 4)["parse_rate"] == 1.0  # the row figure
+
+
+def test_a_generating_agent_in_mcp_still_sees_the_tools_past_its_history_window(tiny_policy, tmp_path):
+    """The tools and how to call them are in MCP's first observation, beyond its Task: paragraph: a prompt that
+    dropped the first turn keeps them, within the token budget, and the learner rebuilds the same prompt."""
+    pytest.importorskip("mcp")
+    agent = resolve_agent(AgentConfig(action_mode="generate"), "mcp")
+    env = make_env("mcp:sqlite-train")
+    try:
+        obs, info = env.reset(seed=0)
+        tools = re.findall(r"^- (\w+): ", obs, re.M)
+        calls = [{"tool": "list_tables", "arguments": {}}] + [
+            {"tool": "describe_table", "arguments": {"table_name": t}} for t in ("customers", "products", "orders")] + [
+            {"tool": "read_query", "arguments": {"query": "SELECT COUNT(*) FROM orders"}}]
+        history = []
+        for c in calls:  # more steps than the window's turns
+            history.append((obs, json.dumps(c)))
+            obs, *_, info = env.step(json.dumps(c))
+    finally:
+        env.close()
+    assert len(tools) >= 5 and len(history) > agent.history_turns
+    # a tokenizer that saw the episode's text, as a run's own tiny one sees its arms' (FrozenLake's splits MCP to bytes)
+    texts = [render_chatml(policy_messages(env.env_id, o, None, history[:t], 6, True, "mcp"), True)
+             for t, (o, _) in enumerate(history + [(obs, "")])]
+    engine = SimpleNamespace(tok=train_tokenizer(texts * 5, 2000, tmp_path), render=tiny_policy.render)
+    count = partial(count_tokens, engine.tok)
+    policy = LLMPolicy.for_agent(engine, agent)
+    prompt = policy.prompts([env.env_id], [obs], [info], envs=[env], histories=[history])[0]
+    assert "earlier step(s) not shown" in prompt and count(prompt) <= agent.history_budget_tokens
+    assert all(f"- {t}: " in prompt for t in tools) and '{"tool": NAME, "arguments": {...}}' in prompt
+    rows = [dict(episode_id="e", step=t, env_id=env.env_id, domain="mcp", obs=o, action=a, choices=None)
+            for t, (o, a) in enumerate(history + [(obs, "")])]
+    rows[-1]["choices"] = info["admissible_actions"]  # the menu the generating agent was shown
+    assert episode_prompts(rows, engine.render, agent.history_turns, agent.history_budget_tokens, count)[-1] == prompt

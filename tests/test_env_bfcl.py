@@ -123,7 +123,7 @@ def test_malformed_actions_are_error_observations(bad):
     env = make_env("bfcl:multi_turn_base_0")
     env.reset()
     obs, r, term, trunc, info = env.step(bad)
-    assert obs.startswith("Error: ") and info["error"] and r == 0 and not term
+    assert obs.startswith("Error: ") and info["error"] and info["unparsed"] and r == 0 and not term
     assert env.steps == [[]]  # nothing was executed
 
 
@@ -131,7 +131,10 @@ def test_bad_arguments_are_the_backends_own_execution_errors():
     env = make_env("bfcl:multi_turn_base_0")
     env.reset()
     obs, r, term, trunc, info = env.step('{"tool": "cd", "arguments": {"directory": "document"}}')
-    assert obs.startswith("Error during execution") and "directory" in obs and info["error"] and not term
+    assert obs.startswith("Error during execution") and "directory" in obs and not term
+    assert info["error"] and info["unparsed"] and "folder" in info["error"]  # `folder` is required: no call of cd
+    obs, r, term, trunc, info = env.step('{"tool": "mv", "arguments": {"source": "nothere.txt", "destination": "x"}}')
+    assert "nothere.txt" in obs and "unparsed" not in info and not term  # a well-formed call that fails
 
 
 def test_max_steps_truncates():

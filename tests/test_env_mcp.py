@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("mcp")
 from agentworld.envs import make_env, resolve_env_id  # noqa: E402
-from agentworld.envs.mcp_tools import (CATALOGUE, NAMES, SPLITS, TASKS, TEMPLATES, build_task,  # noqa: E402
+from agentworld.envs.mcp_tools import (CATALOGUE, NAMES, SPLITS, TASKS, TEMPLATES, build_task, call,  # noqa: E402
                                        draw_key, git, query, split_of, task_keys)
 from tests.oracle import unseen_calls  # noqa: E402
 
@@ -100,7 +100,22 @@ def test_git_commit_is_checked_against_the_repository_and_is_deterministic():
                                  '{"arguments": {"repo_path": "project"}}'])
 def test_malformed_actions_are_error_observations(git_env, bad):
     obs, r, term, trunc, info = git_env.step(bad)
-    assert info["error"] and obs.startswith("Error") and r == 0 and not term and not trunc
+    assert info["error"] and info["unparsed"] and obs.startswith("Error") and r == 0 and not term and not trunc
+
+
+def test_a_well_formed_call_that_fails_is_an_error_but_parsed(git_env):
+    add = {"tool": "git_add", "arguments": {"repo_path": "project", "files": ["no-such-file.txt"]}}
+    obs, r, term, trunc, info = git_env.step(json.dumps(add))  # a missing file
+    assert info["error"] and "unparsed" not in info and r == 0 and not term
+    env = make_env("mcp:sqlite-train")
+    try:
+        env.reset(seed=0)
+        obs, r, term, trunc, info = env.step(json.dumps(call("read_query", query="SELECT * FROM no_such_table")))
+        assert "no such table" in obs and "unparsed" not in info and not term  # an SQL error (the server sets no isError)
+        obs, r, term, trunc, info = env.step(json.dumps(call("read_query", sql="SELECT 1")))  # `query` missing
+        assert info["error"] and info["unparsed"] and "query" in info["error"]
+    finally:
+        env.close()
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_same_seed_same_page_and_same_play(enter_text):
 def test_malformed_actions_get_an_error_observation(enter_text, action):
     obs0, _ = enter_text.reset(seed=0)
     obs, reward, terminated, truncated, info = enter_text.step(action)
-    assert info["error"] and obs.startswith("Invalid action.") and obs0 in obs
+    assert info["error"] and info["unparsed"] and obs.startswith("Invalid action.") and obs0 in obs
     assert reward == 0.0 and not terminated and not truncated
 
 

@@ -76,7 +76,7 @@ def test_another_jvm_gives_the_same_world(env):
 def test_malformed_action_is_an_error_observation(env, bad):
     env.reset(seed=0)
     obs, r, term, trunc, info = env.step(bad)
-    assert info["error"] and obs and r == 0 and not term and not trunc
+    assert info["error"] and info["unparsed"] and obs and r == 0 and not term and not trunc
     assert follow_oracle(env)[2]["won"]  # the task carries on unharmed
 
 

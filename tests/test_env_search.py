@@ -128,16 +128,25 @@ def test_resets_and_steps_are_deterministic(index_dir):
 @pytest.mark.parametrize("action", [
     "", None, 42, "   ", "{", "[1, 2]", "hello there", '{"tool": "browse", "arguments": {}}',
     '{"tool": "web_search", "arguments": {"queries": 3}}', '{"tool": "web_search", "arguments": "nope"}',
-    '{"tool": "web_extractor", "arguments": {"url": "https://example.com"}}',
-    '{"tool": "web_extractor", "arguments": {"url": "pydoc://topics/pass", "page": 99}}',
+    '{"tool": "web_extractor", "arguments": {}}', '{"tool": "web_extractor", "arguments": {"url": "x", "page": "2"}}',
     '{"answer": 7}', "web_search(queries=[x for x in y])", "os.system('ls')",
 ])
 def test_malformed_actions_give_an_error_observation(index_dir, action):
     env = env_for("q8", index_dir)
     env.reset()
     obs, r, term, trunc, info = env.step(action)
-    assert info["error"] and "Invalid action" in obs and (r, term) == (0.0, False)
+    assert info["error"] and info["unparsed"] and "Invalid action" in obs and (r, term) == (0.0, False)
     assert env.step('{"answer": "pass"}')[1] == 1.0  # the episode goes on
+    env.close()
+
+
+@pytest.mark.parametrize("action", ['{"tool": "web_extractor", "arguments": {"url": "https://example.com"}}',
+                                    '{"tool": "web_extractor", "arguments": {"url": "pydoc://topics/pass", "page": 99}}'])
+def test_a_well_formed_call_the_tool_cannot_serve_is_an_error_but_parsed(index_dir, action):
+    env = env_for("q8", index_dir)
+    env.reset()
+    obs, r, term, trunc, info = env.step(action)
+    assert info["error"] and "unparsed" not in info and "Invalid action" in obs and (r, term) == (0.0, False)
     env.close()
 
 

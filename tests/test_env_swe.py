@@ -108,18 +108,19 @@ def test_the_stdlib_copy_of_a_hidden_module_is_unreadable(make):
     assert "Error" in obs and "<function" not in obs
 
 
-BAD = ["", None, 42, "edit", "edit pkg/colorsys.py\nno markers here",
-       EDIT.format(path="pkg/colorsys.py", old="text that is not there", new="x"),
-       EDIT.format(path="pkg/colorsys.py", old="", new="x"),
-       EDIT.format(path="pkg/nothere.py", old="a", new="b")]
+MALFORMED = ["", None, 42, "edit", "edit pkg/colorsys.py\nno markers here",
+             EDIT.format(path="pkg/colorsys.py", old="", new="x")]
+FAILING = [EDIT.format(path="pkg/colorsys.py", old="text that is not there", new="x"),  # well-formed, then failed
+           EDIT.format(path="pkg/nothere.py", old="a", new="b")]
 
 
 def test_malformed_actions_are_error_observations(make):
     env = make("swe:colorsys")
     env.reset(seed=0)
-    for bad in BAD:
+    for bad in MALFORMED + FAILING:
         obs, r, term, trunc, info = env.step(bad)
         assert info["error"] and obs and r == 0 and not term, bad
+        assert info.get("unparsed", False) == (bad in MALFORMED), bad
     assert env.step("submit")[1] == 0  # nothing was changed: the bug is still there
 
 

@@ -120,6 +120,9 @@ def test_junk_never_raises_and_the_shell_survives():
         for bad in [None, "", b"\xff\xfe", "x" * 100_000]:
             obs, r, term, trunc, info = env.step(bad)
             assert info["error"] and obs.startswith("[error:") and r == 0 and not term
+            assert info.get("unparsed", False) == (not isinstance(bad, str) or not bad)  # too long: refused, parsed
+        obs, *_, info = env.step("cat no-such-file.txt")  # every text is shell input: a failing command parsed
+        assert "No such file" in obs and "unparsed" not in info
         for junk in ["\x00\x01\x1b[2J\x7f\udcff", "<C-x><C-q>", "<NoSuchKey>;", ";", "'unbalanced \"quote"]:
             obs, r, term, trunc, info = env.step(junk)
             assert "error" not in info

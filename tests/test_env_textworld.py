@@ -72,8 +72,16 @@ def test_malformed_action_is_an_error_observation(bad):
     env = make_env("textworld:custom", max_steps=50)
     env.reset(seed=1)
     obs, r, term, trunc, info = env.step(bad)
-    assert info["error"] and obs and r == 0 and not term and not trunc
+    assert info["error"] and info["unparsed"] and obs and r == 0 and not term and not trunc
     assert follow_oracle(env)[2]["won"]  # the game carries on unharmed
+    env.close()
+
+
+def test_a_command_the_parser_understands_but_the_world_refuses_is_parsed():
+    env = make_env("textworld:custom", max_steps=50)
+    env.reset(seed=1)
+    obs, *_, info = env.step("take the unicorn")
+    assert "unparsed" not in info and obs
     env.close()
 
 

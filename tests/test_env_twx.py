@@ -64,7 +64,7 @@ def test_seeded_resets_are_deterministic_across_jvms(coin):
 def test_malformed_action_is_an_error_observation(coin, bad):
     coin.reset(seed=0)
     obs, r, term, trunc, info = coin.step(bad)
-    assert info["error"] and obs and r == 0 and not term and not trunc
+    assert info["error"] and info["unparsed"] and obs and r == 0 and not term and not trunc
     assert follow_oracle(coin, info)[2]["won"]  # the game carries on unharmed
 
 

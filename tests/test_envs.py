@@ -51,7 +51,8 @@ def test_invalid_action_is_an_error_observation(bad):
     before, _ = env.reset(seed=0)
     obs, r, term, trunc, info = env.step(bad)
     assert "Invalid action" in obs and before in obs
-    assert r == 0 and not term and info["error"]
+    assert r == 0 and not term and info["error"] and info["unparsed"]
+    assert "unparsed" not in env.step("Left")[4]  # a move of the action set parses
 
 
 def test_max_steps_truncates():

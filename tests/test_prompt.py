@@ -75,3 +75,13 @@ def test_each_tool_domain_gets_its_own_note_and_grids_keep_the_plain_instruction
         assert DOMAIN_NOTES[domain] in wm_system_prompt(f"x:{domain}", domain)
     mine = wm_system_prompt("mcp:sqlite-train", "mcp", "timeout", notes={"mcp": "A SQLite server."})
     assert "A SQLite server." in mine and DOMAIN_NOTES["mcp"] not in mine and mine.endswith("Control: timeout")
+
+
+def test_mcp_keeps_its_tools_and_call_format_when_turns_are_dropped():
+    first = ('Task: how many orders are there?\n\nTools:\n- read_query: Run a SELECT input={"required":["query"]}\n'
+             '- list_tables: List the tables input={}\n\nAct with one JSON tool call per step: {"tool": NAME, ...}.')
+    obs, acts, replies = [first, "[{'name': 'orders'}]", "[{'n': 30}]"], ["a0", "a1", "a2"], ["r0", "r1"]
+    state, _ = window(obs, acts, replies, history_turns=1, keep_task=True, domain="mcp")
+    assert state == f"{first}\n[2 earlier step(s) not shown]\n{obs[2]}"  # the task, every tool and how to call them
+    state, _ = window(obs, acts, replies, history_turns=1, keep_task=True, domain="terminal")
+    assert state == "Task: how many orders are there?\n[2 earlier step(s) not shown]\n" + obs[2]  # others: as before

@@ -20,7 +20,7 @@ from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
 from textworld.envs import PddlEnv
 
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 
 DATA = Path(__file__).with_name("alfworld_data")
 ALL = "all"  # every problem, one picked by the seed
@@ -112,7 +112,7 @@ class AlfworldEnv:
         if command not in self.state["admissible_commands"]:
             err = f"Nothing happens: {action!r} is not a valid command here."
             obs = f"{err} Valid commands: {', '.join(self.state['admissible_commands'])}."
-            return obs, 0.0, False, truncated, self._info(error=err)
+            return obs, 0.0, False, truncated, self._info(**unparsed_info(err))
         was_won = bool(self.state["won"])
         self.state, _, done = self.env.step(command)
         reward = 1.0 if self.state["won"] and not was_won else 0.0  # the engine repeats 1 on every step once won

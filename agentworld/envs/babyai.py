@@ -18,7 +18,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI-* ids)
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]  # MiniGrid's Actions order
 FACING = ["east", "south", "west", "north"]  # MiniGrid's agent_dir order
@@ -128,7 +128,7 @@ class BabyAIEnv:
         a = action.strip(string.punctuation + string.whitespace).lower() if isinstance(action, str) else None
         if a not in ACTIONS:
             err = f"Invalid action {action!r}. Valid actions: {', '.join(ACTIONS)}."
-            return f"{err}\n{describe(self.env)}", 0.0, False, truncated, self._info(error=err, won=False)
+            return f"{err}\n{describe(self.env)}", 0.0, False, truncated, self._info(won=False, **unparsed_info(err))
         _, reward, terminated, gym_truncated, _ = self.env.step(ACTIONS.index(a))
         self.score += float(reward)
         self._replan(ACTIONS.index(a))

@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 @runtime_checkable
 class TextEnv(Protocol):
     """Text in, text out. `info` may carry `admissible_actions` (the whole action set where it is finite;
-    a menu of useful candidates where it is open, with `open_actions: True`), `won`, `score`, and `error`
-    (set when the action could not be parsed: the observation then explains the error). Envs with an
+    a menu of useful candidates where it is open, with `open_actions: True`), `won`, `score`, `error` (set
+    when the action could not be parsed or failed: the observation then explains it) and `unparsed` (the
+    action could not be parsed into a well-formed action of the family: `unparsed_info`). Envs with an
     oracle (walkthrough, gold path, bot, ground truth) also have `oracle_action() -> str | None`."""
 
     env_id: str
@@ -24,6 +25,14 @@ class TextEnv(Protocol):
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+
+def unparsed_info(error: str) -> dict[str, Any]:
+    """The info keys of an action the env could not parse into a well-formed action of its family: malformed JSON,
+    an unknown tool or function, missing required arguments, a command outside the action set or grammar, an empty
+    action. An action that parsed and then failed (a tool's or SQL error, a missing file, the episode already over)
+    has `error` alone. The parse rate counts `unparsed` (agentworld/episodes.py parsed)."""
+    return {"error": error, "unparsed": True}
 
 
 class Supervised:

@@ -23,7 +23,7 @@ from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 from bfcl_eval.utils import load_dataset_entry, load_file, load_ground_truth_entry
 
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 
 CATEGORY = "multi_turn_base"
 SPLITS = ("train", "heldout")
@@ -97,6 +97,18 @@ def signature(class_names: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def required_args(class_names: list[str]) -> dict[str, list[str]]:
+    """function name -> the parameters it cannot do without (no default), for the functions the task's backends offer."""
+    names = {d["name"] for c in class_names for d in class_docs(c)[1]}
+    out = {}
+    for c in class_names:
+        for name, fn in inspect.getmembers(backend_class(c), inspect.isfunction):
+            if name in names:
+                out[name] = [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"
+                             and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return out
+
+
 def parse_python_call(text: str, params: dict[str, list[str]]) -> tuple[str, dict] | str:
     """`cd(folder='x')` -> ("cd", {"folder": "x"}); literals only, so nothing but the named function runs."""
     try:
@@ -164,6 +176,7 @@ class BFCLEnv:
         self.test_id = test_id = self._pick(seed)
         self.entry, self.truth = tasks()[test_id]
         self.params = signature(self.entry["involved_classes"])
+        self.required = required_args(self.entry["involved_classes"])
         # bfcl keeps backend instances in module globals keyed by model name and test id: a name per episode
         self.model = f"agentworld_{uuid.uuid4().hex}"
         self.turn, self.progress, self.steps = 0, 0, [[]]
@@ -208,10 +221,11 @@ class BFCLEnv:
             return "The episode is over.", 0.0, True, truncated, self._info(error="episode over")
         parsed = parse_action(action, self.params)
         if isinstance(parsed, str):
-            return f"Error: {parsed}. {INSTRUCTIONS}", 0.0, False, truncated, self._info(error=parsed)
+            return f"Error: {parsed}. {INSTRUCTIONS}", 0.0, False, truncated, self._info(**unparsed_info(parsed))
         if parsed == END_TURN:
             return self._end_turn(truncated)
         name, args = parsed
+        missing = [a for a in self.required[name] if a not in args]  # the backend answers it, in its own words
         call = call_string(name, args)
         [result], _ = multi_turn_utils.execute_multi_turn_func_call(
             [call], self.entry["initial_config"], self.entry["involved_classes"], self.model, self.entry["id"])
@@ -220,6 +234,8 @@ class BFCLEnv:
             self.progress += 1
         obs = result if len(result) <= MAX_OBS_CHARS else result[:MAX_OBS_CHARS] + "\n...[truncated]"
         error = {"error": result} if result.startswith("Error during execution") else {}
+        if missing:  # no well-formed call of `name`
+            error = unparsed_info(f"{name} needs the arguments {', '.join(missing)}: {result}")
         return obs, 0.0, False, truncated, self._info(**error)
 
     def _end_turn(self, truncated: bool):

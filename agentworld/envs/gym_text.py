@@ -10,6 +10,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from agentworld.envs.base import unparsed_info
+
 # Names of discrete actions, in the env's own order; other envs fall back to "0".."n-1".
 ACTION_NAMES = {
     "FrozenLake": ["left", "down", "right", "up"],
@@ -75,7 +77,7 @@ class GymTextEnv:
         a = self.parse(action)
         if a is None:
             err = f"Invalid action {action!r}. Valid actions: {', '.join(self.actions)}."
-            return f"{err}\n{self._obs()}", 0.0, False, truncated, self._info(error=err, won=False)
+            return f"{err}\n{self._obs()}", 0.0, False, truncated, self._info(won=False, **unparsed_info(err))
         _, reward, terminated, gym_truncated, _ = self.env.step(a)
         self.score += float(reward)
         won = bool(terminated and reward > 0)

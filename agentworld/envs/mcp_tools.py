@@ -42,7 +42,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
-from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
+from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
 
 CALL_TIMEOUT = 30.0  # seconds; a server that takes longer is taken as hung
 MAX_OBS_CHARS = 4000
@@ -890,6 +890,18 @@ def parse_action(action: Any) -> dict | str:
     return {"tool": obj.get("tool", obj.get("name")), "arguments": args}
 
 
+def check_call(parsed: dict, tools) -> str | None:
+    """Why a parsed tool call is no well-formed call of the server's `tools` (an unknown tool, a required argument
+    missing), or None. Argument values are the tool's to judge: its error is a result of a well-formed call."""
+    if "tool" not in parsed:
+        return None
+    schemas = {t.name: t.input_schema or {} for t in tools}
+    if parsed["tool"] not in schemas:
+        return f"unknown tool {parsed['tool']!r}; the tools are {', '.join(schemas)}"
+    missing = [a for a in schemas[parsed["tool"]].get("required", []) if a not in parsed["arguments"]]
+    return f"{parsed['tool']} needs the arguments {', '.join(missing)}" if missing else None
+
+
 def tool_schemas(tools) -> str:
     def compact(schema):  # titles repeat the names; drop them
         if isinstance(schema, dict):
@@ -947,11 +959,12 @@ class MCPToolEnv:
         parsed = parse_action(action)
         if isinstance(parsed, str):
             obs = f"Error: {parsed}. {INSTRUCTIONS}"
-            return obs, 0.0, False, truncated, self._info(error=parsed)
+            return obs, 0.0, False, truncated, self._info(**unparsed_info(parsed))
         if self.done:
             return "The episode is over.", 0.0, True, truncated, self._info(error="episode over")
         if self.progress < len(self.task.solution) and parsed == self.task.solution[self.progress]:
             self.progress += 1
+        malformed = check_call(parsed, self.server.tools)  # the server still answers it, in its own words
         if "answer" in parsed:
             won = self._passes(parsed["answer"])
             obs, error = ("Correct." if won else "Wrong answer."), None
@@ -964,8 +977,8 @@ class MCPToolEnv:
             self.done = won
         reward = 1.0 if won else 0.0
         self.score += reward
-        info = self._info(won=won, **({"error": error} if error else {}))
-        return obs, reward, self.done, truncated, info
+        extra = unparsed_info(f"{malformed}: {obs}") if malformed else {"error": error} if error else {}
+        return obs, reward, self.done, truncated, self._info(won=won, **extra)
 
     def _passes(self, answer: str | None) -> bool:
         return self.task.passes(answer)

@@ -38,7 +38,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 
 # Debian's /usr/bin/chromium is a shell wrapper; chromedriver needs the real binary. Naming both paths keeps
 # Selenium Manager (which downloads browsers and drivers) from ever running.
@@ -266,7 +266,7 @@ class MiniWoBWebEnv:
         act = self.parse(action)
         if isinstance(act, str):
             err = f"{act} {HELP}"
-            return self._obs(f"Invalid action. {err}"), 0.0, False, truncated, self._info(error=err)
+            return self._obs(f"Invalid action. {err}"), 0.0, False, truncated, self._info(**unparsed_info(err))
         obs, _, done, _, meta = self.browser.step(act)
         if not done:
             self._see(obs)

@@ -18,6 +18,7 @@ from typing import Any
 from scienceworld import ScienceWorldEnv as _ScienceWorld
 from scienceworld.constants import ID2TASK
 
+from agentworld.envs.base import unparsed_info
 from agentworld.envs.jvm import stop_gateway
 
 TASKS = list(ID2TASK.values())
@@ -97,7 +98,7 @@ class ScienceWorldEnv:
             return err, 0.0, True, truncated, self._info(error=err)
         if not isinstance(action, str):
             err = f"Actions are text; got {type(action).__name__}."
-            return err, 0.0, False, truncated, self._info(error=err)
+            return err, 0.0, False, truncated, self._info(**unparsed_info(err))
         command = " ".join(action.split())
         if self._gold_i < len(self._gold) and command == self._gold[self._gold_i]:
             self._gold_i += 1
@@ -112,7 +113,7 @@ class ScienceWorldEnv:
             self._menu_t = -self.menu_every  # once answered, list actions again
         elif not self.done:
             self._refresh_menu()
-        extra = {"error": obs} if obs == NO_MATCH else {}
+        extra = unparsed_info(obs) if obs == NO_MATCH else {}  # no action of its grammar matches
         return obs, reward, self.done, truncated, self._info(**extra)
 
     def oracle_action(self) -> str | None:

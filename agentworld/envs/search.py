@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pydoc_data.topics
-from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
+from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
 
 SCHEMA = 2  # bump when the corpus or the index layout changes: it is part of the cache key
 TOP_K = 5  # results per query
@@ -292,6 +292,26 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
     except (SyntaxError, ValueError, TypeError):
         raise ValueError("expected a JSON object such as "
                          + call("web_search", queries=["..."]) + ' or {"answer": "..."}') from None
+
+
+def check_call(tool: str, args: dict[str, Any]) -> None:
+    """ValueError unless (tool, args) is a well-formed call: a known tool with its required arguments of the right
+    types. Whether it then works (a URL with a page, a page number in range) is the tool's to say."""
+    if tool == "answer":
+        if not isinstance(args.get("answer"), str):
+            raise ValueError('the answer must be a string: {"answer": "..."}')
+    elif tool == "web_search":
+        queries = args.get("queries", args.get("query"))
+        queries = [queries] if isinstance(queries, str) else queries
+        if not isinstance(queries, list) or not queries or not all(isinstance(q, str) for q in queries):
+            raise ValueError("web_search needs `queries`: a list of strings")
+    elif tool == "web_extractor":
+        if not isinstance(args.get("url"), str) or not args["url"].strip():
+            raise ValueError("web_extractor needs `url`: a URL from the search results")
+        if not isinstance(args.get("page", 1), int) or isinstance(args.get("page"), bool):
+            raise ValueError("`page` must be an integer")
+    else:
+        raise ValueError(f"unknown tool {tool!r}; the tools are web_search, web_extractor and answer")
 
 
 # --- Generated tasks ----------------------------------------------------------------------------------
@@ -565,9 +585,12 @@ class SearchEnv:
             return err, 0.0, True, truncated, self._info(error=err)
         try:
             tool, args = parse_action(action)
+            check_call(tool, args)
+        except ValueError as e:  # no well-formed call
+            err = f"Invalid action: {e}."
+            return f"{err}\n\n{HELP}", 0.0, False, truncated, self._info(**unparsed_info(err))
+        try:
             if tool == "answer":
-                if not isinstance(args.get("answer"), str):
-                    raise ValueError('the answer must be a string: {"answer": "..."}')
                 self.done, self.won = True, is_correct(args["answer"], self.task["answers"])
                 reward = 1.0 if self.won else 0.0
                 self.score += reward
@@ -575,11 +598,9 @@ class SearchEnv:
                 return obs, reward, True, truncated, self._info()
             if tool == "web_search":
                 obs = self.web_search(args.get("queries", args.get("query")))
-            elif tool == "web_extractor":
-                obs = self.web_extractor(args.get("url"), args.get("page", 1))
             else:
-                raise ValueError(f"unknown tool {tool!r}; the tools are web_search, web_extractor and answer")
-        except ValueError as e:
+                obs = self.web_extractor(args.get("url"), args.get("page", 1))
+        except ValueError as e:  # a well-formed call the tool could not serve: no such page, a page out of range
             err = f"Invalid action: {e}."
             return f"{err}\n\n{HELP}", 0.0, False, truncated, self._info(error=err)
         return obs, 0.0, False, truncated, self._info()

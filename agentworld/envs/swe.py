@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agentworld.envs import sandbox
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 from agentworld.envs.sandbox import Limits, Sandbox
 
 # Pure-Python stdlib modules whose CPython tests import nothing but the module and run in well under a second.
@@ -397,13 +397,14 @@ class SweEnv:
             return err, 0.0, True, truncated, self._info(error=err, won=self.score > 0)
         if not isinstance(action, str) or not action.strip():
             err = f"Invalid action {action!r}: give a bash command, an `edit PATH` block, or `submit`."
-            return err, 0.0, False, truncated, self._info(error=err, won=False)
+            return err, 0.0, False, truncated, self._info(won=False, **unparsed_info(err))
         action = action.strip()
         if action.lower() == "submit":
             return self._submit(truncated)
         if action.split(None, 1)[0] == "edit":
             obs, err = self._edit(action)
-            return obs, 0.0, False, truncated, self._info(won=False, **({"error": err} if err else {}))
+            extra = unparsed_info(err) if err in self.MALFORMED_EDITS else {"error": err} if err else {}
+            return obs, 0.0, False, truncated, self._info(won=False, **extra)
         r = self._sh(action)
         obs = untimed(r.output) if r.output.strip() else "(no output)"
         if r.timed_out:
@@ -425,6 +426,8 @@ class SweEnv:
         obs = (f"All tests pass ({untimed(ran[0]) if ran else 'OK'}). Solved."
                if passed else "Submitted, but the tests fail:\n" + failure_report(output))
         return cap(obs), reward, True, truncated, self._info(won=passed)
+
+    MALFORMED_EDITS = ("malformed edit", "empty search text")  # _edit's errors for an edit that is no edit block
 
     def _edit(self, action: str) -> tuple[str, str | None]:
         """Apply an exact, unique SEARCH/REPLACE inside the sandbox, so symlinks cannot reach the host."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agentworld.envs.sandbox import Limits, Sandbox
-from agentworld.envs.base import split_of  # noqa: F401  (the shared split rule; re-exported)
+from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
 
 SOCKET = "/run/tmux/sock"
 # A prompt the settle check recognises, a count of prompts drawn (so a step knows its command finished, however
@@ -661,8 +661,10 @@ class TerminalEnv:
         self.t += 1
         truncated = self.max_steps is not None and self.t >= self.max_steps
         keys, err = parse_action(action)
-        if err:
-            return f"[error: {err}]\n{self.screen}", 0.0, False, truncated, self._info(error=err)
+        if err:  # every text is shell input: unparsed only when empty (or not text); one over MAX_ACTION is refused
+            too_long = isinstance(action, str) and len(action) > MAX_ACTION
+            extra = {"error": err} if too_long else unparsed_info(err)
+            return f"[error: {err}]\n{self.screen}", 0.0, False, truncated, self._info(**extra)
         if self.won:
             err = "the task is already solved; reset to start a new episode"
             return f"[error: {err}]\n{self.screen}", 0.0, True, truncated, self._info(error=err)

@@ -9,6 +9,7 @@ from typing import Any
 from textworld_express import TextWorldExpressEnv
 from textworld_express.constants import GAME_NAMES
 
+from agentworld.envs.base import unparsed_info
 from agentworld.envs.jvm import stop_gateway
 
 UNKNOWN = "Unknown action"  # how TWX answers anything outside its valid actions
@@ -74,15 +75,15 @@ class TWXEnv:
             return err, 0.0, True, truncated, self._info(error=err)
         if not isinstance(action, str):
             err = f"Actions are text; got {type(action).__name__}."
-            return err, 0.0, False, truncated, self._info(error=err)
+            return err, 0.0, False, truncated, self._info(**unparsed_info(err))
         command = " ".join(action.lower().split())
         gold_i = self._next_gold()
         if gold_i is not None and command == self._gold[gold_i]:
             self._gold_i = gold_i + 1
         obs, _, _, infos = self._env.step(command)
         obs = obs.strip()
-        if obs.startswith(UNKNOWN):
-            return obs, 0.0, False, truncated, self._info(error=obs)
+        if obs.startswith(UNKNOWN):  # not one of the game's actions here
+            return obs, 0.0, False, truncated, self._info(**unparsed_info(obs))
         reward, self.score = float(infos["score"]) - self.score, float(infos["score"])
         self.won = bool(infos["tasksuccess"])
         self.done = self.won or bool(infos["taskfailure"])

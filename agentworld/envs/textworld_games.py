@@ -26,7 +26,7 @@ from jericho.jericho import UnsupportedGameWarning
 from textworld.challenges import CHALLENGES
 from textworld.generator import compile_game, make_game
 
-from agentworld.envs.base import split_of
+from agentworld.envs.base import split_of, unparsed_info
 
 CACHE_DIR = Path(os.environ.get("AGENTWORLD_CACHE", Path.home() / ".cache" / "agentworld")) / "textworld"
 
@@ -163,12 +163,13 @@ class TextWorldEnv:
         command, err = parse(action)
         if self.done:
             err = "The game is over; reset to play again."
-        if err:
             return err, 0.0, self.done, truncated, self._info(error=err)
+        if err:
+            return err, 0.0, self.done, truncated, self._info(**unparsed_info(err))
         self._state, score, self.done = self._game.step(command)
         reward, self.score = float(score) - self.score, float(score)
         obs = clean(self._state.feedback)
-        extra = {"error": obs} if obs.startswith(PARSER_ERRORS) else {}
+        extra = unparsed_info(obs) if obs.startswith(PARSER_ERRORS) else {}  # the game's parser
         return obs, reward, bool(self.done), truncated, self._info(**extra)
 
     def oracle_action(self) -> str | None:

@@ -78,7 +78,8 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1,
             if control_fraction > 0 and rng.random() < control_fraction:
                 system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng), notes)
             def build(k, t=t, system=system):
-                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k, keep_task)
+                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k, keep_task,
+                                      rows[0]["domain"])
                 return render(build_messages(system, state, turns)), len(turns)
 
             prompt = fit_window(build, history_turns, budget_tokens, count_tokens)

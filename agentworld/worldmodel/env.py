@@ -73,7 +73,7 @@ class WorldModelEnv:
         text = getattr(self.step_control, "text", self.step_control)
         system = wm_system_prompt(self.env_id, self.domain, text, self.notes) if text else self.system
         state, turns = window(self.observations, self.actions + [action], self.replies, self.history_turns,
-                              self.domain in STATEFUL)
+                              self.domain in STATEFUL, self.domain)
         return self.engine.render(build_messages(system, state, turns))
 
     def observe(self, action: str, text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:

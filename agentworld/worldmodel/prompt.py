@@ -50,11 +50,19 @@ DOMAIN_NOTES = {
 
 
 TASK_CHARS = 600  # the kept task: the first observation's first paragraph, at most this long
+# Domains whose first observation is all standing instructions: the task, the tools (functions) with their arguments
+# and how to call them (MCP servers, BFCL). An agent that lost them could not call a tool, so they are kept whole.
+STANDING_FIRST_OBS = frozenset({"mcp"})
 
 
-def task_text(first_obs: str) -> str:
-    """An episode's task: its first observation's first paragraph (MCP's `Task:`, search's `Question:`, the
-    terminal's goal, a text game's objective), cut to TASK_CHARS."""
+def task_text(first_obs: str, domain: str | None = None) -> str:
+    """An episode's standing instructions, which a prompt that dropped turns keeps: in STANDING_FIRST_OBS domains the
+    whole first observation (MCP's `Task:`, `Tools:` with their input schemas and the call format; BFCL's task,
+    instructions and `Functions:`, with its first request); elsewhere its first paragraph (search's `Question:`, the
+    terminal's goal, a text game's objective), cut to TASK_CHARS. A function of the first observation, so the policy
+    in play, the learner rebuilding its prompts from the replay and the LWM's data and simulator all keep the same."""
+    if domain in STANDING_FIRST_OBS:
+        return first_obs.strip()
     return first_obs.strip().split("\n\n", 1)[0][:TASK_CHARS]
 
 
@@ -85,16 +93,16 @@ def build_messages(system: str, state: str, turns: list[tuple[str, str | None]])
 
 
 def window(observations: list[str], actions: list[str], replies: list[str], history_turns: int,
-           keep_task: bool = False):
+           keep_task: bool = False, domain: str | None = None):
     """Keep the last `history_turns` turns of an episode for predicting the next state.
     observations[i] is the state before actions[i]; replies[i] the assistant content after actions[i]
     (len(replies) == len(actions) - 1). Returns (state, turns) for build_messages. With `keep_task`, a state after
-    dropped turns starts with the episode's task (`task_text` of the first observation)."""
+    dropped turns starts with the episode's task (`task_text` of the first observation in `domain`)."""
     start = max(0, len(actions) - max(1, history_turns))
     turns = [(actions[i], replies[i] if i < len(replies) else None) for i in range(start, len(actions))]
     state = observations[start]
     if keep_task and start > 0:
-        state = f"{task_text(observations[0])}\n[{start} earlier step(s) not shown]\n{state}"
+        state = f"{task_text(observations[0], domain)}\n[{start} earlier step(s) not shown]\n{state}"
     return state, turns
 
 
