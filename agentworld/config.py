@@ -70,6 +70,9 @@ class ModelConfig:
     # bfloat16 full fine-tuning keeps AdamW's weights in bfloat16; with LoRA, peft keeps the adapters in float32
     dtype: str = "float32"  # float32 | bfloat16
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    # learners keep only each layer's input for the backward pass and recompute the rest: activation memory (a
+    # long sequence's attention weights in every layer) for about a third more compute
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -400,6 +403,7 @@ class Runtime:
     weights_dir: Optional[str] = None  # engine.weights_dir, or <run dir>/weights
     dtype: str = "float32"  # model.dtype: what learners train in and engines run in
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # model.lora: the learners' adapters
+    gradient_checkpointing: bool = False  # model.gradient_checkpointing
 
     @property
     def device(self) -> str:
@@ -419,7 +423,7 @@ def section(cfg_node) -> Any:
 def runtime(cfg, run_dir) -> Runtime:
     return Runtime(ray=section(cfg.ray), engine=section(cfg.engine),
                    weights_dir=cfg.engine.weights_dir or str(Path(run_dir) / "weights"), dtype=cfg.model.dtype,
-                   lora=section(cfg.model.lora))
+                   lora=section(cfg.model.lora), gradient_checkpointing=cfg.model.gradient_checkpointing)
 
 
 # ---------------------------------------------------------------------------------------------------

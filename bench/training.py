@@ -4,6 +4,7 @@ LoRA against full fine-tuning, SmolLM2-135M against the tiny model.
     .venv/bin/python bench/training.py                       # tiny and medium (~34M)
     .venv/bin/python bench/training.py --sizes medium --steps 8 --batch 8 --seq-len 256
     .venv/bin/python bench/training.py --lora                # tiny and models/smollm2-135m-instruct, batch 4 x 128
+    .venv/bin/python bench/training.py --checkpointing --seq-len 1024   # SmolLM2 LoRA, with and without
 
 Optimizer steps of the CPT stage's causal-LM loss on packed rows of LWM text. Each engine runs in its own Ray
 actor (DeepSpeed's process group is per process): `torch` and `deepspeed` (ZeRO-2) with `--threads` torch
@@ -13,7 +14,11 @@ machine's load (it is shared); tok/s = tokens per step / median step time, after
 
 `--lora`: torch-engine SFT steps (the LWM's SFT loss on `--batch` examples of `--seq-len` tokens: half prompt, half
 target) of the full model and of the same model with model.lora's defaults (r 16 on q/k/v/o), in this process, in
-turns, on the tiny model and on SmolLM2-135M-Instruct (`make smollm2`; left out with a note when missing)."""
+turns, on the tiny model and on SmolLM2-135M-Instruct (`make smollm2`; left out with a note when missing).
+
+`--checkpointing`: the same LoRA SFT step on SmolLM2 (the tiny model without it) without and with
+model.gradient_checkpointing, each in a child process of its own, one after the other: seconds per step and the
+child's peak RSS (its whole memory high-water mark: the model, the step's activations)."""
 
 from __future__ import annotations
 
@@ -134,6 +139,50 @@ def lora_main(args) -> None:
               f"{r['lora'] / first['lora']:11.1f}x  {os.getloadavg()[0]:4.1f}", flush=True)
 
 
+def checkpointing_child(path: str, checkpointing: bool, args, out) -> None:
+    import resource
+
+    import torch
+
+    from agentworld.config import LoRAConfig
+    from agentworld.models.lora import load_trainable
+    from learners.train_engine import make_trainer
+    from learners.wm_recipe import sft_loss
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_trainable(path, lora=LoRAConfig(enabled=True), gradient_checkpointing=checkpointing)
+    trainer = make_trainer(model, tok, lr=1e-4, total_steps=10_000)
+    batch, times = sft_batch(tok, args.batch, args.seq_len), []
+    for k in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        trainer.step(sft_loss, batch)
+        if k >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    out.put((statistics.median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
+
+
+def checkpointing_main(args) -> None:
+    """LoRA SFT steps without and with gradient checkpointing: seconds per step and peak RSS, one run."""
+    import multiprocessing
+
+    import models
+
+    path = str(SMOLLM2) if (SMOLLM2 / "config.json").is_file() else models.build("tiny", args.root)
+    print(f"LoRA SFT step on {path}, batch {args.batch} x {args.seq_len} tokens, {args.threads} threads, median of "
+          f"{args.steps} steps after {args.warmup}")
+    print(f"{'checkpointing':13} {'s/step':>8} {'peak RSS GB':>12} {'time':>6} {'memory':>7}  load", flush=True)
+    ctx, first = multiprocessing.get_context("spawn"), None
+    for checkpointing in (False, True):
+        out = ctx.Queue()
+        child = ctx.Process(target=checkpointing_child, args=(path, checkpointing, args, out))
+        child.start()
+        seconds, rss = out.get()
+        child.join()
+        first = first or (seconds, rss)
+        print(f"{'on' if checkpointing else 'off':13} {seconds:8.2f} {rss:12.2f} {seconds / first[0]:5.2f}x "
+              f"{rss / first[1]:6.2f}x  {os.getloadavg()[0]:4.1f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="*", default=["tiny", "medium"])
@@ -145,10 +194,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--root", default="/tmp/agentworld-bench")
     p.add_argument("--lora", action="store_true", help="LoRA vs full SFT steps, SmolLM2 vs tiny, instead")
+    p.add_argument("--checkpointing", action="store_true",
+                   help="LoRA SFT steps without and with gradient checkpointing: time and peak memory, instead")
     args = p.parse_args()
     for key, engines, lora in (("steps", 10, 4), ("warmup", 2, 1), ("batch", 8, 4), ("seq_len", 256, 128)):
         if getattr(args, key) is None:
-            setattr(args, key, lora if args.lora else engines)
+            setattr(args, key, lora if args.lora or args.checkpointing else engines)
+    if args.checkpointing:
+        return checkpointing_main(args)
     if args.lora:
         return lora_main(args)
     import models

@@ -178,7 +178,8 @@ class AgentLearner:
         spec, a, ev = self.spec, self.spec.agent, self.spec.eval
         torch.manual_seed(spec.seed)
         rt = spec.runtime  # model.dtype on the learner's device, with new adapters when model.lora is enabled
-        model, tok = load_trainable(spec.init_path, rt.dtype, rt.device, rt.lora)
+        model, tok = load_trainable(spec.init_path, rt.dtype, rt.device, rt.lora,
+                                    gradient_checkpointing=rt.gradient_checkpointing)
         engine = HFEngine.from_model(model, tok)
         eval_envs = [make_env_from(spec.env) for _ in range(min(16, ev.episodes))]
         trainer = make_trainer(model, tok, a.lr, a.updates * a.epochs, runtime=spec.runtime)

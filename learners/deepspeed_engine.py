@@ -234,4 +234,5 @@ def build_deepspeed_engine(model, tok, lr: float, total_steps: int, warmup_steps
     """The TRAIN_ENGINES builder: engine.deepspeed, and each rank's share of the Ray resources."""
     return DeepSpeedEngine(model, tok, lr, total_steps, warmup_steps, weight_decay, config=runtime.engine.deepspeed,
                            num_cpus=runtime.ray.actor_num_cpus, num_gpus=runtime.engine.num_gpus,
-                           load=dict(dtype=runtime.dtype, device=runtime.device, lora=runtime.lora))
+                           load=dict(dtype=runtime.dtype, device=runtime.device, lora=runtime.lora,
+                                     gradient_checkpointing=runtime.gradient_checkpointing))

@@ -119,7 +119,8 @@ class WorldModelLearner:
         spec, wm = self.spec, self.spec.world_model
         torch.manual_seed(spec.seed)
         rng = random.Random(spec.seed)
-        model, tok = load_trainable(spec.base_path, spec.runtime.dtype, spec.runtime.device, spec.runtime.lora)
+        model, tok = load_trainable(spec.base_path, spec.runtime.dtype, spec.runtime.device, spec.runtime.lora,
+                                    gradient_checkpointing=spec.runtime.gradient_checkpointing)
         engine = HFEngine.from_model(model, tok)
         train_eps, held_eps = [], []
         for arm in spec.data_arms:

@@ -64,6 +64,27 @@ def test_lora_sft_trains_only_the_adapters_and_lowers_the_loss(tiny):
                for n, p in model.named_parameters() if "base_layer" in n)  # the base itself never moves
 
 
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny, lora):
+    """model.gradient_checkpointing recomputes each layer's activations in the backward pass: the same numbers,
+    and only in training (generation keeps its cache)."""
+    path, batch = tiny
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, tok = load_trainable(path, lora=lora, gradient_checkpointing=checkpointing)
+        assert model.is_gradient_checkpointing == checkpointing
+        model.train()
+        sft_loss(model, tok, batch[:4]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.eval()
+        engine = HFEngine.from_model(model, tok)
+        assert len(engine.generate([batch[0].prompt], max_new_tokens=4, temperature=0.0)[0].logprobs) > 0
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+    assert any(grads[0][k].abs().sum() > 0 for k in grads[0])
+
+
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     """A LoRA model after 20 SFT steps, and its checkpoint (trainer.save)."""
@@ -180,6 +201,8 @@ def test_model_dtype_and_lora_reach_the_runtime():
     cfg = load_config(QUICKSTART, ["model.dtype=bfloat16", "model.lora.enabled=true", "model.lora.r=8"])
     rt = runtime(cfg, "/tmp/run")
     assert rt.dtype == "bfloat16" and rt.lora.enabled and rt.lora.r == 8 and rt.engine.vllm.dtype is None
+    assert not rt.gradient_checkpointing
+    assert runtime(load_config(QUICKSTART, ["model.gradient_checkpointing=true"]), "/tmp/run").gradient_checkpointing
 
 
 # -- device placement: cuda where engine.num_gpus > 0; every input follows model.device ---------------------------

@@ -65,9 +65,9 @@ def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> tor
     # vocab floats, and their gradient) are most of the memory and the LM head's time otherwise
     keep = comp[:, 1:].any(0).nonzero().squeeze(1)
     if last_logits(model):
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits.float()
+        logits = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep).logits.float()
     else:
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1][:, keep].float()
+        logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][:, keep].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][:, keep, None]).squeeze(-1)

@@ -85,10 +85,18 @@ def wrap_lora(model, lora: LoRAConfig, where: str = "the model"):
 
 
 def load_trainable(path: str, dtype: str = "float32", device: str = "cpu", lora: LoRAConfig | None = None,
-                   resume: bool = False):
+                   resume: bool = False, gradient_checkpointing: bool = False):
     """(model, tokenizer) for a learner: the checkpoint at `path` in `dtype` on `device`, with new adapters when
     `lora.enabled` (the checkpoint's weights, merged ones included, are their base). `resume` with a checkpoint that
-    holds `adapter/`: that adapter, trainable, on the base checkpoint it names."""
+    holds `adapter/`: that adapter, trainable, on the base checkpoint it names. `gradient_checkpointing`: layers'
+    activations are recomputed in the backward pass (model.gradient_checkpointing)."""
+    model, tok = _load_trainable(path, dtype, device, lora, resume)
+    if gradient_checkpointing:  # non-reentrant: gradients reach adapters whose layer inputs need none
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tok
+
+
+def _load_trainable(path: str, dtype: str, device: str, lora: LoRAConfig | None, resume: bool):
     from agentworld.models.hf_engine import load_model_and_tokenizer, load_tokenizer
 
     adapter = Path(path) / ADAPTER_DIR
