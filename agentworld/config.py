@@ -280,6 +280,9 @@ class ArmConfig:
     actors_max: Optional[int] = None
     envs_per_actor: int = 16
     init: Optional[str] = None  # what its policy starts from (lwm | cpt | scratch | PATH); unset: agent.init
+    # key into `envs`: the real env its evaluations play, e.g. the heldout split of the `env` it trains on (same
+    # domain); unset: `env`
+    eval_env: Optional[str] = None
     control: ControlConfig = field(default_factory=ControlConfig)  # sim arms: per-step controls (sim-controlled)
     hybrid: HybridConfig = field(default_factory=HybridConfig)  # source hybrid: shadow execution and routing
 
@@ -564,6 +567,8 @@ def _validate_arms(cfg, fail) -> None:
         if arm.source not in ARM_KINDS:
             fail(f"arms.{i}.source", f"must be one of {', '.join(ARM_KINDS.names())} (got {arm.source!r})")
         _env_key(cfg, arm.env, f"arms.{i}.env", fail)
+        if arm.eval_env is not None:
+            _validate_eval_env(cfg, arm, f"arms.{i}.eval_env", fail)
         for key in ("actors", "envs_per_actor"):
             if getattr(arm, key) < 1:
                 fail(f"arms.{i}.{key}", "must be >= 1")
@@ -573,6 +578,18 @@ def _validate_arms(cfg, fail) -> None:
         if hi < arm.actors:
             fail(f"arms.{i}.actors_max", f"must be >= actors ({arm.actors}), got {hi}")
         ARM_KINDS.get(arm.source)().validate(arm, lambda key, msg, i=i: fail(f"arms.{i}.{key}", msg))
+
+
+def _validate_eval_env(cfg, arm, key: str, fail) -> None:
+    """An arm's eval env: a key of envs, of the domain of the env it trains on (its policy's prompts, action tokens
+    and menus are that domain's)."""
+    from agentworld.envs import domain_of
+
+    _env_key(cfg, arm.eval_env, key, fail)
+    trains, scored = domain_of(cfg.envs[arm.env]), domain_of(cfg.envs[arm.eval_env])
+    if trains != scored:
+        fail(key, f"{arm.eval_env!r} is a {scored} env, but the arm trains in {arm.env!r}, a {trains} env: "
+                  "score it in an env of its own domain (e.g. the heldout split)")
 
 
 def _checkpoint(path: str) -> bool:

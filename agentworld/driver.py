@@ -347,14 +347,17 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
 
 def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
     """What the arm's AgentLearner trains (its actors act with the same agent settings and start checkpoint): the agent
-    section resolved for the arm's env and `init` (arms[i].init, else agent.init)."""
+    section resolved for the arm's env and `init` (arms[i].init, else agent.init); the real env it is scored in
+    (arms[i].eval_env, else its env)."""
     from learners.agent import LearnerSpec
 
     cfg = run.cfg
     kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init)
+    eval_env = arm.eval_env or arm.env  # scored in the real env: its own, or another split of it (arms[i].eval_env)
     return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
                        init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,
-                       agent=agent, eval=section(cfg.eval), env=section(cfg.envs[arm.env]), seed=seed,
+                       agent=agent, eval=section(cfg.eval), env=section(cfg.envs[eval_env]), eval_env=eval_env,
+                       seed=seed,
                        runtime=run.runtime, replay_cursor=cursor,
                        # the LWM's data paid for what the policy starts from, or for the env it trains in
                        wm_real_steps=wm_real_steps if kind.uses_lwm or agent.init in ("lwm", "cpt") else 0)
