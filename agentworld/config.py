@@ -826,11 +826,28 @@ def _validate_run(cfg, fail) -> None:
         fail("run.storage", f"must be an absolute path or a URI such as s3://bucket/runs (got {cfg.run.storage!r})")
     if cfg.pool.interval_s <= 0:
         fail("pool.interval_s", "must be > 0")
+    _validate_reservations(cfg, fail)
     if cfg.tracking.mlflow:
         import importlib.util
 
         if importlib.util.find_spec("mlflow") is None:
             fail("tracking.mlflow", "mlflow is not installed (pip install mlflow-skinny)")
+
+
+def _validate_reservations(cfg, fail) -> None:
+    """On an embedded cluster of ray.num_cpus CPUs, every arm's learner and starting rollout actors reserve
+    ray.actor_num_cpus each, all at once: more than fit would wait forever for CPUs that finished arms never give
+    back (their actors live until the last arm ends)."""
+    import os
+
+    r = cfg.ray
+    if r.address is not None or os.environ.get("RAY_ADDRESS") or r.num_cpus is None:
+        return  # a cluster: the autoscaler adds nodes
+    n = sum(1 + arm.actors for arm in cfg.arms)
+    if n * r.actor_num_cpus > r.num_cpus + 1e-9:
+        fail("ray.actor_num_cpus", f"the arms' {n} learners and rollout actors reserve {n} x {r.actor_num_cpus:g} = "
+                                   f"{n * r.actor_num_cpus:g} CPUs, more than ray.num_cpus {r.num_cpus}: some would never "
+                                   f"start; set it to at most {r.num_cpus / n:.3g}")
 
 
 def _validate_serve(sv, fail) -> None:

@@ -218,3 +218,11 @@ def test_cli_bad_eval_env_exits_2_with_one_line():
     r = cli("validate", QUICKSTART, "arms.0.eval_env=nowhere")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "arms.0.eval_env" in lines[0] and QUICKSTART in lines[0]
+
+
+def test_arms_that_cannot_all_start_on_the_embedded_cluster_are_refused():
+    # the quickstart's 2 arms: 2 learners and 2 rollout actors, all reserved at once
+    assert load_config(QUICKSTART, ["ray.num_cpus=1"]) is not None  # 4 x 0.25 = 1 CPU
+    msg = error_of(QUICKSTART, ["ray.num_cpus=1", "ray.actor_num_cpus=0.5"])
+    assert "ray.actor_num_cpus" in msg and "ray.num_cpus 1" in msg and "at most 0.25" in msg and "\n" not in msg
+    assert load_config(QUICKSTART, ["ray.num_cpus=1", "ray.actor_num_cpus=0.5", "ray.address=auto"])  # a cluster scales
