@@ -552,10 +552,11 @@ def write_outputs(run: Run, metrics: list[dict]) -> dict:
 
 def _final_table(summary: dict) -> Table:
     table = Table(title="final real-env scores")
-    for col in ("arm", "source", "starts from", "success", "return", "real steps", "sim steps", "wall-clock"):
+    for col in ("arm", "source", "starts from", "scored in", "success", "return", "real steps", "sim steps", "wall-clock"):
         table.add_column(col)
     for name, a in summary.get("arms", {}).items():
-        table.add_row(name, str(a.get("source")), str(a.get("init") or "-"), _fmt(a.get("final_success")),
+        table.add_row(name, str(a.get("source")), str(a.get("init") or "-"), str(a.get("eval_env") or "-"),
+                      _fmt(a.get("final_success")),
                       _fmt(a.get("final_return")), str(a.get("real_steps")), str(a.get("sim_steps")),
                       f"{(a.get('wall_clock_s') or 0) / 60:.1f} min")
     return table
