@@ -283,6 +283,9 @@ class ArmConfig:
     actors_max: Optional[int] = None
     envs_per_actor: int = 16
     init: Optional[str] = None  # what its policy starts from (lwm | cpt | scratch | PATH); unset: agent.init
+    # key into `envs`: the real env its evaluations play, e.g. the heldout split of the `env` it trains on (same
+    # domain); unset: `env`
+    eval_env: Optional[str] = None
     control: ControlConfig = field(default_factory=ControlConfig)  # sim arms: per-step controls (sim-controlled)
     hybrid: HybridConfig = field(default_factory=HybridConfig)  # source hybrid: shadow execution and routing
 
@@ -568,6 +571,8 @@ def _validate_arms(cfg, fail) -> None:
         if arm.source not in ARM_KINDS:
             fail(f"arms.{i}.source", f"must be one of {', '.join(ARM_KINDS.names())} (got {arm.source!r})")
         _env_key(cfg, arm.env, f"arms.{i}.env", fail)
+        if arm.eval_env is not None:
+            _validate_eval_env(cfg, arm, f"arms.{i}.eval_env", fail)
         for key in ("actors", "envs_per_actor"):
             if getattr(arm, key) < 1:
                 fail(f"arms.{i}.{key}", "must be >= 1")
@@ -577,6 +582,18 @@ def _validate_arms(cfg, fail) -> None:
         if hi < arm.actors:
             fail(f"arms.{i}.actors_max", f"must be >= actors ({arm.actors}), got {hi}")
         ARM_KINDS.get(arm.source)().validate(arm, lambda key, msg, i=i: fail(f"arms.{i}.{key}", msg))
+
+
+def _validate_eval_env(cfg, arm, key: str, fail) -> None:
+    """An arm's eval env: a key of envs, of the domain of the env it trains on (its policy's prompts, action tokens
+    and menus are that domain's)."""
+    from agentworld.envs import domain_of
+
+    _env_key(cfg, arm.eval_env, key, fail)
+    trains, scored = domain_of(cfg.envs[arm.env]), domain_of(cfg.envs[arm.eval_env])
+    if trains != scored:
+        fail(key, f"{arm.eval_env!r} is a {scored} env, but the arm trains in {arm.env!r}, a {trains} env: "
+                  "score it in an env of its own domain (e.g. the heldout split)")
 
 
 def _checkpoint(path: str) -> bool:
@@ -813,11 +830,28 @@ def _validate_run(cfg, fail) -> None:
         fail("run.storage", f"must be an absolute path or a URI such as s3://bucket/runs (got {cfg.run.storage!r})")
     if cfg.pool.interval_s <= 0:
         fail("pool.interval_s", "must be > 0")
+    _validate_reservations(cfg, fail)
     if cfg.tracking.mlflow:
         import importlib.util
 
         if importlib.util.find_spec("mlflow") is None:
             fail("tracking.mlflow", "mlflow is not installed (pip install mlflow-skinny)")
+
+
+def _validate_reservations(cfg, fail) -> None:
+    """On an embedded cluster of ray.num_cpus CPUs, every arm's learner and starting rollout actors reserve
+    ray.actor_num_cpus each, all at once: more than fit would wait forever for CPUs that finished arms never give
+    back (their actors live until the last arm ends)."""
+    import os
+
+    r = cfg.ray
+    if r.address is not None or os.environ.get("RAY_ADDRESS") or r.num_cpus is None:
+        return  # a cluster: the autoscaler adds nodes
+    n = sum(1 + arm.actors for arm in cfg.arms)
+    if n * r.actor_num_cpus > r.num_cpus + 1e-9:
+        fail("ray.actor_num_cpus", f"the arms' {n} learners and rollout actors reserve {n} x {r.actor_num_cpus:g} = "
+                                   f"{n * r.actor_num_cpus:g} CPUs, more than ray.num_cpus {r.num_cpus}: some would never "
+                                   f"start; set it to at most {r.num_cpus / n:.3g}")
 
 
 def _validate_serve(sv, fail) -> None:

@@ -347,14 +347,17 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
 
 def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
     """What the arm's AgentLearner trains (its actors act with the same agent settings and start checkpoint): the agent
-    section resolved for the arm's env and `init` (arms[i].init, else agent.init)."""
+    section resolved for the arm's env and `init` (arms[i].init, else agent.init); the real env it is scored in
+    (arms[i].eval_env, else its env)."""
     from learners.agent import LearnerSpec
 
     cfg = run.cfg
     kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init)
+    eval_env = arm.eval_env or arm.env  # scored in the real env: its own, or another split of it (arms[i].eval_env)
     return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
                        init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,
-                       agent=agent, eval=section(cfg.eval), env=section(cfg.envs[arm.env]), seed=seed,
+                       agent=agent, eval=section(cfg.eval), env=section(cfg.envs[eval_env]), eval_env=eval_env,
+                       seed=seed,
                        runtime=run.runtime, replay_cursor=cursor,
                        # the LWM's data paid for what the policy starts from, or for the env it trains in
                        wm_real_steps=wm_real_steps if kind.uses_lwm or agent.init in ("lwm", "cpt") else 0)
@@ -549,10 +552,11 @@ def write_outputs(run: Run, metrics: list[dict]) -> dict:
 
 def _final_table(summary: dict) -> Table:
     table = Table(title="final real-env scores")
-    for col in ("arm", "source", "starts from", "success", "return", "real steps", "sim steps", "wall-clock"):
+    for col in ("arm", "source", "starts from", "scored in", "success", "return", "real steps", "sim steps", "wall-clock"):
         table.add_column(col)
     for name, a in summary.get("arms", {}).items():
-        table.add_row(name, str(a.get("source")), str(a.get("init") or "-"), _fmt(a.get("final_success")),
+        table.add_row(name, str(a.get("source")), str(a.get("init") or "-"), str(a.get("eval_env") or "-"),
+                      _fmt(a.get("final_success")),
                       _fmt(a.get("final_return")), str(a.get("real_steps")), str(a.get("sim_steps")),
                       f"{(a.get('wall_clock_s') or 0) / 60:.1f} min")
     return table

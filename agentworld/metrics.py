@@ -97,7 +97,9 @@ _OBEDIENCE = "obedience to a counterfactual control"
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("eval", "real-env evaluation", "learners/agent.py AgentLearner._evaluate; agentworld/dyna.py train_arm",
-         _AGENT, dict(_LEARNER,
+         # eval_env: the key in envs of the real env it played (arms[i].eval_env, else the arm's env)
+         dict(_AGENT, eval_env=Key("scored in", required=False, series=False)),
+         dict(_LEARNER,
                     success=Measure("real-env success", "fraction", headline=True),
                     **{"return": Measure("real-env return", headline=True)},
                     episodes=Measure("evaluation episodes", "count", plot=False),

@@ -111,9 +111,10 @@ class LearnerSpec:
     t0: float
     agent: AgentConfig
     eval: EvalConfig
-    env: EnvConfig  # the real env every evaluation plays
+    env: EnvConfig  # the real env every evaluation plays: envs[arms[i].eval_env], else the arm's own
     seed: int
     runtime: Runtime
+    eval_env: str = ""  # its key in `envs`, on every eval row
     wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
     replay_cursor: int = 0  # replay rows before it belong to earlier attempts of the run dir
 
@@ -146,7 +147,7 @@ class AgentLearner:
         a, ev = self.spec.agent, self.spec.eval
         policy = LLMPolicy.for_agent(engine, a, greedy=ev.greedy)
         self.last_eval = dict(evaluate(envs, policy, ev.episodes), policy_version=self.version)
-        self._log("eval", **self.last_eval)
+        self._log("eval", eval_env=self.spec.eval_env or None, **self.last_eval)
         self.phase = "training"
 
     def _landed(self) -> list[dict]:

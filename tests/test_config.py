@@ -190,3 +190,39 @@ def test_the_policys_history_and_action_tokens_follow_the_arms_domain():
     assert (a.max_action_tokens, a.history_turns) == (64, 4)
     assert a.history_budget_tokens == min(1536, shell.model.tiny.max_positions - 64)
     assert "agent.history_turns" in error_of(QUICKSTART, ["agent.history_turns=0"])
+
+
+def test_an_arm_is_scored_in_its_eval_env_of_its_own_domain(tmp_path):
+    from rich.console import Console
+
+    from agentworld.config import runtime
+    from agentworld.driver import Run, learner_spec
+
+    split = ["envs.frozenlake.id=search:train", "envs.cliffwalking.id=search:heldout", "agent.max_action_tokens=null",
+             "world_model.history_turns=null"]
+    cfg = load_config(QUICKSTART, [*split, "arms.1.eval_env=cliffwalking"])
+    assert [a.eval_env for a in cfg.arms] == [None, "cliffwalking"]
+    run = Run(cfg, tmp_path, "r", 0.0, runtime(cfg, tmp_path), Console())
+    specs = [learner_spec(run, arm, 0, "/run/base", {"path": "/run/wm", "wm_version": 1}, 600, 0) for arm in cfg.arms]
+    # unset: scored in the env it trains on; set: in that env (the heldout split), with the arm's own agent settings
+    assert [(s.eval_env, s.env.id) for s in specs] == [("frozenlake", "search:train"), ("cliffwalking", "search:heldout")]
+    assert specs[1].agent.max_action_tokens == 96  # the search domain's
+
+    msg = error_of(QUICKSTART, [*split, "arms.1.eval_env=nowhere"])
+    assert "arms.1.eval_env" in msg and QUICKSTART in msg and "not a key of envs" in msg and "\n" not in msg
+    msg = error_of(QUICKSTART, ["arms.0.eval_env=cliffwalking", "envs.cliffwalking.id=search:heldout"])
+    assert "arms.0.eval_env" in msg and "search env" in msg and "gridworld" in msg and "\n" not in msg
+
+
+def test_cli_bad_eval_env_exits_2_with_one_line():
+    r = cli("validate", QUICKSTART, "arms.0.eval_env=nowhere")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "arms.0.eval_env" in lines[0] and QUICKSTART in lines[0]
+
+
+def test_arms_that_cannot_all_start_on_the_embedded_cluster_are_refused():
+    # the quickstart's 2 arms: 2 learners and 2 rollout actors, all reserved at once
+    assert load_config(QUICKSTART, ["ray.num_cpus=1"]) is not None  # 4 x 0.25 = 1 CPU
+    msg = error_of(QUICKSTART, ["ray.num_cpus=1", "ray.actor_num_cpus=0.5"])
+    assert "ray.actor_num_cpus" in msg and "ray.num_cpus 1" in msg and "at most 0.25" in msg and "\n" not in msg
+    assert load_config(QUICKSTART, ["ray.num_cpus=1", "ray.actor_num_cpus=0.5", "ray.address=auto"])  # a cluster scales

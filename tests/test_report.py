@@ -32,7 +32,8 @@ def every_kind_rows() -> list[dict]:
                                        train_s=2.0, parse_rate=0.5 + 0.1 * u))
             success = {"real": 0.3 * u, "sim-controlled": 0.2 * u, "hybrid": 0.25 * u}[arm]
             rows.append(metric_row("eval", **steps, wall_time=60.0 * u, success=success, **{"return": success},
-                                   episodes=32, length=8.0, policy_version=u, parse_rate=0.25 * u))
+                                   episodes=32, length=8.0, policy_version=u, parse_rate=0.25 * u,
+                                   eval_env="heldout" if arm == "real" else None))  # arms[i].eval_env, else unset
     for t, actors, decision in ((0.0, 1, "start"), (60.0, 2, "grow"), (200.0, 0, "stop")):
         rows.append(metric_row("pool", arm="real", source="real", wall_time=t, actors=actors, actors_pending=0,
                                decision=decision, reason="why", learner_starved=0.7 if decision == "grow" else None))
@@ -55,7 +56,7 @@ def every_kind_rows() -> list[dict]:
 EXPECTED_SUMMARY = {
     "run": "every-kind", "success_target": 0.5,
     "arms": {
-        "hybrid": {"source": "hybrid", "init": "cpt", "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
+        "hybrid": {"source": "hybrid", "init": "cpt", "eval_env": None, "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
                    "final_parse_rate": 0.75,
                    "real_steps": 300, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180, "updates": 3,
                    "reached_target": True,
@@ -63,13 +64,13 @@ EXPECTED_SUMMARY = {
                                  "update": 2},
                    "hybrid": {"final_fidelity": 0.9, "min_fidelity": 0.5, "routed_steps": 40, "shadow_steps": 10,
                               "sim_steps": 40, "scored": 60, "match_rate": 50 / 60, "routed_bins": 1, "bins": 2}},
-        "real": {"source": "real", "init": "scratch", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
+        "real": {"source": "real", "init": "scratch", "eval_env": "heldout", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
                  "final_parse_rate": 0.75,
                  "real_steps": 1950, "sim_steps": 0, "wm_real_steps": 0, "wall_clock_s": 180, "updates": 3,
                  "reached_target": True,
                  "to_target": {"real_steps": 1300, "sim_steps": 0, "real_env_steps": 1300, "wall_clock_s": 120,
                                "update": 2}},
-        "sim-controlled": {"source": "sim", "init": "lwm", "final_success": 0.6, "final_return": 0.6,
+        "sim-controlled": {"source": "sim", "init": "lwm", "eval_env": None, "final_success": 0.6, "final_return": 0.6,
                            "best_success": 0.6, "final_parse_rate": 0.75,
                            "real_steps": 0, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180,
                            "updates": 3, "reached_target": True,
@@ -108,6 +109,7 @@ def test_report_html_is_for_people(tmp_path):
     assert "update 3 · 3,338 real env steps · 1,200 simulated steps · 3.0 min" in page  # hybrid: own + the LWM's
     assert re.search(r"<td class='txt'>not reached</td>", page)
     assert "<th>starts from</th>" in page and "<td class='txt'>scratch</td>" in page  # each arm's init
+    assert "<th>scored in</th>" in page and "<td class='txt'>heldout</td>" in page  # the real env it was scored in
     assert "<th>parse rate</th>" in page and "<td class='num'>0.750</td>" in page
     assert "<td class='num'>0.833</td>" in page  # the hybrid arm's shadow match rate, three significant digits
     assert "<td class='num'>3,038</td>" in page and "0.833333" not in page

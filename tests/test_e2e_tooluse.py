@@ -1,0 +1,107 @@
+"""experiments/tooluse.yaml and experiments/warmup.yaml: both validate, and each runs shortened end to end through the
+CLI on real Ray, the real search and MCP sqlite envs (and BabyAI for the warm-up's grid) and a real tiny model.
+Every arm trains on a train split and is scored on the heldout split of its real env (arms[i].eval_env), starts from
+the init its YAML gives it, and the report is written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLUSE = ROOT / "experiments" / "tooluse.yaml"
+WARMUP = ROOT / "experiments" / "warmup.yaml"
+
+# a few steps of everything: small LWM data, a few SFT (and CPT) steps, one update of four episodes per arm
+_SHORT = ["world_model.sft.steps=8", "world_model.sft.eval_every=8", "world_model.sft.eval_samples=4",
+          "world_model.sft.warmup_steps=2", "world_model.generation.max_new_tokens=48", "agent.updates=1",
+          "agent.episodes_per_update=4", "eval.episodes=4", "eval.every_updates=1", "run.max_minutes=20"]
+
+
+def short(path: Path, cpt: bool = False) -> list[str]:
+    raw = yaml.safe_load(path.read_text())
+    sources = raw["world_model"]["data"]["sources"]
+    out = [f"world_model.data.sources.{i}.steps={12 if s.get('heldout') else 30}" for i, s in enumerate(sources)]
+    out += [f"arms.{i}.envs_per_actor=4" for i in range(len(raw["arms"]))]
+    if cpt:
+        out += ["world_model.cpt.steps=4", "world_model.cpt.seq_len=256"]
+    return out + _SHORT
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "agentworld", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def configured_arms(path: Path) -> dict:
+    """arm name -> (init, eval env key, eval env id and kwargs) as the YAML gives them."""
+    raw = yaml.safe_load(path.read_text())
+    init = raw["agent"]["init"]
+    return {a["name"]: (a.get("init", init), a["eval_env"], raw["envs"][a["eval_env"]]) for a in raw["arms"]}
+
+
+def test_both_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
+    for path in (TOOLUSE, WARMUP):
+        r = cli("validate", str(path))
+        assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+        for name, (init, key, env) in configured_arms(path).items():
+            assert f"arm {name}:" in r.stdout and f"scored in {key}, init {init}" in r.stdout
+            assert "heldout" in env["id"] or env.get("kwargs", {}).get("split") == "heldout", name
+    tool = configured_arms(TOOLUSE)
+    assert {n.split("-")[0] for n in tool} == {"real", "sim"} and {"sim-controlled-search", "sim-controlled-mcp"} <= set(tool)
+    inits = {(n.rsplit("-", 1)[0], init) for n, (init, _, _) in configured_arms(WARMUP).items()}
+    assert inits == {(d, i) for d in ("grid", "search", "mcp") for i in ("scratch", "cpt", "lwm")}
+
+
+def check_run(run: Path, path: Path, stdout: str) -> dict:
+    """Every arm has eval rows, all on its configured held-out env; its init is the configured one; the report."""
+    for name in ("config.yaml", "metrics.parquet", "curves.png", "report.html", "summary.json"):
+        assert (run / name).exists(), name
+    assert "report.html" in stdout
+    arms = configured_arms(path)
+    df = pd.read_parquet(run / "metrics.parquet")
+    evals = df[df.kind == "eval"]
+    assert set(evals.arm) == set(arms)
+    assert evals.success.between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    for name, (init, key, _) in arms.items():
+        e = evals[evals.arm == name]
+        assert len(e) >= 2 and (e.eval_env == key).all(), (name, set(e.eval_env))  # before and after training
+        assert set(df[(df.arm == name) & df.kind.isin(["eval", "train"])].init) == {init}, name
+        a = summary["arms"][name]
+        assert (a["init"], a["eval_env"], a["updates"]) == (init, key, 1), (name, a)
+    html = (run / "report.html").read_text()
+    assert "<th>scored in</th>" in html
+    return summary
+
+
+@pytest.mark.slow
+def test_short_tooluse_end_to_end(tmp_path):
+    r = cli("run", str(TOOLUSE), f"run.output_dir={tmp_path}", "run.name=t", *short(TOOLUSE), timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = check_run(tmp_path / "t", TOOLUSE, r.stdout)
+    for name, a in summary["arms"].items():
+        if name.startswith("sim"):
+            assert a["real_steps"] == 0 and a["sim_steps"] > 0, (name, a)  # no real env step beyond the LWM's data
+        else:
+            assert a["real_steps"] > 0, (name, a)
+        assert a["wm_real_steps"] > 0  # every arm starts from the LWM: its data counts
+    for name in ("sim-controlled-search", "sim-controlled-mcp"):
+        assert summary["arms"][name]["control"]["controlled_steps"] > 0, name
+
+
+@pytest.mark.slow
+def test_short_warmup_end_to_end(tmp_path):
+    r = cli("run", str(WARMUP), f"run.output_dir={tmp_path}", "run.name=w", *short(WARMUP, cpt=True), timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "w"
+    summary = check_run(run, WARMUP, r.stdout)
+    assert (run / "checkpoints" / "wm-cpt" / "config.json").exists()
+    for name, a in summary["arms"].items():
+        assert a["source"] == "real" and a["real_steps"] > 0
+        # the LWM's data is counted against the arms that start from it (lwm, cpt), not against scratch
+        assert (a["wm_real_steps"] > 0) == (a["init"] != "scratch"), (name, a)
