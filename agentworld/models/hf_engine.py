@@ -60,10 +60,10 @@ def encode_pairs(tok, prompts: Sequence[str], completions: Sequence[str | Sequen
 
 def completion_logprobs(model, ids, attn, comp, temperature: float = 1.0) -> torch.Tensor:
     """Summed log-probability of the completion tokens of each row (differentiable)."""
-    ids, attn, comp = ids.to(model.device), attn.to(model.device), comp.to(model.device)
     # logits only where some row predicts a completion token: a long prompt's vocab-wide logits (batch x length x
     # vocab floats, and their gradient) are most of the memory and the LM head's time otherwise
-    keep = comp[:, 1:].any(0).nonzero().squeeze(1)
+    keep = comp[:, 1:].any(0).nonzero().squeeze(1)  # on the host, before the inputs move to the model's device
+    ids, attn, comp, keep = (t.to(model.device) for t in (ids, attn, comp, keep))
     if last_logits(model):
         logits = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=keep).logits.float()
     else:
