@@ -86,27 +86,23 @@ def function_docs(involved_classes: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _parameters(class_names: list[str]) -> dict[str, list[inspect.Parameter]]:
+    """function name -> its parameters but self, for the functions the task's backends offer."""
+    names = {d["name"] for c in class_names for d in class_docs(c)[1]}
+    return {name: [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+            for c in class_names for name, fn in inspect.getmembers(backend_class(c), inspect.isfunction)
+            if name in names}
+
+
 def signature(class_names: list[str]) -> dict[str, list[str]]:
     """function name -> its parameter names, for the functions the task's backends offer."""
-    names = {d["name"] for c in class_names for d in class_docs(c)[1]}
-    out = {}
-    for c in class_names:
-        for name, fn in inspect.getmembers(backend_class(c), inspect.isfunction):
-            if name in names:
-                out[name] = [p for p in inspect.signature(fn).parameters if p != "self"]
-    return out
+    return {name: [p.name for p in params] for name, params in _parameters(class_names).items()}
 
 
 def required_args(class_names: list[str]) -> dict[str, list[str]]:
     """function name -> the parameters it cannot do without (no default), for the functions the task's backends offer."""
-    names = {d["name"] for c in class_names for d in class_docs(c)[1]}
-    out = {}
-    for c in class_names:
-        for name, fn in inspect.getmembers(backend_class(c), inspect.isfunction):
-            if name in names:
-                out[name] = [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"
-                             and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return out
+    return {name: [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            for name, params in _parameters(class_names).items()}
 
 
 def parse_python_call(text: str, params: dict[str, list[str]]) -> tuple[str, dict] | str:
