@@ -11,10 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHORT = ["world_model.data.steps=600", "world_model.sft.steps=150", "world_model.sft.eval_every=75",
+SHORT = ["world_model.data.steps=600", "world_model.sft.steps=80", "world_model.sft.eval_every=40",
          "world_model.sft.eval_samples=32", "agent.updates=4", "agent.episodes_per_update=8",
          "arms.0.envs_per_actor=8", "arms.1.envs_per_actor=8", "eval.episodes=8", "eval.every_updates=2",
          "run.max_minutes=10"]
+# SHORT with a weak LWM, for tests of the machinery rather than of learning: fewer data steps, 30 SFT steps
+QUICK = [*SHORT, "world_model.data.steps=300", "world_model.sft.steps=30", "world_model.sft.eval_every=30",
+         "world_model.sft.eval_samples=8"]
 
 
 @pytest.mark.slow
@@ -63,7 +66,7 @@ def test_short_quickstart_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_world_model_keeps_training_on_fresh_real_data(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
-                        f"run.output_dir={tmp_path}", "run.name=cont", *SHORT, "agent.updates=6",
+                        f"run.output_dir={tmp_path}", "run.name=cont", *QUICK, "agent.updates=6",
                         "world_model.continual.enabled=true", "world_model.continual.stage=sft",
                         "world_model.continual.min_new=40", "world_model.continual.steps=2"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)

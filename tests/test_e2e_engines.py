@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["engine.inference=vllm", "engine.train=deepspeed"]  # the only keys that differ from the default run
 # shortened; the real arm plays CliffWalking (in the quickstart's envs), whose returns differ between episodes from
 # the start, so its DeepSpeed learner has non-zero advantages to train on (FrozenLake's first rewards take longer)
-QUICKSTART = ["world_model.data.steps=300", "world_model.sft.steps=30", "world_model.sft.eval_every=30",
-              "world_model.sft.eval_samples=8", "agent.updates=3", "agent.episodes_per_update=8",
+QUICKSTART = ["world_model.data.steps=200", "world_model.sft.steps=30", "world_model.sft.eval_every=30",
+              "world_model.sft.eval_samples=8", "agent.updates=2", "agent.episodes_per_update=8",
               "arms.0.env=cliffwalking", "arms.0.envs_per_actor=8", "arms.1.envs_per_actor=8", "eval.episodes=8",
-              "eval.every_updates=3", "run.max_minutes=10"]
+              "eval.every_updates=2", "run.max_minutes=10"]
 # 100 SFT steps: enough that the model ends its replies, so RL's rewards (0 for a reply cut at the token limit)
 # differ within a group and its DeepSpeed steps run (20 left every reward 0 and no RL step)
 WM_RECIPE = ["world_model.data.steps=300", "world_model.cpt.steps=4", "world_model.sft.steps=100",

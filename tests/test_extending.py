@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_e2e import SHORT
+from tests.test_e2e import QUICK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_a_script_registers_an_arm_kind_and_a_loss_and_runs_them(tmp_path):
     script = tmp_path / "my_experiment.py"
     script.write_text(SCRIPT)
     r = subprocess.run([sys.executable, str(script), str(ROOT / "experiments" / "quickstart.yaml"),
-                        f"run.output_dir={tmp_path}", "run.name=ext", *SHORT, "agent.updates=2",
+                        f"run.output_dir={tmp_path}", "run.name=ext", *QUICK, "agent.updates=2",
                         "arms.0.source=three-steps", "arms.1.source=three-steps", "agent.algorithm=constant42",
                         "agent.init=scratch"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)

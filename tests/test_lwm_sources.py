@@ -13,7 +13,7 @@ from agentworld.policy import MixPolicy, behaviour_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
-SHORT = ["world_model.sft.steps=30", "world_model.sft.eval_every=15", "world_model.sft.eval_samples=8"]
+SHORT = ["world_model.sft.steps=30", "world_model.sft.eval_every=30", "world_model.sft.eval_samples=8"]
 
 
 def cli(*args, timeout=600):

@@ -15,7 +15,7 @@ import pytest
 
 from agentworld.storage import download, upload
 from tests.local_head import LOOPBACK_ENV, free_port, ray_head
-from tests.test_e2e import SHORT
+from tests.test_e2e import QUICK
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = "experiments/quickstart.yaml"
@@ -74,9 +74,8 @@ def test_submit_a_short_quickstart_to_a_local_head_and_fetch_its_report(tmp_path
     dash = free_port()
     url = f"http://127.0.0.1:{dash}"
     storage = (tmp_path / "storage").as_uri()
-    # SHORT, with a shorter LWM stage (this tests the submission, not the learning) and an autoscaling arm
-    overrides = ["run.name=submitted", *SHORT, "world_model.sft.steps=60", "world_model.sft.eval_every=30",
-                 "arms.0.actors_max=2", "pool.interval_s=3"]
+    # a weak LWM (this tests the submission, not the learning) and an autoscaling arm
+    overrides = ["run.name=submitted", *QUICK, "arms.0.actors_max=2", "pool.interval_s=3"]
     with ray_head(["--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]):
         _dashboard_up(url)
         r = cli("submit", QUICKSTART, *overrides, "--address", url, "--storage", storage, "--wait",

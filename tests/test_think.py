@@ -148,7 +148,8 @@ def test_teacher_rationales_are_cached_and_failures_counted_and_skipped(teacher,
     assert stats["asked"] == 5 and stats["written"] == 2 and stats["unusable"] == 1 and stats["failed"] == 2
     assert "HTTP 500" in stats["first_error"] or "timed out" in stats["first_error"]
     assert set(found) == {transition_key(rows[0], "t"), transition_key(rows[4], "t")}
-    assert "Action: good" in Teacher.calls[0] and "True next state:\ns1" in Teacher.calls[0]
+    # two workers ask in any order: the first row's request is among the calls
+    assert any("Action: good" in c and "True next state:\ns1" in c for c in Teacher.calls)
     # a rerun asks only for what is not cached yet
     Teacher.calls = []
     fn, again = rationale_fn(rows, cfg, str(tmp_path / "cache.jsonl"))
