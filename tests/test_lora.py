@@ -311,14 +311,15 @@ def test_smollm2_in_bfloat16_loads_and_generates(smollm2_path):
 SMOLLM2_QUICKSTART = ["world_model.data.steps=60", "world_model.sft.steps=3", "world_model.sft.batch_size=4",
                       "world_model.sft.warmup_steps=1", "world_model.sft.eval_every=3", "world_model.sft.eval_samples=4",
                       "world_model.generation.max_new_tokens=24", "envs.frozenlake.max_steps=4", "agent.updates=1",
-                      "agent.epochs=1", "agent.episodes_per_update=4", "arms.0.envs_per_actor=4",
-                      "arms.1.envs_per_actor=4", "eval.episodes=4", "eval.every_updates=1", "run.max_minutes=15"]
+                      "agent.epochs=1", "agent.episodes_per_update=4", "eval.episodes=4", "eval.every_updates=1",
+                      # the sim arm alone: its actor, simulator and learner are every part the real arm has, and more
+                      "arms=[{name: sim, source: sim, env: frozenlake, envs_per_actor: 4}]", "run.max_minutes=15"]
 
 
 @pytest.mark.slow
 def test_short_quickstart_on_smollm2_with_lora_publishes_and_saves_merged_weights(smollm2_path, tmp_path):
-    """The whole loop on a real pretrained checkpoint with model.lora: the LWM and both arms train adapters on
-    SmolLM2; the simulators and actors load what is published; every checkpoint loads by path as a plain model and
+    """The whole loop on a real pretrained checkpoint with model.lora: the LWM and the sim arm train adapters on
+    SmolLM2; the simulator and the actor load what is published; every checkpoint loads by path as a plain model and
     carries its adapter."""
     import subprocess
     import sys
@@ -332,11 +333,11 @@ def test_short_quickstart_on_smollm2_with_lora_publishes_and_saves_merged_weight
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "lora"
     assert not (run / "checkpoints" / "base").exists()  # no tiny model was built: the run is on SmolLM2
-    for name in ("wm", "wm-sft", "agent-real", "agent-sim"):
+    for name in ("wm", "wm-sft", "agent-sim"):
         assert (run / "checkpoints" / name / "adapter" / "adapter_config.json").is_file(), name
         weights = load_file(str(run / "checkpoints" / name / "model.safetensors"))
         assert not [k for k in weights if "lora" in k], name
         assert weights["model.embed_tokens.weight"].shape[0] == 49152, name  # SmolLM2's vocabulary
     df = pd.read_parquet(run / "metrics.parquet")
-    assert df[df.kind == "wm"].wm_version.max() >= 1 and set(df[df.kind == "eval"].arm) == {"real", "sim"}
+    assert df[df.kind == "wm"].wm_version.max() >= 1 and set(df[df.kind == "eval"].arm) == {"sim"}
     assert df[df.kind == "train"]["update"].max() == 1
