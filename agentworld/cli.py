@@ -265,7 +265,8 @@ def _run(args) -> int:
         print(f"run {cfg.run.name}: envs {', '.join(f'{k}={v.id}' for k, v in cfg.envs.items())}")
         for arm in cfg.arms:
             print(f"  arm {arm.name}: source {arm.source}, env {arm.env}, scored in {arm.eval_env or arm.env}, "
-                  f"init {arm.init or cfg.agent.init}, {arm.actors} actor(s)")
+                  f"init {arm.init or cfg.agent.init}, actions {arm.action_mode or cfg.agent.action_mode}, "
+                  f"{arm.actors} actor(s)")
         print("OK")
         return 0
     from agentworld.driver import run_experiment

@@ -283,6 +283,7 @@ class ArmConfig:
     actors_max: Optional[int] = None
     envs_per_actor: int = 16
     init: Optional[str] = None  # what its policy starts from (lwm | cpt | scratch | PATH); unset: agent.init
+    action_mode: Optional[str] = None  # how its policy acts (choice | generate); unset: agent.action_mode
     # key into `envs`: the real env its evaluations play, e.g. the heldout split of the `env` it trains on (same
     # domain); unset: `env`
     eval_env: Optional[str] = None
@@ -664,6 +665,9 @@ def _validate_agent(cfg, fail) -> None:
             fail(f"agent.{key}", f"must be >= {least}, or unset")
     if a.action_mode not in ACTION_MODES:
         fail("agent.action_mode", f"must be one of {', '.join(ACTION_MODES)} (got {a.action_mode!r})")
+    for i, arm in enumerate(cfg.arms):
+        if arm.action_mode is not None and arm.action_mode not in ACTION_MODES:
+            fail(f"arms.{i}.action_mode", f"must be one of {', '.join(ACTION_MODES)}, or unset (got {arm.action_mode!r})")
     if a.algorithm not in LOSSES:
         fail("agent.algorithm", f"must be one of {', '.join(LOSSES.names())} (got {a.algorithm!r})")
     for key in ("updates", "episodes_per_update", "epochs"):
@@ -792,15 +796,15 @@ def lwm_rl(wm, rl) -> "WMRLConfig":
     return dataclasses.replace(rl, max_new_tokens=rl.max_new_tokens + think_tokens(wm.think))
 
 
-def agent_for(cfg, env_key: str, init: str | None = None) -> AgentConfig:
-    """The agent section as one arm's policy uses it: `init` (the arm's; None: agent.init), and the unset history and
-    token limits filled for the domain of `envs[env_key]` (resolve_agent)."""
+def agent_for(cfg, env_key: str, init: str | None = None, action_mode: str | None = None) -> AgentConfig:
+    """The agent section as one arm's policy uses it: `init` and `action_mode` (the arm's; None: the agent section's),
+    and the unset history and token limits filled for the domain of `envs[env_key]` (resolve_agent)."""
     import dataclasses
 
     from agentworld.envs import domain_of
 
     a = section(cfg.agent)
-    a = dataclasses.replace(a, init=init or a.init)
+    a = dataclasses.replace(a, init=init or a.init, action_mode=action_mode or a.action_mode)
     return resolve_agent(a, domain_of(cfg.envs[env_key]), None if cfg.model.path else cfg.model.tiny.max_positions)
 
 

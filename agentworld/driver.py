@@ -352,7 +352,7 @@ def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_st
     from learners.agent import LearnerSpec
 
     cfg = run.cfg
-    kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init)
+    kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init, arm.action_mode)
     eval_env = arm.eval_env or arm.env  # scored in the real env: its own, or another split of it (arms[i].eval_env)
     return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
                        init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,

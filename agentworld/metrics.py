@@ -83,8 +83,10 @@ class Kind:
 # The declarations: exactly the columns each producer emits.
 
 _ARM = {"arm": Key("arm"), "source": Key("trains in", series=False)}
-# an agent learner's rows also say what its policy started from: scratch, cpt, lwm or a checkpoint path (arms[i].init)
-_AGENT = dict(_ARM, init=Key("starts from", required=False, series=False))
+# an agent learner's rows also say what its policy started from: scratch, cpt, lwm or a checkpoint path (arms[i].init),
+# and how it acts: choice or generate (arms[i].action_mode)
+_AGENT = dict(_ARM, init=Key("starts from", required=False, series=False),
+              action_mode=Key("acts by", required=False, series=False))
 # what every learner row (eval, train) carries: learners/agent.py AgentLearner._log and agentworld/dyna.py
 _LEARNER = {
     "update": Measure("policy update", "count", plot=False),

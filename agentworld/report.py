@@ -64,6 +64,7 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
         arms[arm] = {
             "source": str(last.get("source")),
             "init": key_text(every.get("init")),
+            "action_mode": key_text(every.get("action_mode")),  # choice | generate
             "eval_env": key_text(e.get("eval_env")),  # the real env its evaluations played
             "final_success": _num(e["success"].iloc[-1]) if len(e) else None,
             "final_return": _num(e["return"].iloc[-1]) if len(e) else None,
@@ -90,6 +91,13 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
                       train_step=_num(wm.iloc[-1]["train_step"])) if len(wm) else None,
         "versions": int(wm["wm_version"].nunique()) if len(wm) else 0,
     }
+    by_domain = _rows(df, "wm_domain")
+    if len(by_domain):  # the last measurement: each domain's main metric for the LWM beside copy and retrieve
+        last = by_domain[by_domain["train_step"] == by_domain["train_step"].max()]
+        lwm["by_domain"] = {}
+        for _, r in last.iterrows():
+            d = lwm["by_domain"].setdefault(str(r["domain"]), {"main_metric": str(r["main_metric"]), "n": _num(r["n"])})
+            d[str(r["predictor"])] = _num(r["main"])
     if len(wm) and "obedience" in wm and not pd.isna(wm.iloc[-1]["obedience"]):  # LWM trained with hindsight controls
         lwm["final"].update(obedience=_num(wm.iloc[-1]["obedience"]),
                             obedience_without_control=_num(wm.iloc[-1]["obedience_without_control"]))
@@ -403,16 +411,16 @@ def _table(header: list[str], rows: list[list], text: int | set[int] = 1) -> str
 
 def _arms_html(summary: dict) -> str:
     target = summary["success_target"]
-    rows = [[name, a["source"], fmt(a.get("init")), fmt(a.get("eval_env")), fmt(a["final_success"], "fraction"),
+    rows = [[name, a["source"], fmt(a.get("init")), fmt(a.get("action_mode")), fmt(a.get("eval_env")), fmt(a["final_success"], "fraction"),
              fmt(a["best_success"], "fraction"), fmt(a["final_return"]), fmt(a.get("final_parse_rate"), "fraction"),
              fmt(a["real_steps"], "count"), fmt(a["sim_steps"], "count"), fmt(a["wm_real_steps"], "count"),
              fmt(a["updates"], "count"), fmt(a["wall_clock_s"], "seconds"), to_target_words(a["to_target"])]
             for name, a in summary["arms"].items() if "source" in a]  # not an arm known only from hybrid/control rows
-    header = ["arm", "trains in", "starts from", "scored in", "final success", "best success", "final return", "parse rate",
+    header = ["arm", "trains in", "starts from", "acts by", "scored in", "final success", "best success", "final return", "parse rate",
               "own real env steps", "simulated steps", "LWM data steps", "updates", "wall-clock",
               f"first success ≥ {target:g}"]
     return (f"<h2>Arms, scored in the real env (target success {target:g})</h2>"
-            + _table(header, rows, text={0, 1, 2, 3, len(header) - 1})
+            + _table(header, rows, text={0, 1, 2, 3, 4, len(header) - 1})
             + "<p>Real env steps in “first success” count the arm's own and the LWM's data. Parse rate: the share of "
               "the last evaluation's actions the real env could parse.</p>")
 

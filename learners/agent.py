@@ -35,13 +35,42 @@ from learners.losses import GRPO, Loss, group_advantages
 
 
 MAX_BEHAVIOUR_WEIGHT = 5.0  # caps proximal / behaviour probability: one surprising stale row cannot dominate
+# padded prompt tokens (rows x longest prompt) a training forward holds at once (action_logprobs): ~2 GB with the
+# tiny default at 1,536-token prompts and ten choices each, where 64 such rows at once held ~9 GB
+GRAD_TOKENS = 16384
 
 
 def action_logprobs(model, tok, rows: list[dict], temperature: float) -> torch.Tensor:
     """Logprob of each row's action after its `prompt` (the policy's prompt in play: policy.episode_prompts), as the
     actor sampled it (differentiable): a chosen action under the softmax over the admissible actions' sequence
     logprobs; a generated one summed over its `action_ids`, the tokens the behaviour logprobs cover (the stop id only
-    where the reply ended by itself), never a re-tokenization of its (stripped) text."""
+    where the reply ended by itself), never a re-tokenization of its (stripped) text.
+    With more than GRAD_TOKENS padded prompt tokens, the rows go in chunks of at most that many; with gradients on,
+    each chunk is recomputed in the backward pass (activation checkpointing): a long-prompt batch holds one chunk's
+    activations at a time, and the gradients are the same."""
+    chunks = token_chunks(tok, rows)
+    if len(chunks) == 1:
+        return _action_logprobs(model, tok, rows, temperature)
+    if not torch.is_grad_enabled():
+        return torch.cat([_action_logprobs(model, tok, rows[a:b], temperature) for a, b in chunks])
+    from torch.utils.checkpoint import checkpoint
+    return torch.cat([checkpoint(_action_logprobs, model, tok, rows[a:b], temperature, use_reentrant=False)
+                      for a, b in chunks])
+
+
+def token_chunks(tok, rows: list[dict]) -> list[tuple[int, int]]:
+    """Consecutive (start, end) spans of `rows`, each as many rows as fit GRAD_TOKENS padded prompt tokens (rows x
+    the longest prompt among them), and at least one."""
+    lengths = [len(ids) for ids in tok([r["prompt"] for r in rows], add_special_tokens=False).input_ids]
+    chunks, start = [], 0
+    for end in range(1, len(rows) + 1):
+        if end - start > 1 and (end - start) * max(lengths[start:end]) > GRAD_TOKENS:
+            chunks.append((start, end - 1))
+            start = end - 1
+    return chunks + [(start, len(rows))]
+
+
+def _action_logprobs(model, tok, rows: list[dict], temperature: float) -> torch.Tensor:
     out: list = [None] * len(rows)
     chosen = [i for i, r in enumerate(rows) if r.get("action_ids") is None]
     generated = [i for i, r in enumerate(rows) if r.get("action_ids") is not None]
@@ -86,9 +115,8 @@ def proximal_logprobs(model, tok, rows: list[dict], version: int, temperature: f
     already carry it (their behaviour logprob); only the stale ones cost a forward pass."""
     out = [sum(r["logprobs"] or [0.0]) for r in rows]
     stale = [i for i, r in enumerate(rows) if r["policy_version"] != version]
-    for k in range(0, len(stale), 64):
-        idx = stale[k : k + 64]
-        for i, lp in zip(idx, action_logprobs(model, tok, [rows[i] for i in idx], temperature).tolist()):
+    if stale:  # in chunks of GRAD_TOKENS (action_logprobs)
+        for i, lp in zip(stale, action_logprobs(model, tok, [rows[i] for i in stale], temperature).tolist()):
             out[i] = lp
     return out
 
@@ -138,7 +166,8 @@ class AgentLearner:
 
     def _log(self, kind: str, **row) -> None:
         s = self.spec
-        self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, init=s.agent.init, update=self.version,
+        self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, init=s.agent.init,
+                              action_mode=s.agent.action_mode, update=self.version,
                               real_steps=self.steps["real"], sim_steps=self.steps["sim"],
                               wm_real_steps=s.wm_real_steps, wall_time=time.time() - s.t0, **row))
 

@@ -151,6 +151,34 @@ def test_generated_actions_have_importance_ratio_one_at_the_behaviour_version(ti
     assert all(off[i] > 1e-2 for i, r in enumerate(rows) if r in cut)  # the test can fail: the old way is off
 
 
+def test_a_long_batch_in_checkpointed_chunks_has_the_gradients_of_one_forward(tiny_policy, monkeypatch):
+    import learners.agent as agent_mod
+
+    agent = resolve_agent(AgentConfig(history_turns=3, history_budget_tokens=300), "gridworld")
+    rows = with_prompts(play_rows(LLMPolicy.for_agent(tiny_policy, agent), 6)[0], tiny_policy, agent)
+    model, tok = tiny_policy.model, tiny_policy.tok
+    longest = max(len(tok(r["prompt"], add_special_tokens=False).input_ids) for r in rows)
+
+    def grads(budget):
+        monkeypatch.setattr(agent_mod, "GRAD_TOKENS", budget)
+        calls = []
+        monkeypatch.setattr(agent_mod, "_action_logprobs",
+                            lambda *a, _f=agent_mod._action_logprobs: calls.append(len(a[2])) or _f(*a))
+        model.zero_grad(set_to_none=True)
+        lp = action_logprobs(model, tok, rows, 1.0)
+        (lp * torch.linspace(-1, 1, len(rows))).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in model.parameters()], calls
+
+    whole, g_whole, calls = grads(10**9)
+    assert calls == [len(rows)]  # one forward of every row
+    chunked, g_chunked, calls = grads(2 * longest)  # two rows of the longest prompt a chunk, more of shorter ones
+    forward = calls[: len(calls) // 2]
+    assert len(forward) > 2 and sum(forward) == len(rows) and sorted(calls[len(forward):]) == sorted(forward)  # recomputed
+    model.zero_grad(set_to_none=True)
+    assert torch.allclose(whole, chunked, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_whole, g_chunked))
+
+
 def test_the_parse_rate_is_the_share_of_actions_the_env_parsed(tiny_policy):
     agent = resolve_agent(AgentConfig(action_mode="generate"), "gridworld")
     rows, results = play_rows(LLMPolicy.for_agent(tiny_policy, agent), 8)

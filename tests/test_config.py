@@ -192,6 +192,22 @@ def test_the_policys_history_and_action_tokens_follow_the_arms_domain():
     assert "agent.history_turns" in error_of(QUICKSTART, ["agent.history_turns=0"])
 
 
+def test_an_arms_action_mode_reaches_its_learner_and_actors(tmp_path):
+    from rich.console import Console
+
+    from agentworld.config import runtime
+    from agentworld.driver import Run, learner_spec
+
+    lwm = {"path": "/run/wm", "wm_version": 3, "stages": {"sft": "/run/wm-sft"}}
+    cfg = load_config(QUICKSTART, ["agent.action_mode=choice", "arms.1.action_mode=generate"])
+    run = Run(cfg, tmp_path, "r", 0.0, runtime(cfg, tmp_path), Console())
+    # the learner's spec carries the agent section its rollout actors also get (driver.start_arm)
+    got = [learner_spec(run, arm, 0, "/run/base", lwm, 600, 0).agent.action_mode for arm in cfg.arms]
+    assert got == ["choice", "generate"]  # arm 0 unset: agent.action_mode
+    msg = error_of(QUICKSTART, ["arms.0.action_mode=freeform"])
+    assert "arms.0.action_mode" in msg and QUICKSTART in msg and "choice, generate" in msg and "\n" not in msg
+
+
 def test_an_arm_is_scored_in_its_eval_env_of_its_own_domain(tmp_path):
     from rich.console import Console
 

@@ -1,4 +1,5 @@
-"""experiments/tooluse.yaml and experiments/warmup.yaml: both validate, and each runs shortened end to end through the
+"""experiments/tooluse.yaml, warmup.yaml, transfer.yaml, fidelity_curve.yaml and action_modes.yaml
+validate; the first two run shortened end to end through the
 CLI on real Ray, the real search and MCP sqlite envs (and BabyAI for the warm-up's grid) and a real tiny model.
 Every arm trains on a train split and is scored on the heldout split of its real env (arms[i].eval_env), starts from
 the init its YAML gives it, and the report is written."""
@@ -15,6 +16,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TOOLUSE = ROOT / "experiments" / "tooluse.yaml"
 WARMUP = ROOT / "experiments" / "warmup.yaml"
+TRANSFER = ROOT / "experiments" / "transfer.yaml"
+FIDELITY = ROOT / "experiments" / "fidelity_curve.yaml"
+MODES = ROOT / "experiments" / "action_modes.yaml"
 
 # a few steps of everything: small LWM data, a few SFT (and CPT) steps, one update of four episodes per arm
 _SHORT = ["world_model.sft.steps=8", "world_model.sft.eval_every=8", "world_model.sft.eval_samples=4",
@@ -53,17 +57,32 @@ def configured_arms(path: Path) -> dict:
     return {a["name"]: (a.get("init", init), a["eval_env"], raw["envs"][a["eval_env"]]) for a in raw["arms"]}
 
 
-def test_both_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
-    for path in (TOOLUSE, WARMUP):
+def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
+    for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES):
         r = cli("validate", str(path))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
         for name, (init, key, env) in configured_arms(path).items():
-            assert f"arm {name}:" in r.stdout and f"scored in {key}, init {init}" in r.stdout
+            assert f"arm {name}:" in r.stdout and f"scored in {key}, init {init}, actions " in r.stdout
             assert "heldout" in env["id"] or env.get("kwargs", {}).get("split") == "heldout", name
     tool = configured_arms(TOOLUSE)
     assert {n.split("-")[0] for n in tool} == {"real", "sim"} and {"sim-controlled-search", "sim-controlled-mcp"} <= set(tool)
     inits = {(n.rsplit("-", 1)[0], init) for n, (init, _, _) in configured_arms(WARMUP).items()}
     assert inits == {(d, i) for d in ("grid", "search", "mcp") for i in ("scratch", "cpt", "lwm")}
+
+
+def test_the_transfer_lwm_never_sees_the_domain_its_transfer_arm_trains_on():
+    raw = yaml.safe_load(TRANSFER.read_text())
+    learned = {raw["envs"][s["env"]]["id"].split(":")[0] for s in raw["world_model"]["data"]["sources"]}
+    arms = {a["name"]: (raw["envs"][a["env"]]["id"].split(":")[0], a["init"]) for a in raw["arms"]}
+    assert learned == {"babyai", "mcp"}
+    assert arms["search-transfer"] == ("search", "lwm") and arms["search-scratch"] == ("search", "scratch")
+    assert arms["mcp-lwm"] == ("mcp", "lwm")  # the in-domain control: a domain this LWM learned
+    # the same recipe and RL budget as warmup.yaml, whose search-lwm arm is the in-domain LWM for search
+    warm = yaml.safe_load(WARMUP.read_text())
+    for key in ("agent", "eval", "model"):
+        assert raw[key] == warm[key], key
+    assert {k: v for k, v in raw["world_model"].items() if k != "data"} == \
+        {k: v for k, v in warm["world_model"].items() if k != "data"}
 
 
 def check_run(run: Path, path: Path, stdout: str) -> dict:
@@ -91,10 +110,15 @@ def check_run(run: Path, path: Path, stdout: str) -> dict:
 @pytest.mark.slow
 def test_short_tooluse_end_to_end(tmp_path):
     # three of the six arms: real, sim and sim-controlled, both domains (the others differ only in their env)
+    # the real arm writes its search calls itself (arms[i].action_mode), the others pick from their menus
     path = subset(TOOLUSE, ("real-search", "sim-controlled-search", "sim-mcp"), tmp_path)
-    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=t", *short(path), timeout=1500)
+    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=t", *short(path), "arms.0.action_mode=generate",
+            timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = check_run(tmp_path / "t", path, r.stdout)
+    modes = {name: a["action_mode"] for name, a in summary["arms"].items()}
+    assert modes == {"real-search": "generate", "sim-controlled-search": "choice", "sim-mcp": "choice"}
+    assert 0.0 <= summary["arms"]["real-search"]["final_parse_rate"] <= 1.0
     for name, a in summary["arms"].items():
         if name.startswith("sim"):
             assert a["real_steps"] == 0 and a["sim_steps"] > 0, (name, a)  # no real env step beyond the LWM's data
@@ -118,3 +142,20 @@ def test_short_warmup_end_to_end(tmp_path):
         assert a["source"] == "real" and a["real_steps"] > 0
         # the LWM's data is counted against the arms that start from it (lwm, cpt), not against scratch
         assert (a["wm_real_steps"] > 0) == (a["init"] != "scratch"), (name, a)
+
+
+def test_the_fidelity_curve_levels_validate_and_its_arms_train_only_in_the_lwm():
+    for level in (40, 120, 240):  # the header's levels
+        r = cli("validate", str(FIDELITY), f"world_model.sft.steps={level}")
+        assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    raw = yaml.safe_load(FIDELITY.read_text())
+    domains = {raw["envs"][a["env"]]["id"].split(":")[0] for a in raw["arms"]}
+    assert domains == {"babyai", "search"} and {a["source"] for a in raw["arms"]} == {"sim"}
+
+
+def test_action_modes_compares_choice_and_generate_on_mcp_alone():
+    raw = yaml.safe_load(MODES.read_text())
+    arms = {a["name"]: (raw["envs"][a["env"]]["id"], a["action_mode"]) for a in raw["arms"]}
+    assert arms == {"mcp-choice": ("mcp:sqlite-train", "choice"), "mcp-generate": ("mcp:sqlite-train", "generate")}
+    r = cli("validate", str(MODES))
+    assert "actions choice" in r.stdout and "actions generate" in r.stdout, r.stdout + r.stderr

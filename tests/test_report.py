@@ -20,11 +20,18 @@ def every_kind_rows() -> list[dict]:
             metric_row("wm", wall_time=30.0, wm_version=1, stage="sft", train_step=50, heldout=True,
                        train_examples=270, exact_match=0.75, edit_similarity=0.9, outcome_accuracy=0.8, n=64,
                        obedience=0.6, obedience_without_control=0.1)]
+    for step, scale in ((0, 0.5), (50, 1.0)):  # per domain, beside the baselines: summary.json keeps the last step
+        for domain, metric, model in (("search", "edit_similarity", 0.6), ("mcp", "field_f1", 0.8)):
+            for predictor, main in (("model", model * scale), ("copy", 0.3), ("retrieve", 0.4)):
+                rows.append(metric_row("wm_domain", wall_time=10.0 + step, wm_version=step // 50, stage="sft",
+                                       train_step=step, heldout=True, domain=domain, predictor=predictor,
+                                       main_metric=metric, main=main, n=12))
     for arm, source, init, wm_real, per_update in (("real", "real", "scratch", 0, 650),
                                                    ("sim-controlled", "sim", "lwm", 3038, 0),
                                                    ("hybrid", "hybrid", "cpt", 3038, 100)):
         for u in range(4):
             steps = dict(arm=arm, source=source, init=init, update=u, real_steps=per_update * u,
+                         action_mode="generate" if arm == "sim-controlled" else "choice",
                          sim_steps=0 if source == "real" else 400 * u, wm_real_steps=wm_real)
             if u:
                 rows.append(metric_row("train", **steps, wall_time=60.0 * u - 1, loss=0.1, mean_reward=0.2 * u,
@@ -56,7 +63,7 @@ def every_kind_rows() -> list[dict]:
 EXPECTED_SUMMARY = {
     "run": "every-kind", "success_target": 0.5,
     "arms": {
-        "hybrid": {"source": "hybrid", "init": "cpt", "eval_env": None, "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
+        "hybrid": {"source": "hybrid", "action_mode": "choice", "init": "cpt", "eval_env": None, "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
                    "final_parse_rate": 0.75,
                    "real_steps": 300, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180, "updates": 3,
                    "reached_target": True,
@@ -64,13 +71,13 @@ EXPECTED_SUMMARY = {
                                  "update": 2},
                    "hybrid": {"final_fidelity": 0.9, "min_fidelity": 0.5, "routed_steps": 40, "shadow_steps": 10,
                               "sim_steps": 40, "scored": 60, "match_rate": 50 / 60, "routed_bins": 1, "bins": 2}},
-        "real": {"source": "real", "init": "scratch", "eval_env": "heldout", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
+        "real": {"source": "real", "action_mode": "choice", "init": "scratch", "eval_env": "heldout", "final_success": 0.9, "final_return": 0.9, "best_success": 0.9,
                  "final_parse_rate": 0.75,
                  "real_steps": 1950, "sim_steps": 0, "wm_real_steps": 0, "wall_clock_s": 180, "updates": 3,
                  "reached_target": True,
                  "to_target": {"real_steps": 1300, "sim_steps": 0, "real_env_steps": 1300, "wall_clock_s": 120,
                                "update": 2}},
-        "sim-controlled": {"source": "sim", "init": "lwm", "eval_env": None, "final_success": 0.6, "final_return": 0.6,
+        "sim-controlled": {"source": "sim", "action_mode": "generate", "init": "lwm", "eval_env": None, "final_success": 0.6, "final_return": 0.6,
                            "best_success": 0.6, "final_parse_rate": 0.75,
                            "real_steps": 0, "sim_steps": 1200, "wm_real_steps": 3038, "wall_clock_s": 180,
                            "updates": 3, "reached_target": True,
@@ -82,7 +89,9 @@ EXPECTED_SUMMARY = {
     "lwm": {"untrained": {"exact_match": 0, "edit_similarity": 0.1, "outcome_accuracy": 0},
             "final": {"exact_match": 0.75, "edit_similarity": 0.9, "outcome_accuracy": 0.8, "wm_version": 1,
                       "train_step": 50, "obedience": 0.6, "obedience_without_control": 0.1},
-            "versions": 2},
+            "versions": 2,
+            "by_domain": {"search": {"main_metric": "edit_similarity", "n": 12, "model": 0.6, "copy": 0.3, "retrieve": 0.4},
+                          "mcp": {"main_metric": "field_f1", "n": 12, "model": 0.8, "copy": 0.3, "retrieve": 0.4}}},
 }
 
 

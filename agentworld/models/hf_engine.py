@@ -80,7 +80,7 @@ def choice_logprobs(model, tok, prompts: Sequence[str], choices: Sequence[Sequen
     enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(model.device)
     pmask = enc.attention_mask
     ppos = (pmask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=enc.input_ids, attention_mask=pmask, position_ids=ppos, use_cache=True)
+    out = model(input_ids=enc.input_ids, attention_mask=pmask, position_ids=ppos, use_cache=True, logits_to_keep=1)
     idx = torch.tensor([i for i, cs in enumerate(choices) for _ in cs], device=model.device)
     cache = out.past_key_values
     cache.batch_select_indices(idx)
