@@ -358,3 +358,20 @@ def test_a_wrong_write_or_a_wrong_answer_is_unrewarded_on_the_real_server():
         assert "committed successfully" in obs and r == 0 and not term
     finally:
         env.close()
+
+
+def test_a_server_slower_to_start_than_a_call_timeout_is_waited_for_and_a_dead_one_fails_at_once(tmp_path,
+                                                                                                 monkeypatch):
+    import agentworld.envs.mcp_tools as m
+
+    command, args, cwd = m.server_command("time", tmp_path)
+    monkeypatch.setattr(m, "CALL_TIMEOUT", 0.5)  # a start under load is slower than a call may be
+    slow = m.MCPServer("/bin/sh", ["-c", 'sleep 2; exec "$0" "$@"', command, *args], cwd=cwd)
+    try:
+        assert "get_current_time" in {t.name for t in slow.tools}
+    finally:
+        slow.close()
+    t = time.time()
+    with pytest.raises(RuntimeError, match="did not start"):
+        m.MCPServer("/bin/sh", ["-c", "exit 3"], cwd=cwd)
+    assert time.time() - t < 10  # a server that exits is not waited START_TIMEOUT for

@@ -45,6 +45,9 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
 
 CALL_TIMEOUT = 30.0  # seconds; a server that takes longer is taken as hung
+# seconds a server may take to start and list its tools: a Python server's imports took over 30 s on 2 cores shared by
+# tooluse.yaml's ~30 processes, and killing and restarting it there only adds load
+START_TIMEOUT = 120.0
 MAX_OBS_CHARS = 4000
 MARKER = "AGENTWORLD_MCP_SERVER"  # set in each server's environment, so its processes can be found and checked
 
@@ -75,7 +78,7 @@ class MCPServer:
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         self._main = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
         try:
-            self.tools = self._ready.result(CALL_TIMEOUT)
+            self.tools = self._ready.result(START_TIMEOUT)
         except BaseException:
             self.close()
             raise RuntimeError(f"MCP server {command} did not start; its log: {self.log_tail()}") from None
