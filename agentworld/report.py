@@ -91,9 +91,8 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
                       train_step=_num(wm.iloc[-1]["train_step"])) if len(wm) else None,
         "versions": int(wm["wm_version"].nunique()) if len(wm) else 0,
     }
-    by_domain = _rows(df, "wm_domain")
-    if len(by_domain):  # the last measurement: each domain's main metric for the LWM beside copy and retrieve
-        last = by_domain[by_domain["train_step"] == by_domain["train_step"].max()]
+    last = _last_by_domain(df)
+    if len(last):  # each domain's main metric for the LWM beside copy and retrieve
         lwm["by_domain"] = {}
         for _, r in last.iterrows():
             d = lwm["by_domain"].setdefault(str(r["domain"]), {"main_metric": str(r["main_metric"]), "n": _num(r["n"])})
@@ -464,14 +463,19 @@ def kind_table(kind: Kind, rows: pd.DataFrame) -> str:
     return _table(header, body, text=len(keys))
 
 
+def _last_by_domain(df: pd.DataFrame) -> pd.DataFrame:
+    """The `wm_domain` rows of the LWM's last measurement (every predictor, every domain)."""
+    rows = _rows(df, "wm_domain")
+    return rows[rows["train_step"] == rows["train_step"].max()] if len(rows) else rows
+
+
 def _lwm_html(summary: dict, df: pd.DataFrame) -> str:
     wm = _rows(df, "wm")
     if not len(wm):
         return "<h2>LWM fidelity on held-out real transitions</h2><p>No LWM measurements in this run.</p>"
     versions = summary["lwm"]["versions"]
-    by_domain, horizon = _rows(df, "wm_domain"), _rows(df, "wm_horizon")
-    if len(by_domain):  # the last measurement: each domain's LWM beside copy and retrieve on the same transitions
-        last = by_domain[by_domain["train_step"] == by_domain["train_step"].max()]
+    last, horizon = _last_by_domain(df), _rows(df, "wm_horizon")
+    if len(last):  # each domain's LWM beside copy and retrieve on the same transitions
         by_domain_html = ("<h3>By domain, beside the baselines (last measurement)</h3>"
                           + kind_table(KINDS["wm_domain"], last.drop(columns=["wm_version", "train_step"])))
     else:
