@@ -142,7 +142,7 @@ class RolloutActor:
                 policy_version=self.policy.version, wm_version=None if self.wm_engine is None else self.wm_engine.version,
                 actor_id=s.actor_id, control=info.get("control"), shadow_steps=info.get("shadow_steps"),
                 fidelity_match=info.get("fidelity_match"), fidelity=info.get("fidelity"),
-                logprobs=act.logprobs, choices=act.choices, action_ids=act.ids, parsed=parsed(info),
+                logprobs=act.logprobs, choices=act.choices, action_ids=act.ids, parsed=parsed(info), fault=info.get("fault"),
                 created_at=time.time()))
 
         seeds = [s.seed * 1_000_003 + base + i for i in range(len(self.envs))]

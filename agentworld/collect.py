@@ -40,7 +40,7 @@ def collect(env_id: str, policy: str, episodes: int, out: str, *, seed: int = 0,
                         domain=envs[i].domain, source="real", obs=obs, action=act.action, next_obs=nobs,
                         reward=float(reward), terminated=bool(term), truncated=bool(trunc), policy_version=0,
                         actor_id="collect", logprobs=act.logprobs, choices=act.choices, action_ids=act.ids,
-                        parsed=parsed(info), created_at=time.time()))
+                        parsed=parsed(info), fault=info.get("fault"), created_at=time.time()))
 
                 results = play_episodes(batch, pol, [seed * 1_000_003 + base + i for i in range(len(batch))], record)
                 store.add(rows_to_batch(rows))

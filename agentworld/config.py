@@ -119,6 +119,11 @@ class WMSFTConfig:
     # Hindsight controls (agentworld/controls.py): this share of examples carries its real transition's
     # outcome label as the prompt's Control line, so the LWM learns to obey controls; 0: no controls
     control_fraction: float = 0.0
+    # ... this share a perturbation (timeout, missing, paginated, empty, rejected) and this share a fictional world
+    # (search results that state given facts), each target built from the real row in the env family's own words
+    # (MCP and search; other families' rows stay uncontrolled). The three shares sum to at most 1.
+    perturbation_fraction: float = 0.0
+    fictional_fraction: float = 0.0
 
 
 @dataclass
@@ -243,7 +248,8 @@ class AgentConfig:
 
 @dataclass
 class FictionalConfig:
-    """A fictional world (controls kind fictional): simulated results must contain these facts."""
+    """A fictional world (controls kind fictional): simulated results must contain these facts. Query and facts
+    empty: each draw is a new generated world (a made-up subject, two facts, a question one of them answers)."""
     query: str = ""  # the target query the world is built around
     facts: List[str] = field(default_factory=list)  # reference facts every answering observation must contain
 
@@ -257,6 +263,9 @@ class ControlConfig:
     # perturbation names (timeout, missing, paginated, empty, rejected); empty: uniform over the kind's names
     mix: Dict[str, float] = field(default_factory=dict)
     fictional: FictionalConfig = field(default_factory=FictionalConfig)
+    # step: each simulated step draws its own control; episode: one draw per episode, kept for all its steps (a
+    # generated fictional world then asks its own question, and the episode's answer is scored against its facts)
+    per: str = "step"
 
 
 @dataclass
@@ -287,6 +296,9 @@ class ArmConfig:
     # key into `envs`: the real env its evaluations play, e.g. the heldout split of the `env` it trains on (same
     # domain); unset: `env`
     eval_env: Optional[str] = None
+    # key into `envs`: a real env (same domain) with a fault layer (e.g. mcp kwargs faults: {timeout: 0.2}) where the
+    # trained policy is scored once more at the end, for robustness to real faults; unset: no such score
+    fault_env: Optional[str] = None
     control: ControlConfig = field(default_factory=ControlConfig)  # sim arms: per-step controls (sim-controlled)
     hybrid: HybridConfig = field(default_factory=HybridConfig)  # source hybrid: shadow execution and routing
 
@@ -573,7 +585,9 @@ def _validate_arms(cfg, fail) -> None:
             fail(f"arms.{i}.source", f"must be one of {', '.join(ARM_KINDS.names())} (got {arm.source!r})")
         _env_key(cfg, arm.env, f"arms.{i}.env", fail)
         if arm.eval_env is not None:
-            _validate_eval_env(cfg, arm, f"arms.{i}.eval_env", fail)
+            _validate_eval_env(cfg, arm, f"arms.{i}.eval_env", fail, arm.eval_env)
+        if arm.fault_env is not None:
+            _validate_eval_env(cfg, arm, f"arms.{i}.fault_env", fail, arm.fault_env)
         for key in ("actors", "envs_per_actor"):
             if getattr(arm, key) < 1:
                 fail(f"arms.{i}.{key}", "must be >= 1")
@@ -583,17 +597,23 @@ def _validate_arms(cfg, fail) -> None:
         if hi < arm.actors:
             fail(f"arms.{i}.actors_max", f"must be >= actors ({arm.actors}), got {hi}")
         ARM_KINDS.get(arm.source)().validate(arm, lambda key, msg, i=i: fail(f"arms.{i}.{key}", msg))
+        if arm.control.kind == "fictional" and not arm.control.fictional.facts:
+            from agentworld.envs import family_module
+
+            if not hasattr(family_module(cfg.envs[arm.env].id), "fictional_task"):
+                fail(f"arms.{i}.control.fictional", f"generated fictional worlds ask their own question, which only "
+                     f"search envs can (got {cfg.envs[arm.env].id!r}): give a fixed world's query and facts")
 
 
-def _validate_eval_env(cfg, arm, key: str, fail) -> None:
+def _validate_eval_env(cfg, arm, key: str, fail, env_key: str) -> None:
     """An arm's eval env: a key of envs, of the domain of the env it trains on (its policy's prompts, action tokens
     and menus are that domain's)."""
     from agentworld.envs import domain_of
 
-    _env_key(cfg, arm.eval_env, key, fail)
-    trains, scored = domain_of(cfg.envs[arm.env]), domain_of(cfg.envs[arm.eval_env])
+    _env_key(cfg, env_key, key, fail)
+    trains, scored = domain_of(cfg.envs[arm.env]), domain_of(cfg.envs[env_key])
     if trains != scored:
-        fail(key, f"{arm.eval_env!r} is a {scored} env, but the arm trains in {arm.env!r}, a {trains} env: "
+        fail(key, f"{env_key!r} is a {scored} env, but the arm trains in {arm.env!r}, a {trains} env: "
                   "score it in an env of its own domain (e.g. the heldout split)")
 
 
@@ -725,8 +745,12 @@ def _validate_world_model(cfg, fail) -> None:
     for key in ("batch_size", "eval_every", "eval_samples"):
         if getattr(t, key) < 1:
             fail(f"world_model.sft.{key}", "must be >= 1")
-    if not 0 <= t.control_fraction <= 1:
-        fail("world_model.sft.control_fraction", f"must be in [0, 1] (got {t.control_fraction})")
+    for key in ("control_fraction", "perturbation_fraction", "fictional_fraction"):
+        if not 0 <= getattr(t, key) <= 1:
+            fail(f"world_model.sft.{key}", f"must be in [0, 1] (got {getattr(t, key)})")
+    if t.control_fraction + t.perturbation_fraction + t.fictional_fraction > 1:
+        fail("world_model.sft.fictional_fraction", "control_fraction + perturbation_fraction + fictional_fraction "
+             "must be at most 1 (each SFT example carries at most one control)")
     for i, stage in enumerate(wm.stages):
         if stage not in WM_STAGES:
             fail(f"world_model.stages.{i}", f"must be one of {', '.join(WM_STAGES)} (got {stage!r})")

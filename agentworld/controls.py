@@ -119,8 +119,10 @@ _PERTURB_CHECK = {
     "timeout": lambda obs, nxt: bool(re.search(r"time[sd]? ?out", nxt, re.I)),
     "missing": lambda obs, nxt: bool(re.search(r"not found|no such|missing|does not exist", nxt, re.I)),
     "paginated": lambda obs, nxt: bool(re.search(r"\bpage\b|more results|next page", nxt, re.I)),
-    "empty": lambda obs, nxt: not nxt.strip() or bool(re.search(r"no results|0 results|nothing (was )?found|empty", nxt, re.I)),
-    "rejected": lambda obs, nxt: same_state(obs, nxt) or bool(re.search(r"reject|denied|not allowed", nxt, re.I)),
+    "empty": lambda obs, nxt: nxt.strip() in ("", "[]", "{}")
+    or bool(re.search(r"no results|0 results|nothing (was )?found|empty", nxt, re.I)),
+    "rejected": lambda obs, nxt: same_state(obs, nxt)
+    or bool(re.search(r"reject|denied|not allowed|\bonly\b.{0,60}\ballowed\b", nxt, re.I)),
 }
 
 
@@ -155,6 +157,8 @@ class Control:
     name: str  # the label, the perturbation, or "fictional"
     text: str  # what goes on the prompt's Control line
     facts: tuple[str, ...] = field(default=())
+    question: str = ""  # a generated fictional world's question and answer: its episodes ask and score them
+    answer: str = ""
 
     def obeyed(self, obs: str, next_obs: str, reward: float, terminated: bool, truncated: bool = False,
                info: Mapping[str, Any] | None = None) -> bool:
@@ -232,8 +236,10 @@ def validate_control(c, simulated: bool, fail: Callable[[str, str], None]) -> No
             fail(f"mix.{name}", f"weights must be >= 0 (got {w})")
     if c.mix and sum(c.mix.values()) <= 0:
         fail("mix", "at least one weight must be > 0")
-    if c.kind == "fictional" and not (c.fictional.query and c.fictional.facts):
-        fail("fictional", "a fictional world needs a query and at least one fact")
+    if c.kind == "fictional" and bool(c.fictional.query) != bool(c.fictional.facts):
+        fail("fictional", "a fixed fictional world needs a query and at least one fact (neither: generated worlds)")
+    if c.per not in ("step", "episode"):
+        fail("per", f"must be step or episode (got {c.per!r})")
 
 
 class ControlSampler:
@@ -241,9 +247,10 @@ class ControlSampler:
     control of `kind` named by the weighted `mix` (uniform over the kind's names when mix is empty)."""
 
     def __init__(self, kind: str, fraction: float, mix: Mapping[str, float] | None = None, domain: str = "",
-                 query: str = "", facts: list[str] | None = None, seed: int = 0):
-        self.kind, self.fraction = kind, fraction
+                 query: str = "", facts: list[str] | None = None, seed: int = 0, per: str = "step"):
+        self.kind, self.fraction, self.per = kind, fraction, per
         self.rng = random.Random(seed)
+        self.generated = kind == "fictional" and not facts  # a new fictional world per draw
         if kind == "none":
             self.names, self.weights = [], []
             return
@@ -254,12 +261,69 @@ class ControlSampler:
     @classmethod
     def from_config(cls, c, domain: str, seed: int = 0) -> "ControlSampler":
         """From an arm's `control` section (a ControlConfig)."""
-        return cls(c.kind, c.fraction, dict(c.mix), domain, c.fictional.query, list(c.fictional.facts), seed)
+        return cls(c.kind, c.fraction, dict(c.mix), domain, c.fictional.query, list(c.fictional.facts), seed, c.per)
 
     def __call__(self) -> Control | None:
         if not self.names or self.rng.random() >= self.fraction:
             return None
+        if self.generated:
+            w = fictional_world(self.rng)
+            return Control("fictional", "fictional", fictional_text(w["query"], w["facts"]), tuple(w["facts"]),
+                           w["question"], w["answer"])
         return self.controls[self.rng.choices(self.names, self.weights)[0]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Controlled SFT examples, built from real rows: the env family's own texts (agentworld/envs/<family>.py perturbed,
+# fictional) give what a real failure or a fictional world looks like in that domain
+
+_SYLLABLES = ("vel", "tra", "mon", "quor", "zen", "lib", "dar", "ka", "sto", "rin", "pex", "ol", "thu", "mir")
+_PEOPLE = ("Ada Quell", "Bo Tarrow", "Cyd Ostrander", "Dana Vey", "Ezra Mott", "Fen Aldous", "Gil Marrow")
+
+
+def _family(row: Mapping[str, Any], function: str):
+    """The row's env family module if it has `function` (MCP and search have `perturbed`; search `fictional`)."""
+    from agentworld.envs import family_module
+
+    module = family_module(row["env_id"])
+    return module if hasattr(module, function) else None
+
+
+def fictional_world(rng: random.Random) -> dict:
+    """A fictional world: a made-up subject (the query), two facts about it, and a question one fact answers."""
+    name = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
+    year, person = str(rng.randrange(1985, 2030)), rng.choice(_PEOPLE)
+    facts = [f'{name} was first released in "{year}".', f'{name} is maintained by "{person}".']  # quoted: menus offer them
+    question, answer = rng.choice([(f"In which year was {name} first released?", year), (f"Who maintains {name}?", person)])
+    return {"query": name, "facts": facts, "question": question, "answer": answer}
+
+
+def controlled_transition(kind: str, row: Mapping[str, Any], rng: random.Random, name: str | None = None):
+    """(control, next_obs, reward, terminated) of a real row under a control of `kind`, or None where the row's env
+    family has no such text for its step. hindsight: one of the row's own labels, its real outcome. perturbation:
+    `name` (else one drawn among those that apply) in the family's own words (a real timeout, not-found, empty or
+    refusal text, the real result cut into pages); the call had no effect: reward 0, episode goes on. fictional: the
+    real results rewritten to state a fictional world's facts (fictional_world), outcome kept."""
+    if kind == "hindsight":
+        c = make_control("hindsight", name or rng.choice(sorted(row_labels(row))))
+        return c, row["next_obs"], row["reward"], row["terminated"]
+    family = _family(row, "perturbed" if kind == "perturbation" else "fictional")
+    if family is None:
+        return None
+    if kind == "perturbation":
+        options = [(n, o) for n in ([name] if name else PERTURBATIONS)
+                   if (o := family.perturbed(n, row["action"], row["next_obs"])) is not None]
+        if not options:
+            return None
+        n, obs = rng.choice(options)
+        return make_control("perturbation", n, row["domain"]), obs, 0.0, False
+    if kind == "fictional":
+        world = fictional_world(rng)
+        obs = family.fictional(row["action"], row["next_obs"], world["facts"])
+        if obs is None:
+            return None
+        return make_control("fictional", "fictional", query=world["query"], facts=world["facts"]), obs, row["reward"], row["terminated"]
+    return None
 
 
 def hindsight_control(row: Mapping[str, Any], rng: random.Random) -> str:
@@ -314,6 +378,31 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
     return out
 
 
+def control_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1,
+                  kinds: tuple[str, ...] = ("perturbation", "fictional")) -> list[tuple]:
+    """obedience_probe's items for perturbation and fictional controls: per held-out real transition and kind, a control
+    of that kind whose family has a text for the step (controlled_transition). Without the control line a faithful
+    LWM predicts the real observation, which obeys none of them (the chance rate)."""
+    from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
+
+    out = []
+    for rows in episodes:
+        observations = [r["obs"] for r in rows]
+        actions = [r["action"] for r in rows]
+        replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
+        for t, r in enumerate(rows):
+            for kind in kinds:
+                made = controlled_transition(kind, r, rng)
+                if made is None:
+                    continue
+                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
+                                      r["domain"] in STATEFUL, r["domain"])
+                prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
+                           for text in (made[0].text, None)]
+                out.append((prompts[0], prompts[1], made[0], r))
+    return out
+
+
 def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlled: bool = True,
                       batch_size: int = 32) -> dict:
     """Share of probe items whose greedy prediction the labeler confirms for the item's control, with the
@@ -331,7 +420,8 @@ def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlle
             ok += hit
             n = by.setdefault(c.name, [0, 0])
             n[0], n[1] = n[0] + 1, n[1] + hit
-    return {"obedience": ok / max(1, len(probe)), "n": len(probe), "by_label": {k: v[1] / v[0] for k, v in by.items()}}
+    return {"obedience": ok / max(1, len(probe)), "n": len(probe), "by_label": {k: v[1] / v[0] for k, v in by.items()},
+            "n_by_label": {k: v[0] for k, v in by.items()}}
 
 
 def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.0) -> list[dict]:

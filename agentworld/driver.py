@@ -357,6 +357,8 @@ def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_st
     return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
                        init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,
                        agent=agent, eval=section(cfg.eval), env=section(cfg.envs[eval_env]), eval_env=eval_env,
+                       fault_env=section(cfg.envs[arm.fault_env]) if arm.fault_env else None,
+                       fault_env_key=arm.fault_env or "",
                        seed=seed,
                        runtime=run.runtime, replay_cursor=cursor,
                        # the LWM's data paid for what the policy starts from, or for the env it trains in

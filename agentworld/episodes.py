@@ -44,16 +44,21 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
 
 
 def evaluate(envs: Sequence, policy, episodes: int, seed0: int = 10_000) -> dict:
-    """Mean return and success of `policy` over `episodes` episodes, in batches of len(envs), and the share of its
-    actions the env could parse."""
-    results = []
+    """Mean return and success of `policy` over `episodes` episodes, in batches of len(envs), the share of its
+    actions the env could parse, and the steps that met an injected real fault."""
+    results, faults = [], [0]
+
+    def count(i, t, obs, act, nobs, reward, term, trunc, info):
+        faults[0] += bool(info.get("fault"))
+
     for start in range(0, episodes, len(envs)):
         n = min(len(envs), episodes - start)
-        results += play_episodes(envs[:n], policy, [seed0 + start + k for k in range(n)])
+        results += play_episodes(envs[:n], policy, [seed0 + start + k for k in range(n)], count)
     return {
         "success": sum(r[1] for r in results) / len(results),
         "return": sum(r[0] for r in results) / len(results),
         "episodes": len(results),
         "length": sum(r[2] for r in results) / len(results),
         "parse_rate": sum(r[3] for r in results) / max(1, sum(r[2] for r in results)),
+        "faults": faults[0],  # steps a real env's fault layer injected a fault into (agentworld/envs/mcp_tools.py)
     }

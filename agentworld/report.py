@@ -100,6 +100,12 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
     if len(wm) and "obedience" in wm and not pd.isna(wm.iloc[-1]["obedience"]):  # LWM trained with hindsight controls
         lwm["final"].update(obedience=_num(wm.iloc[-1]["obedience"]),
                             obedience_without_control=_num(wm.iloc[-1]["obedience_without_control"]))
+    wc = _rows(df, "wm_control")
+    if len(wc):  # LWM trained with perturbation or fictional controls: the last measurement, per control
+        last_c = wc[wc["train_step"] == wc["train_step"].max()]
+        lwm["by_control"] = {str(r["control"]): {"obedience": _num(r["obedience"]), "n": _num(r["n"]),
+                                                 "obedience_without_control": _num(r["obedience_without_control"])}
+                             for _, r in last_c.iterrows()}
     hyb = _rows(df, "hybrid")
     for arm in sorted(set(hyb["arm"].dropna())) if len(hyb) else []:
         h = hyb[hyb["arm"] == arm].sort_values("wall_time")
@@ -119,6 +125,10 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
             "controlled_steps": _num(every["steps"].iloc[0]) if len(every) else 0,
             "by_control": {str(r["control"]): {"obedience": _num(r["obedience"]), "steps": _num(r["steps"])}
                            for _, r in c.iterrows() if r["control"] != "all"}}
+    for _, r in _rows(df, "robust").iterrows():  # arms[i].fault_env: scored once more under real faults
+        arms.setdefault(str(r["arm"]), {})["under_faults"] = {
+            "eval_env": str(r["eval_env"]), "success": _num(r["success"]), "return": _num(r["return"]),
+            "episodes": _num(r["episodes"]), "faults": _num(r["faults"]), "steps": _num(r["episodes"] * r["length"])}
     run = (config or {}).get("run", {}).get("name")
     return {"run": run, "success_target": success_target, "arms": arms, "lwm": lwm}
 
@@ -438,7 +448,27 @@ def _hybrid_html(summary: dict) -> str:
               "<code>hybrid</code> rows of metrics.parquet, and their panels below, give both over time.</p>")
 
 
+def _faults_html(summary: dict) -> str:
+    rows = [[name, f["eval_env"], fmt(a.get("final_success"), "fraction"), fmt(f["success"], "fraction"),
+             fmt(f["faults"], "count"), fmt(f["steps"], "count")]
+            for name, a in summary["arms"].items() if (f := a.get("under_faults"))]
+    if not rows:
+        return ""
+    return ("<h2>Robustness: success under injected real faults</h2>"
+            + _table(["arm", "scored in", "final success (no faults)", "success under faults", "steps with a fault",
+                      "steps"], rows, text=2)
+            + "<p>The trained policy scored once more at the end, in a real env whose fault layer makes a share of "
+              "calls really time out or meet a dead server (arms[i].fault_env; <code>robust</code> rows of "
+              "metrics.parquet).</p>")
+
+
 def _controls_html(summary: dict) -> str:
+    lwm = [[name, fmt(v["obedience"], "fraction"), fmt(v["obedience_without_control"], "fraction"), fmt(v["n"], "count")]
+           for name, v in (summary.get("lwm") or {}).get("by_control", {}).items()]
+    head = ("<h2>Controls: the LWM's held-out obedience</h2>"
+            + _table(["control", "with the control line", "without it (chance)", "held-out transitions"], lwm, text=1)
+            + "<p>Greedy predictions on held-out real transitions, with each control in the prompt and without it "
+              "(<code>wm_control</code> rows of metrics.parquet).</p>") if lwm else ""
     rows = []
     for name, a in summary["arms"].items():
         if c := a.get("control"):
@@ -446,8 +476,8 @@ def _controls_html(summary: dict) -> str:
             rows += [[name, control, fmt(v["obedience"], "fraction"), fmt(v["steps"], "count")]
                      for control, v in c["by_control"].items()]
     if not rows:
-        return ""
-    return ("<h2>Controls: obedience of the simulator</h2>"
+        return head
+    return head + ("<h2>Controls: obedience of the simulator</h2>"
             + _table(["arm", "control", "obedience", "controlled sim steps"], rows, text=2)
             + "<p>Obedience: the share of controlled sim steps whose outcome the labeler confirms "
               "(<code>control</code> rows of metrics.parquet).</p>")
@@ -507,7 +537,7 @@ def render_html(summary: dict, df: pd.DataFrame, config: dict | None, png: bytes
         "td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}"
         "table{border-collapse:collapse;margin-bottom:0.5em}p{color:#444;font-size:0.9em}"
         "summary h2{display:inline}</style></head><body>"
-        f"<h1>{title}</h1>{_arms_html(summary)}{_hybrid_html(summary)}{_controls_html(summary)}"
+        f"<h1>{title}</h1>{_arms_html(summary)}{_hybrid_html(summary)}{_controls_html(summary)}{_faults_html(summary)}"
         f"{_lwm_html(summary, df)}<h2>Curves</h2>"
         f"<img src='data:image/png;base64,{image}' style='max-width:100%'>{_config_html(config)}</body></html>")
 

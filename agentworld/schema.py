@@ -45,6 +45,8 @@ TRAJECTORY_SCHEMA = pa.schema(
         pa.field("action_ids", pa.list_(pa.int32()), nullable=True),
         # whether the env could parse the action (agentworld/episodes.py parsed); null in rows written before it
         pa.field("parsed", pa.bool_(), nullable=True),
+        # the real fault a real env's fault layer injected into this step (e.g. MCP's timeout, crash), else null
+        pa.field("fault", pa.string(), nullable=True),
     ]
 )
 

@@ -143,6 +143,8 @@ class LearnerSpec:
     seed: int
     runtime: Runtime
     eval_env: str = ""  # its key in `envs`, on every eval row
+    fault_env: EnvConfig | None = None  # envs[arms[i].fault_env]: a real env with faults, scored in once at the end
+    fault_env_key: str = ""
     wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
     replay_cursor: int = 0  # replay rows before it belong to earlier attempts of the run dir
 
@@ -240,6 +242,16 @@ class AgentLearner:
             t_wait = time.time()
         if self.last_eval.get("policy_version") != self.version:  # stopped early: score what was trained
             self._evaluate(engine, eval_envs)
+        if spec.fault_env is not None:  # robustness: the trained policy once more, in the real env with real faults
+            self.phase = "evaluating under faults"
+            faulty = [make_env_from(spec.fault_env) for _ in range(min(16, ev.episodes))]
+            try:
+                policy = LLMPolicy.for_agent(engine, a, greedy=ev.greedy)
+                self._log("robust", eval_env=spec.fault_env_key,
+                          **dict(evaluate(faulty, policy, ev.episodes), policy_version=self.version))
+            finally:
+                for e in faulty:
+                    e.close()
         self.phase = "saving"
         out = trainer.save(f"{spec.run_dir}/checkpoints/agent-{spec.arm.name}", tok)
         for e in eval_envs:

@@ -131,10 +131,12 @@ class WorldModelLearner:
             raise RuntimeError(f"no real training transitions in the replay arms {', '.join(spec.data_arms)}")
         count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
         rationale = self._rationales(train_eps, tok)
-        make = lambda eps, cf=0.0: wm_examples(eps, engine.render, wm.history_turns, rationale,  # noqa: E731
-                                               wm.history_budget_tokens, count, cf, rng, dict(wm.prompts))
-        # hindsight controls on training examples only: held-out fidelity is measured without them
-        train, held = make(train_eps, wm.sft.control_fraction), make(held_eps)
+        make = lambda eps, cf=0.0, pf=0.0, ff=0.0: wm_examples(  # noqa: E731
+            eps, engine.render, wm.history_turns, rationale, wm.history_budget_tokens, count, cf, rng, dict(wm.prompts),
+            pf, ff)
+        # controls on training examples only: held-out fidelity is measured without them
+        train = make(train_eps, wm.sft.control_fraction, wm.sft.perturbation_fraction, wm.sft.fictional_fraction)
+        held = make(held_eps)
         held = distinct(held or train)  # no held-out episodes: measured on training data, said in the row
         held = sample_by_domain(held, wm.sft.eval_samples, rng)
         max_new = lwm_generation(wm).max_new_tokens  # the think block's budget included
@@ -149,6 +151,16 @@ class WorldModelLearner:
             probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 1),
                                     wm.history_turns, counterfactual=True)
             probe = random.Random(spec.seed).sample(probe, min(len(probe), wm.sft.eval_samples))
+        # trained with perturbation or fictional controls: held-out obedience per control, with and without the line
+        kinds = tuple(k for k, share in (("perturbation", wm.sft.perturbation_fraction),
+                                         ("fictional", wm.sft.fictional_fraction)) if share > 0)
+        kprobe = []
+        if kinds:
+            from agentworld.controls import control_probe
+
+            kprobe = control_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 2), wm.history_turns,
+                                   kinds)
+            kprobe = random.Random(spec.seed).sample(kprobe, min(len(kprobe), wm.sft.eval_samples))
 
         def measure(stage: str) -> dict:
             self.phase = f"{stage}: measuring fidelity"
@@ -160,6 +172,14 @@ class WorldModelLearner:
             if probe:
                 f = dict(f, obedience=measure_obedience(engine, probe, max_new)["obedience"],
                          obedience_without_control=measure_obedience(engine, probe, max_new, controlled=False)["obedience"])
+            if kprobe:
+                from agentworld.controls import measure_obedience
+
+                on, off = (measure_obedience(engine, kprobe, max_new, controlled=c) for c in (True, False))
+                for name, rate in sorted(on["by_label"].items()):
+                    self._log("wm_control", wm_version=self.version, stage=stage, train_step=self.step_total,
+                              heldout=bool(held_eps), control=name, n=on["n_by_label"][name], obedience=rate,
+                              obedience_without_control=off["by_label"][name])
             self._log("wm", wm_version=self.version, stage=stage, train_step=self.step_total, heldout=bool(held_eps),
                       train_examples=len(train), **f)
             return f

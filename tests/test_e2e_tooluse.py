@@ -19,6 +19,7 @@ WARMUP = ROOT / "experiments" / "warmup.yaml"
 TRANSFER = ROOT / "experiments" / "transfer.yaml"
 FIDELITY = ROOT / "experiments" / "fidelity_curve.yaml"
 MODES = ROOT / "experiments" / "action_modes.yaml"
+CONTROLLED = ROOT / "experiments" / "controlled_tooluse.yaml"
 
 # a few steps of everything: small LWM data, a few SFT (and CPT) steps, one update of four episodes per arm
 _SHORT = ["world_model.sft.steps=8", "world_model.sft.eval_every=8", "world_model.sft.eval_samples=4",
@@ -58,7 +59,7 @@ def configured_arms(path: Path) -> dict:
 
 
 def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
-    for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES):
+    for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES, CONTROLLED):
         r = cli("validate", str(path))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
         for name, (init, key, env) in configured_arms(path).items():
@@ -66,6 +67,9 @@ def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
             assert "heldout" in env["id"] or env.get("kwargs", {}).get("split") == "heldout", name
     tool = configured_arms(TOOLUSE)
     assert {n.split("-")[0] for n in tool} == {"real", "sim"} and {"sim-controlled-search", "sim-controlled-mcp"} <= set(tool)
+    controlled = configured_arms(CONTROLLED)
+    assert set(controlled) == {"real-mcp", "sim-mcp", "sim-perturbed-mcp", "real-search", "sim-search",
+                               "sim-fictional-search"}
     inits = {(n.rsplit("-", 1)[0], init) for n, (init, _, _) in configured_arms(WARMUP).items()}
     assert inits == {(d, i) for d in ("grid", "search", "mcp") for i in ("scratch", "cpt", "lwm")}
 
@@ -159,3 +163,35 @@ def test_action_modes_compares_choice_and_generate_on_mcp_alone():
     assert arms == {"mcp-choice": ("mcp:sqlite-train", "choice"), "mcp-generate": ("mcp:sqlite-train", "generate")}
     r = cli("validate", str(MODES))
     assert "actions choice" in r.stdout and "actions generate" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_short_controlled_tooluse_end_to_end(tmp_path):
+    """The perturbed and fictional sim arms and a real arm scored under real faults: the LWM learned both control
+    kinds in SFT (held-out obedience per control in the summary), the sim arms' steps carry their controls, fictional
+    episodes ask their world's question, and the fault layer really injected faults into the final scoring."""
+    from agentworld.controls import parse_control
+    from agentworld.replay import ReplayStore
+
+    path = subset(CONTROLLED, ("real-mcp", "sim-perturbed-mcp", "sim-fictional-search"), tmp_path)
+    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=c", *short(path), timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "c"
+    summary = check_run(run, path, r.stdout)
+    assert {"timeout", "fictional"} & set(summary["lwm"]["by_control"]), summary["lwm"]
+    for v in summary["lwm"]["by_control"].values():
+        assert 0 <= v["obedience"] <= 1 and 0 <= v["obedience_without_control"] <= 1 and v["n"] >= 1
+    faults = summary["arms"]["real-mcp"]["under_faults"]
+    assert faults["eval_env"] == "sqlite_heldout_faults" and faults["faults"] > 0 and 0 <= faults["success"] <= 1
+    assert "under injected real faults" in (run / "report.html").read_text()
+    rows = ReplayStore(str(run / "replay")).table().to_pylist()
+    kinds = {}
+    for row in rows:
+        c = parse_control(row["control"])
+        if c is not None:
+            kinds.setdefault(row["arm"], set()).add(c.kind)
+    assert kinds == {"sim-perturbed-mcp": {"perturbation"}, "sim-fictional-search": {"fictional"}}, kinds
+    firsts = [row["obs"] for row in rows if row["arm"] == "sim-fictional-search" and row["step"] == 0]
+    asked = [o for o in firsts if o.startswith("Question: In which year was ") or o.startswith("Question: Who maintains ")]
+    assert asked and len(asked) < len(firsts)  # per episode, half of them (control.fraction 0.5)
+    assert not any(row["fault"] for row in rows)  # training envs have no fault layer: only the final scoring does

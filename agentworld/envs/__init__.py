@@ -67,6 +67,17 @@ def resolve_env_id(env_id: str) -> None:
         check(name)
 
 
+def family_module(env_id: str):
+    """The built-in module of the env's family (e.g. agentworld.envs.search), for what it offers beyond `make`: its
+    controlled observations (`perturbed`, `fictional`: agentworld/controls.py); None for a user-registered family or
+    one whose package is not installed."""
+    entry = BUILTIN.get(str(env_id).partition(":")[0])
+    try:
+        return importlib.import_module(entry[0]) if entry else None
+    except ImportError:
+        return None
+
+
 def menu_of(env_id: str) -> MenuFn | None:
     """The `menu(observations, actions)` of the env's family; None where the env's own action set is its menu."""
     family = _family(str(env_id).partition(":")[0])

@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +50,12 @@ CALL_TIMEOUT = 30.0  # seconds; a server that takes longer is taken as hung
 # tooluse.yaml's ~30 processes, and killing and restarting it there only adds load
 START_TIMEOUT = 120.0
 MAX_OBS_CHARS = 4000
+# The real fault layer (`faults` kwarg): a share of tool calls really times out (sent with a deadline the server cannot
+# meet; the SDK gives up and cancels it) or meets a dead server (its processes killed before the call; restarted after).
+FAULTS = ("timeout", "crash")
+FAULT_DEADLINE = 0.001  # seconds
+TIMEOUT_TEXT = "Error: the {tool} call timed out after {seconds:g} s; the server sent no result."
+CRASH_TEXT = "Error: the MCP server exited during the {tool} call and sent no result; it was restarted."
 MARKER = "AGENTWORLD_MCP_SERVER"  # set in each server's environment, so its processes can be found and checked
 
 # Git identity and clock for the scratch repositories and for the git server itself: commit hashes then
@@ -60,6 +67,10 @@ GIT_ENV = {
     "GIT_AUTHOR_DATE": "1709294400 +0000", "GIT_COMMITTER_DATE": "1709294400 +0000",
     "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
 }
+
+
+class CallTimedOut(Exception):
+    """A call that missed a deadline shorter than CALL_TIMEOUT: a timeout the caller asked for, not a hung server."""
 
 
 class MCPServer:
@@ -97,8 +108,8 @@ class MCPServer:
             if not self._ready.done():
                 self._ready.set_exception(e)
 
-    def _request(self, coroutine):
-        """Run one request on the loop; a closed connection or a timeout means the server died or hung."""
+    def _request(self, coroutine, deadline: float = CALL_TIMEOUT):
+        """Run one request on the loop; a closed connection or a missed CALL_TIMEOUT means the server died or hung."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(CALL_TIMEOUT + 5)
@@ -106,6 +117,8 @@ class MCPServer:
             future.cancel()
             raise
         except MCPError as e:
+            if e.code == REQUEST_TIMEOUT and deadline < CALL_TIMEOUT:
+                raise CallTimedOut(e.message) from None
             if e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                 raise RuntimeError(f"MCP server {Path(self.params.command).name}: {e.message}") from None
             raise
@@ -113,10 +126,13 @@ class MCPServer:
     def ping(self) -> None:
         self._request(self.session.send_ping())
 
-    def call(self, name: str, arguments: dict) -> tuple[str, bool]:
-        """(text, is_error). Errors the server reports come back as text; a dead or hung server raises."""
+    def call(self, name: str, arguments: dict, deadline: float = CALL_TIMEOUT) -> tuple[str, bool]:
+        """(text, is_error). Errors the server reports come back as text; a dead or hung server raises. A `deadline`
+        shorter than CALL_TIMEOUT that the server misses is a timeout error (TIMEOUT_TEXT), not a hung server."""
         try:
-            result = self._request(self.session.call_tool(name, arguments, read_timeout_seconds=CALL_TIMEOUT))
+            result = self._request(self.session.call_tool(name, arguments, read_timeout_seconds=deadline), deadline)
+        except CallTimedOut:
+            return TIMEOUT_TEXT.format(tool=name, seconds=deadline), True
         except MCPError as e:  # e.g. an unknown tool: a protocol error, not a crash
             return f"Error: {e.message}", True
         text = "\n".join(c.text if c.type == "text" else json.dumps(c.model_dump(mode="json")) for c in result.content)
@@ -915,9 +931,29 @@ def tool_schemas(tools) -> str:
                      for t in tools)
 
 
+def check_faults(faults: Any) -> dict[str, float]:
+    """The `faults` kwarg: {kind: share of tool calls}, kinds from FAULTS, shares in [0, 1] summing to at most 1."""
+    if faults is None:
+        return {}
+    if not isinstance(faults, dict):
+        raise ValueError(f"faults must be a mapping {{kind: rate}} of {', '.join(FAULTS)} (got {faults!r})")
+    out = {}
+    for kind, rate in faults.items():
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}: one of {', '.join(FAULTS)}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ValueError(f"faults.{kind} must be a rate in [0, 1] (got {rate!r})")
+        out[kind] = float(rate)
+    if sum(out.values()) > 1:
+        raise ValueError(f"the fault rates sum to {sum(out.values()):g}, over 1")
+    return out
+
+
 class MCPToolEnv:
-    def __init__(self, task: str, max_steps: int | None = None, domain: str = "mcp"):
+    def __init__(self, task: str, max_steps: int | None = None, domain: str = "mcp", faults: dict | None = None):
         check(task)
+        self.faults = check_faults(faults)
+        self.fault_rng = random.Random(0)
         self.env_id, self.domain = f"mcp:{task}", domain
         self.kind, self.builder = TASKS[task]
         self.max_steps = max_steps
@@ -945,6 +981,7 @@ class MCPToolEnv:
             self._start_server()
         self.server.ping()  # a server that died between episodes fails the reset (Supervised starts a new env)
         self.t, self.score, self.done, self.progress = 0, 0.0, False, 0
+        self.fault_rng.seed(f"faults:{seed}")  # the same seed and actions meet the same faults
         obs = f"Task: {self.task.prompt}\n\nTools:\n{tool_schemas(self.server.tools)}\n\n{INSTRUCTIONS}"
         return obs, self._info()
 
@@ -973,7 +1010,7 @@ class MCPToolEnv:
             obs, error = ("Correct." if won else "Wrong answer."), None
             self.done = True
         else:
-            obs, is_error = self.server.call(parsed["tool"], parsed["arguments"])
+            obs, is_error, fault = self._call(parsed["tool"], parsed["arguments"])
             obs = obs if len(obs) <= MAX_OBS_CHARS else obs[:MAX_OBS_CHARS] + "\n...[truncated]"
             error = obs if is_error else None
             won = self._passes(None)
@@ -981,7 +1018,36 @@ class MCPToolEnv:
         reward = 1.0 if won else 0.0
         self.score += reward
         extra = unparsed_info(f"{malformed}: {obs}") if malformed else {"error": error} if error else {}
+        if "answer" not in parsed and fault:
+            extra["fault"] = fault  # the replay's `fault` column
         return obs, reward, self.done, truncated, self._info(won=won, **extra)
+
+    def _call(self, tool: str, arguments: dict) -> tuple[str, bool, str | None]:
+        """One tool call through the fault layer: (text, is_error, the fault it met or None)."""
+        u, fault = self.fault_rng.random(), None
+        for kind, rate in self.faults.items():
+            if u < rate:
+                fault = kind
+                break
+            u -= rate
+        if fault == "timeout":
+            text, is_error = self.server.call(tool, arguments, deadline=FAULT_DEADLINE)
+            return text, is_error, ("timeout" if text == TIMEOUT_TEXT.format(tool=tool, seconds=FAULT_DEADLINE) else None)
+        if fault == "crash":
+            for pid in self.server.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                text, is_error = self.server.call(tool, arguments)
+                return text, is_error, None  # it answered after all (it was gone before the kill)
+            except (RuntimeError, TimeoutError):
+                self.server.close()
+                self._start_server()
+                return CRASH_TEXT.format(tool=tool), True, "crash"
+        text, is_error = self.server.call(tool, arguments)
+        return text, is_error, None
 
     def _passes(self, answer: str | None) -> bool:
         return self.task.passes(answer)
@@ -991,6 +1057,48 @@ class MCPToolEnv:
             self.server.close()
             self.server = None
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- controlled observations for the LWM's SFT
+
+# mcp-server-sqlite's own refusals of a call its tool does not take (its server.py), word for word
+REJECTIONS = {
+    "read_query": "Error: Only SELECT queries are allowed for read_query",
+    "write_query": "Error: SELECT queries are not allowed for write_query",
+    "create_table": "Error: Only CREATE TABLE statements are allowed",
+}
+SQL_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+[\"`\[]?([A-Za-z_]\w*)", re.I)
+
+
+def perturbed(name: str, action: str, next_obs: str) -> str | None:
+    """The observation of a real tool call under the perturbation `name` (agentworld/controls.py), in the words of this
+    env and its servers: the fault layer's timeout, sqlite's error for a missing table, the server's empty result and
+    refusals, the real result cut into pages. None where there is no such text for the call (git and time tools have
+    no table to miss), or the step is an answer or an unparsed action."""
+    parsed = parse_action(action)
+    if isinstance(parsed, str) or "answer" in parsed:
+        return None
+    tool, args = parsed["tool"], parsed["arguments"]
+    if name == "timeout":
+        return TIMEOUT_TEXT.format(tool=tool, seconds=FAULT_DEADLINE)
+    if name == "missing":
+        found = SQL_TABLE.search(args.get("query") or "") if isinstance(args.get("query"), str) else None
+        table = args.get("table_name") if tool == "describe_table" else found and found.group(1)
+        return f"Database error: no such table: {table}" if isinstance(table, str) and table else None
+    if name == "empty":
+        return "[]" if tool in ("read_query", "list_tables") else None
+    if name == "rejected":
+        return REJECTIONS.get(tool)
+    if name == "paginated":  # a result of several rows: the first half, and a pager line
+        try:
+            rows = ast.literal_eval(next_obs)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+        if not isinstance(rows, list) or len(rows) < 2:
+            return None
+        k = (len(rows) + 1) // 2
+        return f"{rows[:k]}\n[Page 1 of 2: {len(rows) - k} more rows on the next page]"
+    return None
 
 
 # ---------------------------------------------------------------- the menu: from what the agent has seen
@@ -1048,7 +1156,8 @@ def check(name: str) -> None:
         raise ValueError(f"unknown env id 'mcp:{name}': tasks are {', '.join(TASKS)}")
 
 
-def make(name: str, max_steps: int | None = None, domain: str = "mcp", **kwargs: Any) -> MCPToolEnv:
+def make(name: str, max_steps: int | None = None, domain: str = "mcp", faults: dict | None = None,
+         **kwargs: Any) -> MCPToolEnv:
     if kwargs:
-        raise ValueError(f"mcp:{name}: unexpected kwargs {sorted(kwargs)}")
-    return MCPToolEnv(name, max_steps=max_steps, domain=domain)
+        raise ValueError(f"mcp:{name}: unexpected kwargs {sorted(kwargs)}; the only one is faults")
+    return MCPToolEnv(name, max_steps=max_steps, domain=domain, faults=faults)

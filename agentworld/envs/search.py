@@ -506,6 +506,7 @@ def split_tasks(split: str, index_dir: str | Path | None = None) -> list[dict[st
 
 # --- The env ------------------------------------------------------------------------------------------
 
+NO_PAGE = "no page at {url!r}; use a URL from the search results"
 HELP = ("Answer the question using the two tools over Python's documentation. One action per turn, a JSON object:\n"
         + call("web_search", queries=["query one", "query two"]) + "\n"
         + call("web_extractor", url="URL from the results", page=1) + "\n"
@@ -564,7 +565,7 @@ class SearchEnv:
             raise ValueError("web_extractor needs `url`: a URL from the search results")
         text = self.page(url)
         if text is None:
-            raise ValueError(f"no page at {url!r}; use a URL from the search results")
+            raise ValueError(NO_PAGE.format(url=url))
         pages = max(1, -(-len(text) // PAGE_CHARS))
         if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= pages:
             raise ValueError(f"`page` must be an integer from 1 to {pages}")
@@ -625,6 +626,87 @@ class SearchEnv:
         if self.con is not None:
             self.con.close()
             self.con = None
+
+
+# --- Controlled observations for the LWM's SFT (agentworld/controls.py), from this env's own texts ------------------
+
+def _queries(args: dict[str, Any]) -> list[str]:
+    queries = args.get("queries", args.get("query"))
+    return ([queries] if isinstance(queries, str) else queries)[:MAX_QUERIES]
+
+
+def perturbed(name: str, action: str, next_obs: str) -> str | None:
+    """The observation of a real search step under the perturbation `name`, in this env's own words: its result pages
+    with no hit (empty), its answer to a URL with no page (missing), the real results or page cut in two with a pager
+    line (paginated). None where the env has no such text for the step (a timeout or a rejection: the search tools
+    have neither), or the step is an answer or an unparsed action."""
+    try:
+        tool, args = parse_action(action)
+        check_call(tool, args)
+    except ValueError:
+        return None
+    if tool == "answer" or next_obs.startswith("Invalid action"):
+        return None
+    if name == "empty" and tool == "web_search":
+        return "\n\n".join(f"## Results for {json.dumps(q)}\nNo results." for q in _queries(args))
+    if name == "missing" and tool == "web_extractor":
+        return f"Invalid action: {NO_PAGE.format(url=args['url'])}.\n\n{HELP}"
+    if name == "paginated":
+        if tool == "web_search":  # the first result of each query's block, and a pager line
+            blocks = [b.split("\n\n[2] ")[0] for b in next_obs.split("\n\n## ")]
+            if blocks == next_obs.split("\n\n## "):
+                return None  # one result per query: nothing to page
+            return "\n\n## ".join(blocks) + "\n\n[Page 1 of 2 of the results; the next page has the rest.]"
+        body = FOOTER.sub("", next_obs)
+        if len(body) < 400:
+            return None
+        cut = body.rfind("\n", 0, len(body) // 2) + 1 or len(body) // 2
+        page = args.get("page", 1)
+        more = call("web_extractor", url=args["url"].strip(), page=page + 1)
+        return f"{body[:cut].rstrip()}\n\n[Page {page} of {page + 1}; the page was cut at {cut} characters. Next: {more}]"
+    return None
+
+
+def fictional(action: str, next_obs: str, facts: Sequence[str]) -> str | None:
+    """The observation of a real search step in a fictional world where every result states `facts`: each result keeps
+    its URL and title and says the facts; a page read starts with them. None for answers and unparsed actions."""
+    try:
+        tool, args = parse_action(action)
+        check_call(tool, args)
+    except ValueError:
+        return None
+    if tool == "answer" or next_obs.startswith("Invalid action"):
+        return None
+    said = " ".join(facts)
+    if tool == "web_search":
+        blocks, real = [], next_obs.split("\n\n## ")
+        for i, q in enumerate(_queries(args)):
+            hits = (RESULT.findall(real[i]) if i < len(real) else []) or [(f"fiction://{q.replace(' ', '-')}", q)]
+            lines = [f"[{n}] {url}\n{title}\n{said}" for n, (url, title) in enumerate(hits, 1)]
+            blocks.append(f"## Results for {json.dumps(q)}\n" + "\n\n".join(lines))
+        return "\n\n".join(blocks)
+    head, _, rest = next_obs.partition("\n\n")
+    return f"{head}\n\n{said}\n\n{rest}".rstrip()
+
+
+def fictional_task(obs: str, question: str) -> str:
+    """An episode's first observation asking a fictional world's question instead of its own."""
+    return re.sub(r"^Question: .*", lambda m: f"Question: {question}", obs, count=1)
+
+
+def fictional_reward(action: str, answer: str) -> tuple[str, float, bool] | None:
+    """(observation, reward, terminated) of an answer in a fictional world, in the env's words: right when it gives the
+    world's answer (is_correct, as the real env scores); None for any other action."""
+    try:
+        tool, args = parse_action(action)
+        check_call(tool, args)
+    except ValueError:
+        return None
+    if tool != "answer":
+        return None
+    if is_correct(args["answer"], [answer]):
+        return "Correct.", 1.0, True
+    return f"Incorrect: {args['answer']!r} is not the answer.", 0.0, True
 
 
 # --- The menu: from what the agent has seen -----------------------------------------------------------

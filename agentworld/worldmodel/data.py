@@ -57,15 +57,20 @@ def split_by_env(episodes: list[list[dict]], heldout_fraction: float, seed: int 
 def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1,
                 think: Callable[[dict], str | None] | None = None,
                 budget_tokens: int = 0, count_tokens=None, control_fraction: float = 0.0,
-                rng: random.Random | None = None, notes: dict | None = None) -> list[Example]:
+                rng: random.Random | None = None, notes: dict | None = None, perturbation_fraction: float = 0.0,
+                fictional_fraction: float = 0.0) -> list[Example]:
     """One example per transition; `render(messages)` is the tokenizer's chat template. With a token
     budget, the oldest kept turns are dropped until the prompt fits (the newest turn always stays).
     A `control_fraction` share of examples carries a hindsight control: a label of its own real transition
-    (agentworld/controls.py), so the model learns to obey outcome controls. With `think(row)`, each target starts
-    with a think block holding the row's rationale (empty when it gives none: agentworld/worldmodel/think.py)."""
-    from agentworld.controls import hindsight_control
+    (agentworld/controls.py), so the model learns to obey outcome controls; a `perturbation_fraction` share a
+    perturbation and a `fictional_fraction` share a fictional world, each with its target built from the real row
+    (controls.controlled_transition; a row whose env family has no such text stays uncontrolled). With `think(row)`,
+    each target starts with a think block holding the row's rationale (empty when it gives none:
+    agentworld/worldmodel/think.py)."""
+    from agentworld.controls import controlled_transition
 
     rng = rng or random.Random(0)
+    shares = [("hindsight", control_fraction), ("perturbation", perturbation_fraction), ("fictional", fictional_fraction)]
     out = []
     for rows in episodes:
         observations = [r["obs"] for r in rows]
@@ -74,17 +79,27 @@ def wm_examples(episodes: list[list[dict]], render, history_turns: int = 1,
         plain = wm_system_prompt(rows[0]["env_id"], rows[0]["domain"], notes=notes)
         keep_task = rows[0]["domain"] in STATEFUL
         for t, r in enumerate(rows):
-            system = plain
-            if control_fraction > 0 and rng.random() < control_fraction:
-                system = wm_system_prompt(r["env_id"], r["domain"], hindsight_control(r, rng), notes)
+            system, reply, (next_obs, reward, done) = plain, replies[t], (r["next_obs"], r["reward"], r["terminated"])
+            real = True  # the target is the real transition (a rationale of it fits)
+            u = rng.random() if any(share > 0 for _, share in shares) else 1.0
+            for kind, share in shares:
+                if u < share:
+                    made = controlled_transition(kind, r, rng)
+                    if made is not None:
+                        control, next_obs, reward, done = made
+                        system = wm_system_prompt(r["env_id"], r["domain"], control.text, notes)
+                        reply, real = render_state(next_obs, reward, done), kind == "hindsight"
+                    break
+                u -= share
+
             def build(k, t=t, system=system):
                 state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], k, keep_task,
                                       rows[0]["domain"])
                 return render(build_messages(system, state, turns)), len(turns)
 
             prompt = fit_window(build, history_turns, budget_tokens, count_tokens)
-            target = (think_block(think(r)) if think else "") + replies[t]
-            out.append(Example(prompt, target, r["next_obs"], r["reward"], r["terminated"], r["domain"]))
+            target = (think_block(think(r) if real else None) if think else "") + reply
+            out.append(Example(prompt, target, next_obs, reward, done, r["domain"]))
     return out
 
 

@@ -35,6 +35,7 @@ class WorldModelEnv:
         # per step: sampler() gives each step's control (a controls.Control, text, or None: `control`);
         # next_control, when set, is the next step's control instead (then cleared)
         self.sampler, self.step_control, self.next_control = sampler, None, None
+        self.episode_control = None  # a sampler drawing per episode: this episode's control
         self.notes = notes  # world_model.prompts
         self.system = wm_system_prompt(env_id, domain, control, notes)
         self.menu = menu_of(env_id)
@@ -52,6 +53,15 @@ class WorldModelEnv:
     def start(self, obs: str, info: dict) -> tuple[str, dict[str, Any]]:
         """Begin an episode at the real state `obs` with its `info`."""
         self._reset_state()
+        self.episode_control = None
+        if self.sampler is not None and getattr(self.sampler, "per", "step") == "episode":
+            self.episode_control = self.sampler()
+            if getattr(self.episode_control, "question", ""):  # a generated fictional world asks its own question
+                from agentworld.envs import family_module
+
+                family = family_module(self.env_id)
+                if hasattr(family, "fictional_task"):
+                    obs = family.fictional_task(obs, self.episode_control.question)
         self.observations.append(obs)
         keep = EPISODE_INFO if self.menu is not None else EPISODE_INFO + ("admissible_actions",)
         self.info = {k: info[k] for k in keep if k in info}
@@ -68,6 +78,8 @@ class WorldModelEnv:
         the sampler's draw."""
         if self.next_control is not None:
             self.step_control, self.next_control = self.next_control, None
+        elif getattr(self.sampler, "per", "step") == "episode":
+            self.step_control = self.episode_control
         else:
             self.step_control = self.sampler() if self.sampler is not None else None
         text = getattr(self.step_control, "text", self.step_control)
@@ -79,14 +91,24 @@ class WorldModelEnv:
     def observe(self, action: str, text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Advance the episode with the model's reply `text` to `action`."""
         pred = parse_prediction(text)
+        obs = pred.obs
         reward = pred.reward if pred.reward is not None else 0.0
         terminated = bool(pred.done)
+        answer = getattr(self.step_control, "answer", "")
+        if answer:  # a generated fictional world: its answer is scored against its facts, not by the LWM
+            from agentworld.envs import family_module
+
+            family = family_module(self.env_id)
+            scored = family.fictional_reward(action, answer) if hasattr(family, "fictional_reward") else None
+            if scored is not None:  # the rule's verdict, not a simulated result: no control to obey on this step
+                obs, reward, terminated = scored
+                self.step_control = None
         before = self.observations[-1]
         self.t += 1
         self.score += reward
         self.actions.append(action)
-        self.observations.append(pred.obs)
-        self.replies.append(render_state(pred.obs, reward, terminated))
+        self.observations.append(obs)
+        self.replies.append(render_state(obs, reward, terminated))
         truncated = not terminated and self.t >= self.max_steps
         info = dict(self._info(terminated or truncated), score=self.score, won=terminated and reward > 0,
                     wm_version=self.engine.version)
@@ -99,8 +121,8 @@ class WorldModelEnv:
             c = parse_control(control) if isinstance(control, str) else control
             info["control"] = getattr(control, "text", control)
             if c is not None:  # the labeler (or the control's own check) on the simulated transition
-                info["control_obeyed"] = c.obeyed(before, pred.obs, reward, terminated, truncated)
-        return pred.obs, reward, terminated, truncated, info
+                info["control_obeyed"] = c.obeyed(before, obs, reward, terminated, truncated)
+        return obs, reward, terminated, truncated, info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         return self.step_batch([self], [action])[0]
