@@ -315,8 +315,20 @@ COMMANDS = {"run": _run, "validate": _run, "collect": _collect, "submit": _jobs,
             "dyna": _dyna, "compare": _compare, "wm": _wm, "model": _model}
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; `key=value` overrides may come before or after options (`serve CONFIG --model DIR k=v`)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return COMMANDS[args.command](args)
     except _bad_input(args.command) as e:

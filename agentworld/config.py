@@ -456,6 +456,67 @@ BEHAVIOUR_POLICIES = ("random", "oracle")
 WM_STAGES = ("cpt", "sft", "rl")
 
 
+# Value ranges, by dotted key (fnmatch patterns; `*` is one key or list index): (low, high, low is excluded).
+# Every number anywhere must also be finite, and an int within +-2**31 (a count of 1e30 updates is a typo).
+_GT0, _GE1, _GE0, _UNIT = (0, None, True), (1, None, False), (0, None, False), (0, 1, False)
+VALUE_RULES = [
+    (_GT0, ("run.max_minutes", "ray.num_cpus", "ray.actor_num_cpus", "*.lr", "agent.clip", "world_model.rl.clip",
+            "agent.temperature", "world_model.rl.temperature", "world_model.think.timeout_s", "pool.interval_s",
+            "serve.session_ttl_s", "serve.autoscaling.target_ongoing_requests", "engine.vllm.kv_cache_gb",
+            "engine.vllm.gpu_memory_utilization")),
+    (_GE1, ("ray.torch_threads", "model.tiny.*", "model.lora.r", "model.lora.alpha", "world_model.cpt.seq_len",
+            "*.batch_size", "world_model.sft.eval_every", "world_model.sft.eval_samples", "world_model.rl.prompts_per_step",
+            "world_model.rl.epochs", "*.max_new_tokens", "world_model.think.max_tokens", "world_model.think.workers",
+            "world_model.data.steps", "*history_turns", "agent.episodes_per_update", "agent.updates", "agent.epochs",
+            "agent.max_action_tokens", "arms.*.actors", "arms.*.actors_min", "arms.*.actors_max", "arms.*.envs_per_actor",
+            "arms.*.hybrid.window", "arms.*.hybrid.min_scores", "eval.every_updates", "eval.episodes", "serve.max_sessions",
+            "serve.max_tokens", "serve.max_body_bytes", "serve.autoscaling.max_replicas", "engine.vllm.max_model_len",
+            "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel")),
+    (_GE0, ("run.seed", "world_model.*.steps", "world_model.*.warmup_steps", "world_model.sft.weight_decay",
+            "world_model.sft.balance_*", "world_model.rl.kl", "world_model.rl.reward.*", "world_model.generation.temperature",
+            "agent.max_staleness", "*history_budget_tokens", "world_model.continual.min_new", "engine.num_gpus",
+            "serve.autoscaling.min_replicas", "serve.autoscaling.*_s", "arms.*.control.mix.*")),
+    (_UNIT, ("model.lora.dropout", "*fraction", "arms.*.hybrid.*threshold", "eval.success_target")),
+    ((1, 65535, False), ("serve.port",)),
+    ((0, 3, False), ("engine.deepspeed.zero_stage",)),
+]
+FREE_FORM = ("envs.*.kwargs.*", "world_model.prompts.*")  # users' own values: only finiteness is checked there
+
+
+def _numbers(node, prefix: str = ""):
+    """(dotted key, value) of every number in a plain config container."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)):
+            yield from _numbers(v, key + ".")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield key, v
+
+
+def _validate_values(cfg, fail) -> None:
+    """Every number finite and in its range (VALUE_RULES), before any other check reads them."""
+    import fnmatch
+    import math
+
+    from omegaconf import OmegaConf
+
+    for key, v in _numbers(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(v, float) and not math.isfinite(v):
+            fail(key, f"must be a finite number (got {v})")
+        if isinstance(v, int) and abs(v) >= 2**31:
+            fail(key, f"is out of range (got {v})")
+        if any(fnmatch.fnmatchcase(key, pat) for pat in FREE_FORM):
+            continue
+        rule = next((r for r, pats in VALUE_RULES if any(fnmatch.fnmatchcase(key, p) for p in pats)), None)
+        if rule is None:
+            continue
+        lo, hi, open_lo = rule
+        if (v <= lo if open_lo else v < lo) or (hi is not None and v > hi):
+            want = f"in [{lo}, {hi}]" if hi is not None else f"> {lo}" if open_lo else f">= {lo}"
+            fail(key, f"must be {want} (got {v})")
+
+
 class ConfigError(Exception):
     def __init__(self, file: str, key: str | None, message: str):
         self.file, self.key, self.message = file, key, message
@@ -498,6 +559,22 @@ def _check_keys(raw, cls, prefix: str, file: str) -> None:
             _check_keys(v, args[1], f"{prefix}{k}.", file)
 
 
+def _no_alias_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """SafeLoader that refuses aliases (`*name`): a few lines of nested aliases expand to billions of nodes."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in configs",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def load_config(path: str, overrides: Sequence[str] = ()):
     """Load an experiment YAML onto the structured defaults, apply `key=value` overrides, validate."""
     import yaml
@@ -508,7 +585,13 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     if not p.is_file():
         raise ConfigError(str(path), None, "config file not found")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), None, f"cannot read the file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), None, f"not UTF-8 text (byte {e.start}); save the YAML as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_no_alias_loader()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -541,6 +624,8 @@ def validate_config(cfg, file: str) -> None:
     def fail(key, msg):
         raise ConfigError(file, key, msg)
 
+    _validate_values(cfg, fail)
+    _validate_paths(cfg, fail)
     _validate_envs(cfg, fail)
     _validate_arms(cfg, fail)
     validate_engine(cfg.engine, fail)
@@ -551,6 +636,16 @@ def validate_config(cfg, file: str) -> None:
     _validate_world_model(cfg, fail)
     _validate_run(cfg, fail)
     _validate_serve(cfg.serve, fail)
+
+
+def _validate_paths(cfg, fail) -> None:
+    """The run dir stays inside output_dir; the dirs a run writes are not files."""
+    name = cfg.run.name
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        fail("run.name", f"must be one plain folder name inside run.output_dir (got {name!r})")
+    for key, path in (("run.output_dir", cfg.run.output_dir), ("replay.dir", cfg.replay.dir)):
+        if path is not None and Path(path).exists() and not Path(path).is_dir():
+            fail(key, f"{path!r} is a file, not a folder")
 
 
 def _validate_envs(cfg, fail) -> None:
@@ -567,6 +662,21 @@ def _validate_envs(cfg, fail) -> None:
             fail(f"envs.{name}.kwargs.menu", str(e))
         if env.max_steps < 1:
             fail(f"envs.{name}.max_steps", "must be >= 1")
+        if set(env.kwargs) - {"menu"}:  # kwargs only the env itself can judge: build it once, before anything starts
+            _try_env(env, f"envs.{name}.kwargs", fail)
+
+
+def _try_env(env, key: str, fail) -> None:
+    from omegaconf import OmegaConf
+
+    from agentworld.envs import make_env
+
+    kwargs = OmegaConf.to_container(env.kwargs, resolve=True) if OmegaConf.is_config(env.kwargs) else dict(env.kwargs)
+    try:
+        built = make_env(env.id, max_steps=env.max_steps, **kwargs)
+    except Exception as e:  # noqa: BLE001  (whatever the env's package raises for kwargs it does not take)
+        fail(key, f"{env.id} does not take these kwargs: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    built.close()
 
 
 def _env_key(cfg, key: str, where: str, fail) -> None:

@@ -425,22 +425,27 @@ def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlle
 
 
 def obedience_metric_rows(rows: list[dict], arm: str, t0: float, bin_s: float = 15.0) -> list[dict]:
-    """`control` metrics rows from an arm's replay rows: per `bin_s` of wall-clock the controlled steps and
-    the cumulative obedience rate (control "all"), then one final row per control name."""
+    """`control` metrics rows from an arm's replay rows: per `bin_s` of wall-clock the controlled steps and the
+    cumulative obedience rate, of every control ("all") and of each control name (over time, per kind), then one final
+    row per control name and "all"."""
     from agentworld.metrics import metric_row
 
     rows = sorted((r for r in rows if parse_control(r.get("control")) is not None), key=lambda r: epoch_seconds(r["created_at"]))
-    out, n, ok, b, b_ok = [], 0, 0, 0, 0
-    for i, r in enumerate(rows):
-        hit = bool(row_obeyed(r))
-        n, ok, b, b_ok = n + 1, ok + hit, b + 1, b_ok + hit
-        t = epoch_seconds(r["created_at"]) - t0
-        end = (int(t // bin_s) + 1) * bin_s
-        if i + 1 == len(rows) or epoch_seconds(rows[i + 1]["created_at"]) - t0 >= end:
-            out.append(metric_row("control", arm=arm, control="all", wall_time=end, steps=b, obeyed=b_ok,
-                                  obedience=ok / n, bin_obedience=b_ok / b))
-            b = b_ok = 0
-    end = out[-1]["wall_time"] if out else 0.0
+    out, ends = [], []
+    names = ["all"] + sorted({parse_control(r["control"]).name for r in rows})
+    for name in names:
+        mine = [r for r in rows if name == "all" or parse_control(r["control"]).name == name]
+        n, ok, b, b_ok = 0, 0, 0, 0
+        for i, r in enumerate(mine):
+            hit = bool(row_obeyed(r))
+            n, ok, b, b_ok = n + 1, ok + hit, b + 1, b_ok + hit
+            end = (int((epoch_seconds(r["created_at"]) - t0) // bin_s) + 1) * bin_s
+            if i + 1 == len(mine) or epoch_seconds(mine[i + 1]["created_at"]) - t0 >= end:
+                out.append(metric_row("control", arm=arm, control=name, wall_time=end, steps=b, obeyed=b_ok,
+                                      obedience=ok / n, bin_obedience=b_ok / b))
+                ends.append(end)
+                b = b_ok = 0
+    end = max(ends, default=0.0)
     for name, (steps, obeyed) in sorted(obedience(rows).items()):
         out.append(metric_row("control", arm=arm, control=name, wall_time=end, steps=steps, obeyed=obeyed,
                               obedience=obeyed / steps, final=True))

@@ -2,12 +2,15 @@
 
 `add` returns only after the batch is appended to this instance's segment file and fsynced, so every
 acknowledged row survives a crash: a new ReplayService over the same dir loads every segment, and a
-segment cut short mid-write yields all its complete batches."""
+segment cut short mid-write yields all its complete batches. A write that fails (a full disk, an I/O error) raises
+and acknowledges nothing; the segment it damaged is closed, and the next `add` starts a new one. Each batch carries a
+CRC-32 of its bytes, checked on recovery: a batch whose bytes changed on disk is skipped and counted, never read."""
 
 from __future__ import annotations
 
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +21,28 @@ import ray
 from agentworld.schema import TRAJECTORY_SCHEMA
 
 
-def read_segment(path: Path) -> list[pa.RecordBatch]:
-    """Every complete batch of an IPC stream file, stopping at the first damaged one."""
+def checksum(batch: pa.RecordBatch) -> str:
+    return str(zlib.crc32(batch.serialize()))
+
+
+def read_segment(path: Path, damaged: list | None = None) -> list[pa.RecordBatch]:
+    """Every complete batch of an IPC stream file, stopping at a torn tail; a batch whose checksum does not match its
+    bytes is skipped (appended to `damaged`). Batches written before checksums are taken as they are."""
     batches = []
     try:
         with pa.OSFile(str(path), "rb") as f:
             reader = pa.ipc.open_stream(f)
             while True:
                 try:
-                    batches.append(reader.read_next_batch())
+                    batch, meta = reader.read_next_batch_with_custom_metadata()
                 except StopIteration:
                     break
+                crc = meta.get(b"crc32") if meta is not None else None
+                if crc is not None and crc.decode() != checksum(batch):
+                    if damaged is not None:
+                        damaged.append((path.name, batch.num_rows))
+                    continue
+                batches.append(batch)
     except (pa.ArrowInvalid, OSError, EOFError):
         pass  # a torn tail: keep what was read before it
     return [_upgrade(b) for b in batches]
@@ -48,11 +62,11 @@ class ReplayStore:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.batches: list[pa.RecordBatch] = []
+        self.damaged: list[tuple[str, int]] = []  # (segment, rows) of batches skipped on recovery: checksum mismatch
         for seg in sorted(self.dir.glob("seg-*.arrow")):
-            self.batches += read_segment(seg)
+            self.batches += read_segment(seg, self.damaged)
         self.rows = sum(b.num_rows for b in self.batches)
         self._table: pa.Table | None = None
-        self._path = self.dir / f"seg-{time.time_ns()}-{os.getpid()}.arrow"
         self._sink = None
         self._writer = None
 
@@ -61,17 +75,32 @@ class ReplayStore:
         if not batch.schema.equals(TRAJECTORY_SCHEMA):
             raise ValueError("batch schema differs from TRAJECTORY_SCHEMA")
         batches = batch.to_batches() if isinstance(batch, pa.Table) else [batch]
-        if self._writer is None:
-            self._sink = pa.OSFile(str(self._path), "wb")
-            self._writer = pa.ipc.new_stream(self._sink, TRAJECTORY_SCHEMA)
-        for b in batches:
-            self._writer.write_batch(b)
-        self._sink.flush()
-        os.fsync(self._sink.fileno())
+        try:
+            if self._writer is None:  # a new segment: the first add, or the first after a failed write
+                path = self.dir / f"seg-{time.time_ns()}-{os.getpid()}.arrow"
+                self._sink = pa.OSFile(str(path), "wb")
+                self._writer = pa.ipc.new_stream(self._sink, TRAJECTORY_SCHEMA)
+            for b in batches:
+                self._writer.write_batch(b, custom_metadata={"crc32": checksum(b)})
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+        except (OSError, pa.ArrowException):
+            self._abandon()  # its tail may be torn: recovery reads the segment up to there
+            raise
         self.batches += batches
         self.rows += batch.num_rows
         self._table = None
         return self.rows
+
+    def _abandon(self) -> None:
+        """Drop the segment a write failed on; nothing after the failure is written to it."""
+        for closing in (self._writer, self._sink):
+            try:
+                if closing is not None:
+                    closing.close()
+            except (OSError, pa.ArrowException):
+                pass
+        self._writer = self._sink = None
 
     def table(self) -> pa.Table:
         if self._table is None:

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentworld.config import ConfigError, load_config
 
@@ -130,23 +131,34 @@ def test_hybrid_checks_belong_to_the_hybrid_kind():
     assert "arms.0.control.kind" in msg and "real arm" in msg
 
 
-def test_history_defaults_follow_the_domains_the_lwm_learns():
+def retarget(tmp_path, **ids) -> str:
+    """The quickstart with envs.<key> pointed at other env ids (FrozenLake's kwargs dropped: no other env takes them,
+    and validation builds an env with kwargs to check them)."""
+    raw = yaml.safe_load(Path(QUICKSTART).read_text())
+    for key, env_id in ids.items():
+        raw["envs"][key] = {"id": env_id, "max_steps": raw["envs"][key]["max_steps"]}
+    path = tmp_path / "retargeted.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_history_defaults_follow_the_domains_the_lwm_learns(tmp_path):
     unset = ["world_model.history_turns=null"]  # the quickstart sets 1
     grid = load_config(QUICKSTART, unset)
     assert (grid.world_model.history_turns, grid.world_model.history_budget_tokens) == (1, 0)
-    shell = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", *unset])
+    shell_yaml = retarget(tmp_path, frozenlake="terminal:train")
+    shell = load_config(shell_yaml, unset)
     wm = shell.world_model
     assert wm.history_turns == 4
     assert wm.history_budget_tokens == min(1536, shell.model.tiny.max_positions - wm.generation.max_new_tokens)
-    fixed = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", "world_model.history_turns=2",
-                                     "world_model.history_budget_tokens=0"])
+    fixed = load_config(shell_yaml, ["world_model.history_turns=2", "world_model.history_budget_tokens=0"])
     assert (fixed.world_model.history_turns, fixed.world_model.history_budget_tokens) == (2, 0)
 
 
-def test_an_envs_menu_is_visible_or_oracle_and_oracle_only_where_actions_are_open_ended():
-    shell = ["envs.frozenlake.id=terminal:train"]
-    assert load_config(QUICKSTART, [*shell, "envs.frozenlake.kwargs.menu=oracle"]).envs.frozenlake.kwargs.menu == "oracle"
-    assert "envs.frozenlake.kwargs.menu" in error_of(QUICKSTART, [*shell, "envs.frozenlake.kwargs.menu=solution"])
+def test_an_envs_menu_is_visible_or_oracle_and_oracle_only_where_actions_are_open_ended(tmp_path):
+    shell = retarget(tmp_path, frozenlake="terminal:train")
+    assert load_config(shell, ["envs.frozenlake.kwargs.menu=oracle"]).envs.frozenlake.kwargs.menu == "oracle"
+    assert "envs.frozenlake.kwargs.menu" in error_of(shell, ["envs.frozenlake.kwargs.menu=solution"])
     msg = error_of(QUICKSTART, ["envs.frozenlake.kwargs.menu=oracle"])  # FrozenLake's menu is its four moves
     assert "envs.frozenlake.kwargs.menu" in msg and "own action set" in msg
 
@@ -180,12 +192,12 @@ def test_per_arm_init_reaches_the_learners(tmp_path):
     assert [(s.agent.init, s.init_path) for s in unset] == [("cpt", "/run/wm-cpt"), ("lwm", "/run/wm")]
 
 
-def test_the_policys_history_and_action_tokens_follow_the_arms_domain():
+def test_the_policys_history_and_action_tokens_follow_the_arms_domain(tmp_path):
     from agentworld.config import agent_for
 
     grid = agent_for(load_config(QUICKSTART), "frozenlake")
     assert (grid.max_action_tokens, grid.history_turns, grid.history_budget_tokens) == (8, 1, 0)  # the YAML's 8
-    shell = load_config(QUICKSTART, ["envs.frozenlake.id=terminal:train", "agent.max_action_tokens=null"])
+    shell = load_config(retarget(tmp_path, frozenlake="terminal:train"), ["agent.max_action_tokens=null"])
     a = agent_for(shell, "frozenlake")
     assert (a.max_action_tokens, a.history_turns) == (64, 4)
     assert a.history_budget_tokens == min(1536, shell.model.tiny.max_positions - 64)
@@ -214,9 +226,9 @@ def test_an_arm_is_scored_in_its_eval_env_of_its_own_domain(tmp_path):
     from agentworld.config import runtime
     from agentworld.driver import Run, learner_spec
 
-    split = ["envs.frozenlake.id=search:train", "envs.cliffwalking.id=search:heldout", "agent.max_action_tokens=null",
-             "world_model.history_turns=null"]
-    cfg = load_config(QUICKSTART, [*split, "arms.1.eval_env=cliffwalking"])
+    searches = retarget(tmp_path, frozenlake="search:train", cliffwalking="search:heldout")
+    split = ["agent.max_action_tokens=null", "world_model.history_turns=null"]
+    cfg = load_config(searches, [*split, "arms.1.eval_env=cliffwalking"])
     assert [a.eval_env for a in cfg.arms] == [None, "cliffwalking"]
     run = Run(cfg, tmp_path, "r", 0.0, runtime(cfg, tmp_path), Console())
     specs = [learner_spec(run, arm, 0, "/run/base", {"path": "/run/wm", "wm_version": 1}, 600, 0) for arm in cfg.arms]
@@ -224,8 +236,8 @@ def test_an_arm_is_scored_in_its_eval_env_of_its_own_domain(tmp_path):
     assert [(s.eval_env, s.env.id) for s in specs] == [("frozenlake", "search:train"), ("cliffwalking", "search:heldout")]
     assert specs[1].agent.max_action_tokens == 96  # the search domain's
 
-    msg = error_of(QUICKSTART, [*split, "arms.1.eval_env=nowhere"])
-    assert "arms.1.eval_env" in msg and QUICKSTART in msg and "not a key of envs" in msg and "\n" not in msg
+    msg = error_of(searches, [*split, "arms.1.eval_env=nowhere"])
+    assert "arms.1.eval_env" in msg and searches in msg and "not a key of envs" in msg and "\n" not in msg
     msg = error_of(QUICKSTART, ["arms.0.eval_env=cliffwalking", "envs.cliffwalking.id=search:heldout"])
     assert "arms.0.eval_env" in msg and "search env" in msg and "gridworld" in msg and "\n" not in msg
 

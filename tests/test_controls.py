@@ -160,8 +160,10 @@ def test_obedience_rows_and_report(tmp_path):
     final = {r["control"]: r for r in m if r.get("final")}
     assert final["all"]["steps"] == 3 and final["all"]["obedience"] == pytest.approx(2 / 3)
     assert final["success"]["obedience"] == 0.5 and final["moved"]["obedience"] == 1.0
-    curve = [r for r in m if not r.get("final")]
+    curve = [r for r in m if not r.get("final") and r["control"] == "all"]
     assert [r["steps"] for r in curve] == [2, 1] and curve[-1]["obedience"] == pytest.approx(2 / 3)
+    success = [(r["wall_time"], r["obedience"]) for r in m if not r.get("final") and r["control"] == "success"]
+    assert success == [(15.0, 0.0), (45.0, 0.5)]  # per control over time: the first draw disobeyed, the next obeyed
     evals = [dict(kind="eval", arm="sim-controlled", source="sim", wall_time=w, success=0.1, **{"return": 0.1},
                   real_steps=0, sim_steps=10, wm_real_steps=100, update=u) for u, w in ((1, 5.0), (2, 50.0))]
     summary = write_report(tmp_path, evals + m)

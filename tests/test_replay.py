@@ -77,3 +77,75 @@ def test_replay_survives_actor_kill(tmp_path, ray_local):
     ray.get(again.add.remote(batch()))  # and it keeps writing, to a segment of its own
     assert ray.get(again.count.remote()) == 18
     assert len(list(tmp_path.glob("seg-*.arrow"))) == 2
+
+
+class FullDisk:
+    """A writable file whose writes fail with ENOSPC while `full` is set: a disk filling up, then freed."""
+
+    full = False
+
+    def __init__(self, path, mode="wb"):
+        self.f = open(path, mode)
+
+    def write(self, data):
+        import errno
+
+        if FullDisk.full:
+            self.f.write(bytes(data)[: len(data) // 2])  # part of it lands, as on a real disk filling up
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def close(self):
+        self.f.close()
+
+    closed = property(lambda self: self.f.closed)
+    writable = lambda self: True  # noqa: E731
+    seekable = lambda self: False  # noqa: E731
+    readable = lambda self: False  # noqa: E731
+
+
+def test_a_full_disk_acknowledges_nothing_and_what_is_acknowledged_after_it_is_recovered(tmp_path, monkeypatch):
+    """A write that hits ENOSPC raises and is not counted; once space is back, adds go to a new segment, and a new
+    store over the dir recovers exactly the acknowledged rows (before the fix, rows acked after the failure were
+    appended behind the torn bytes and lost)."""
+    real = pa.OSFile
+    monkeypatch.setattr(pa, "OSFile", lambda path, mode="rb": FullDisk(path, mode) if "w" in mode else real(path, mode))
+    store = ReplayStore(str(tmp_path))
+    store.add(batch(n=3, ep="a"))
+    FullDisk.full = True
+    try:
+        for _ in range(2):
+            with pytest.raises(OSError):
+                store.add(batch(n=5, ep="b"))
+    finally:
+        FullDisk.full = False
+    assert store.rows == 3
+    for k in range(25):
+        store.add(batch(n=1, ep=f"c{k}-"))
+    assert store.rows == 28
+    again = ReplayStore(str(tmp_path))
+    assert again.rows == 28 and sorted(again.table()["episode_id"].to_pylist()) == sorted(store.table()["episode_id"].to_pylist())
+    assert len(list(tmp_path.glob("seg-*.arrow"))) >= 2
+
+
+def test_a_flipped_byte_is_caught_by_the_checksum_and_only_that_batch_is_skipped(tmp_path):
+    store = ReplayStore(str(tmp_path))
+    for k in range(3):
+        store.add(rows_to_batch([dict(run_id="r", arm="real", episode_id=f"e{k}", step=0, env_id="x", domain="d",
+                                      source="real", obs=f"MARKER-{k}-observation", action="a", next_obs="n",
+                                      reward=0.0, terminated=False, truncated=False, policy_version=0, actor_id="a")]))
+    seg = next(tmp_path.glob("seg-*.arrow"))
+    data = bytearray(seg.read_bytes())
+    at = data.index(b"MARKER-1-observation")
+    data[at + 7] ^= 0x01  # one bit of the second batch's observation
+    seg.write_bytes(bytes(data))
+    again = ReplayStore(str(tmp_path))
+    assert again.table()["obs"].to_pylist() == ["MARKER-0-observation", "MARKER-2-observation"]
+    assert again.damaged == [(seg.name, 1)]

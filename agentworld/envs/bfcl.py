@@ -119,8 +119,8 @@ def parse_python_call(text: str, params: dict[str, list[str]]) -> tuple[str, dic
         args = {params[name][i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
         args.update({k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg})
         return name, args
-    except (SyntaxError, ValueError, TypeError) as e:
-        return f"the call could not be parsed ({type(e).__name__}: {e})"
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as e:
+        return f"the call could not be parsed ({type(e).__name__}: {str(e)[:80]})"
 
 
 def parse_action(action: Any, params: dict[str, list[str]]) -> tuple[str, dict] | dict | str:
@@ -130,7 +130,7 @@ def parse_action(action: Any, params: dict[str, list[str]]) -> tuple[str, dict] 
     text = re.sub(r"^```(?:json|python)?|```$", "", action.strip()).strip()
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON; or a number of thousands of digits, or too deep
         return parse_python_call(text, params) if re.match(r"^[A-Za-z_]\w*\s*\(", text) else (
             'the action is neither JSON {"tool": NAME, "arguments": {...}} nor a call NAME(arg=value)')
     if isinstance(obj, dict) and obj.get("end_turn"):
@@ -140,7 +140,7 @@ def parse_action(action: Any, params: dict[str, list[str]]) -> tuple[str, dict] 
     if isinstance(args, str):  # OpenAI-style tool calls carry their arguments as a JSON string
         try:
             args = json.loads(args or "{}")
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             args = None
     if not isinstance(name, str) or not isinstance(args, dict):
         return 'the action must be {"tool": NAME, "arguments": {...}} or {"end_turn": true}'

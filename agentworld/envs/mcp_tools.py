@@ -894,6 +894,8 @@ def parse_action(action: Any) -> dict | str:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return f"the action is not valid JSON ({e.msg})"
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting deeper than the parser goes
+        return f"the action could not be read ({type(e).__name__}: {str(e)[:80]})"
     if isinstance(obj, dict) and "answer" in obj:
         return {"answer": str(obj["answer"])}
     if not isinstance(obj, dict) or not isinstance(obj.get("tool", obj.get("name")), str):
@@ -904,6 +906,8 @@ def parse_action(action: Any) -> dict | str:
             args = json.loads(args or "{}")
         except json.JSONDecodeError as e:
             return f"the arguments are not valid JSON ({e.msg})"
+        except (ValueError, RecursionError) as e:
+            return f"the arguments could not be read ({type(e).__name__}: {str(e)[:80]})"
     if not isinstance(args, dict):
         return "the arguments must be a JSON object"
     return {"tool": obj.get("tool", obj.get("name")), "arguments": args}

@@ -267,6 +267,8 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"the action is not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # thousands of digits, nesting deeper than the parser goes
+            raise ValueError(f"the action could not be read ({type(e).__name__})") from None
         if not isinstance(obj, dict):
             raise ValueError("the action must be a JSON object")
         if "answer" in obj:
@@ -275,7 +277,7 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
         if isinstance(args, str):  # OpenAI-style calls carry their arguments as a JSON string
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise ValueError("`arguments` is not a JSON object") from None
         if not isinstance(tool, str) or not isinstance(args, dict):
             raise ValueError('expected {"tool": NAME, "arguments": {...}} or {"answer": TEXT}')
@@ -289,7 +291,7 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
         if node.args:
             args.setdefault(first, ast.literal_eval(node.args[0]))
         return node.func.id, args
-    except (SyntaxError, ValueError, TypeError):
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
         raise ValueError("expected a JSON object such as "
                          + call("web_search", queries=["..."]) + ' or {"answer": "..."}') from None
 
