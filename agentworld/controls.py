@@ -353,12 +353,8 @@ def obedience(rows) -> dict:
 COUNTERFACTUAL = ("success", "failure", "noop", "moved")  # outcomes a control can ask for against the real one
 
 
-def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1,
-                    counterfactual: bool = False) -> list[tuple]:
-    """(controlled prompt, uncontrolled prompt, control, row) per held-out real transition. The control is a
-    hindsight label the real transition has (factual: always a possible outcome of that state and action), or with
-    `counterfactual` one of COUNTERFACTUAL it does not have: then a faithful LWM without the control line obeys it
-    never, and obedience with the line measures how far the control steers the simulation away from reality."""
+def _probe(episodes: list[list[dict]], render, history_turns: int, controls) -> list[tuple]:
+    """(controlled prompt, uncontrolled prompt, control, row) for each control `controls(row)` gives a real row."""
     from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
 
     out = []
@@ -367,15 +363,27 @@ def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, hist
         actions = [r["action"] for r in rows]
         replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
         for t, r in enumerate(rows):
-            held = row_labels(r)
-            names = [n for n in COUNTERFACTUAL if n not in held] if counterfactual else sorted(held)
-            c = make_control("hindsight", rng.choice(names or sorted(held)))
-            state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
-                                  r["domain"] in STATEFUL, r["domain"])
-            prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
-                       for text in (c.text, None)]
-            out.append((prompts[0], prompts[1], c, r))
+            for c in controls(r):
+                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
+                                      r["domain"] in STATEFUL, r["domain"])
+                prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
+                           for text in (c.text, None)]
+                out.append((prompts[0], prompts[1], c, r))
     return out
+
+
+def obedience_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1,
+                    counterfactual: bool = False) -> list[tuple]:
+    """(controlled prompt, uncontrolled prompt, control, row) per held-out real transition. The control is a
+    hindsight label the real transition has (factual: always a possible outcome of that state and action), or with
+    `counterfactual` one of COUNTERFACTUAL it does not have: then a faithful LWM without the control line obeys it
+    never, and obedience with the line measures how far the control steers the simulation away from reality."""
+    def hindsight(r):
+        held = row_labels(r)
+        names = [n for n in COUNTERFACTUAL if n not in held] if counterfactual else sorted(held)
+        return [make_control("hindsight", rng.choice(names or sorted(held)))]
+
+    return _probe(episodes, render, history_turns, hindsight)
 
 
 def control_probe(episodes: list[list[dict]], render, rng: random.Random, history_turns: int = 1,
@@ -383,24 +391,11 @@ def control_probe(episodes: list[list[dict]], render, rng: random.Random, histor
     """obedience_probe's items for perturbation and fictional controls: per held-out real transition and kind, a control
     of that kind whose family has a text for the step (controlled_transition). Without the control line a faithful
     LWM predicts the real observation, which obeys none of them (the chance rate)."""
-    from agentworld.worldmodel.prompt import STATEFUL, build_messages, render_state, window, wm_system_prompt
+    def steer(r):
+        made = (controlled_transition(kind, r, rng) for kind in kinds)
+        return [m[0] for m in made if m is not None]
 
-    out = []
-    for rows in episodes:
-        observations = [r["obs"] for r in rows]
-        actions = [r["action"] for r in rows]
-        replies = [render_state(r["next_obs"], r["reward"], r["terminated"]) for r in rows]
-        for t, r in enumerate(rows):
-            for kind in kinds:
-                made = controlled_transition(kind, r, rng)
-                if made is None:
-                    continue
-                state, turns = window(observations[: t + 1], actions[: t + 1], replies[:t], history_turns,
-                                      r["domain"] in STATEFUL, r["domain"])
-                prompts = [render(build_messages(wm_system_prompt(r["env_id"], r["domain"], text), state, turns))
-                           for text in (made[0].text, None)]
-                out.append((prompts[0], prompts[1], made[0], r))
-    return out
+    return _probe(episodes, render, history_turns, steer)
 
 
 def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlled: bool = True,

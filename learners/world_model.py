@@ -142,12 +142,12 @@ class WorldModelLearner:
         max_new = lwm_generation(wm).max_new_tokens  # the think block's budget included
         per_domain = PerDomain(held_eps or train_eps, train_eps, held, engine, wm, count)
         out = f"{spec.run_dir}/checkpoints/wm"
+        from agentworld.controls import control_probe, measure_obedience, obedience_probe
+
         # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
         # did not have), with the control line and without it (the chance that the LWM predicts it anyway)
         probe = []
         if wm.sft.control_fraction > 0:
-            from agentworld.controls import measure_obedience, obedience_probe
-
             probe = obedience_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 1),
                                     wm.history_turns, counterfactual=True)
             probe = random.Random(spec.seed).sample(probe, min(len(probe), wm.sft.eval_samples))
@@ -156,8 +156,6 @@ class WorldModelLearner:
                                          ("fictional", wm.sft.fictional_fraction)) if share > 0)
         kprobe = []
         if kinds:
-            from agentworld.controls import control_probe
-
             kprobe = control_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 2), wm.history_turns,
                                    kinds)
             kprobe = random.Random(spec.seed).sample(kprobe, min(len(kprobe), wm.sft.eval_samples))
@@ -173,8 +171,6 @@ class WorldModelLearner:
                 f = dict(f, obedience=measure_obedience(engine, probe, max_new)["obedience"],
                          obedience_without_control=measure_obedience(engine, probe, max_new, controlled=False)["obedience"])
             if kprobe:
-                from agentworld.controls import measure_obedience
-
                 on, off = (measure_obedience(engine, kprobe, max_new, controlled=c) for c in (True, False))
                 for name, rate in sorted(on["by_label"].items()):
                     self._log("wm_control", wm_version=self.version, stage=stage, train_step=self.step_total,

@@ -637,18 +637,24 @@ def _queries(args: dict[str, Any]) -> list[str]:
     return ([queries] if isinstance(queries, str) else queries)[:MAX_QUERIES]
 
 
-def perturbed(name: str, action: str, next_obs: str) -> str | None:
-    """The observation of a real search step under the perturbation `name`, in this env's own words: its result pages
-    with no hit (empty), its answer to a URL with no page (missing), the real results or page cut in two with a pager
-    line (paginated). None where the env has no such text for the step (a timeout or a rejection: the search tools
-    have neither), or the step is an answer or an unparsed action."""
+def _served_call(action: str, next_obs: str) -> tuple[str, dict[str, Any]] | None:
+    """(tool, arguments) of a well-formed search or page read the env served; None for answers and anything else."""
     try:
         tool, args = parse_action(action)
         check_call(tool, args)
     except ValueError:
         return None
-    if tool == "answer" or next_obs.startswith("Invalid action"):
+    return None if tool == "answer" or next_obs.startswith("Invalid action") else (tool, args)
+
+
+def perturbed(name: str, action: str, next_obs: str) -> str | None:
+    """The observation of a real search step under the perturbation `name`, in this env's own words: its result pages
+    with no hit (empty), its answer to a URL with no page (missing), the real results or page cut in two with a pager
+    line (paginated). None where the env has no such text for the step (a timeout or a rejection: the search tools
+    have neither), or the step is an answer or an unparsed action."""
+    if (served := _served_call(action, next_obs)) is None:
         return None
+    tool, args = served
     if name == "empty" and tool == "web_search":
         return "\n\n".join(f"## Results for {json.dumps(q)}\nNo results." for q in _queries(args))
     if name == "missing" and tool == "web_extractor":
@@ -672,13 +678,9 @@ def perturbed(name: str, action: str, next_obs: str) -> str | None:
 def fictional(action: str, next_obs: str, facts: Sequence[str]) -> str | None:
     """The observation of a real search step in a fictional world where every result states `facts`: each result keeps
     its URL and title and says the facts; a page read starts with them. None for answers and unparsed actions."""
-    try:
-        tool, args = parse_action(action)
-        check_call(tool, args)
-    except ValueError:
+    if (served := _served_call(action, next_obs)) is None:
         return None
-    if tool == "answer" or next_obs.startswith("Invalid action"):
-        return None
+    tool, args = served
     said = " ".join(facts)
     if tool == "web_search":
         blocks, real = [], next_obs.split("\n\n## ")
