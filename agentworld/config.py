@@ -559,20 +559,23 @@ def _check_keys(raw, cls, prefix: str, file: str) -> None:
             _check_keys(v, args[1], f"{prefix}{k}.", file)
 
 
-def _no_alias_loader():
-    import yaml
+MAX_YAML_VALUES = 100_000  # a config holds hundreds; a few lines of nested aliases expand to billions
 
-    class NoAliasLoader(yaml.SafeLoader):
-        """SafeLoader that refuses aliases (`*name`): a few lines of nested aliases expand to billions of nodes."""
 
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in configs",
-                                                  event.start_mark)
-            return super().compose_node(parent, index)
-
-    return NoAliasLoader
+def _expanded_size_over(node, budget: int) -> bool:
+    """Whether `node`, with every alias expanded (as OmegaConf copies it), holds more than `budget` values; stops as
+    soon as it does. PyYAML keeps aliases as shared references, so loading was cheap: the copy would not be."""
+    stack, seen = [node], 0
+    while stack:
+        n = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(n, dict):
+            stack += list(n.keys()) + list(n.values())
+        elif isinstance(n, list):
+            stack += n
+    return False
 
 
 def load_config(path: str, overrides: Sequence[str] = ()):
@@ -591,13 +594,15 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), None, f"not UTF-8 text (byte {e.start}); save the YAML as UTF-8") from None
     try:
-        raw = yaml.load(text, Loader=_no_alias_loader()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(str(path), None, f"YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), None, "the top level must be a mapping")
+    if _expanded_size_over(raw, MAX_YAML_VALUES):
+        raise ConfigError(str(path), None, f"the YAML expands to over {MAX_YAML_VALUES:,} values (nested aliases?)")
     _check_keys(raw, ExperimentConfig, "", str(path))
     cfg = OmegaConf.structured(ExperimentConfig)
     try:

@@ -50,7 +50,8 @@ FILES = [
     ("latin1.yaml", "run:\n  name: caf\xe9\n".encode("latin-1"), "not UTF-8"),
     ("utf16.yaml", "run:\n  name: x\n".encode("utf-16"), "not UTF-8"),
     ("bomb.yaml", b'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n'
-                  b'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n', "aliases"),
+                  b'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n'
+                  b'f: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n', "aliases"),  # 9**6 values from six lines
     ("list.yaml", b"- run\n- agent\n", "mapping"),
     ("syntax.yaml", b"run: [unclosed\n", "YAML syntax error"),
     ("wrongtype.yaml", b"agent: 5\n", "agent"),
