@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from agentworld.schema import epoch_seconds
@@ -268,8 +268,8 @@ class ControlSampler:
             return None
         if self.generated:
             w = fictional_world(self.rng)
-            return Control("fictional", "fictional", fictional_text(w["query"], w["facts"]), tuple(w["facts"]),
-                           w["question"], w["answer"])
+            return replace(make_control("fictional", "fictional", query=w["query"], facts=w["facts"]),
+                           question=w["question"], answer=w["answer"])
         return self.controls[self.rng.choices(self.names, self.weights)[0]]
 
 
@@ -300,7 +300,8 @@ def fictional_world(rng: random.Random) -> dict:
 
 def controlled_transition(kind: str, row: Mapping[str, Any], rng: random.Random, name: str | None = None):
     """(control, next_obs, reward, terminated) of a real row under a control of `kind`, or None where the row's env
-    family has no such text for its step. hindsight: one of the row's own labels, its real outcome. perturbation:
+    family has no such text for its step. hindsight: one of the row's own labels, drawn at random (so every label,
+    terminal too, is seen next to transitions it describes), its real outcome. perturbation:
     `name` (else one drawn among those that apply) in the family's own words (a real timeout, not-found, empty or
     refusal text, the real result cut into pages); the call had no effect: reward 0, episode goes on. fictional: the
     real results rewritten to state a fictional world's facts (fictional_world), outcome kept."""
@@ -324,12 +325,6 @@ def controlled_transition(kind: str, row: Mapping[str, Any], rng: random.Random,
             return None
         return make_control("fictional", "fictional", query=world["query"], facts=world["facts"]), obs, row["reward"], row["terminated"]
     return None
-
-
-def hindsight_control(row: Mapping[str, Any], rng: random.Random) -> str:
-    """A hindsight control for a real transition: one of its labels, drawn at random (so every label,
-    terminal too, is seen next to transitions it describes)."""
-    return make_control("hindsight", rng.choice(sorted(row_labels(row)))).text
 
 
 def obedience(rows) -> dict:

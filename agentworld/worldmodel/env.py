@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from agentworld.envs import menu_of
+from agentworld.envs import family_module, menu_of
 from agentworld.worldmodel.prompt import STATEFUL, build_messages, parse_prediction, render_state, window, wm_system_prompt
 
 
@@ -39,6 +39,7 @@ class WorldModelEnv:
         self.notes = notes  # world_model.prompts
         self.system = wm_system_prompt(env_id, domain, control, notes)
         self.menu = menu_of(env_id)
+        self.family = family_module(env_id)  # its fictional_task / fictional_reward, where it has them (search)
         self._reset_state()
 
     def _reset_state(self):
@@ -56,12 +57,8 @@ class WorldModelEnv:
         self.episode_control = None
         if self.sampler is not None and getattr(self.sampler, "per", "step") == "episode":
             self.episode_control = self.sampler()
-            if getattr(self.episode_control, "question", ""):  # a generated fictional world asks its own question
-                from agentworld.envs import family_module
-
-                family = family_module(self.env_id)
-                if hasattr(family, "fictional_task"):
-                    obs = family.fictional_task(obs, self.episode_control.question)
+            if getattr(self.episode_control, "question", "") and hasattr(self.family, "fictional_task"):
+                obs = self.family.fictional_task(obs, self.episode_control.question)  # the world asks its question
         self.observations.append(obs)
         keep = EPISODE_INFO if self.menu is not None else EPISODE_INFO + ("admissible_actions",)
         self.info = {k: info[k] for k in keep if k in info}
@@ -95,11 +92,8 @@ class WorldModelEnv:
         reward = pred.reward if pred.reward is not None else 0.0
         terminated = bool(pred.done)
         answer = getattr(self.step_control, "answer", "")
-        if answer:  # a generated fictional world: its answer is scored against its facts, not by the LWM
-            from agentworld.envs import family_module
-
-            family = family_module(self.env_id)
-            scored = family.fictional_reward(action, answer) if hasattr(family, "fictional_reward") else None
+        if answer and hasattr(self.family, "fictional_reward"):  # a generated fictional world scores its answer itself
+            scored = self.family.fictional_reward(action, answer)
             if scored is not None:  # the rule's verdict, not a simulated result: no control to obey on this step
                 obs, reward, terminated = scored
                 self.step_control = None
