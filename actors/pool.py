@@ -49,7 +49,7 @@ class ActorPool:
     """RolloutActors of one arm. `spec` is the arm's RolloutSpec; actor k gets its own id and seed (actor_spec)."""
 
     def __init__(self, spec, replay, registry, *, lo: int, hi: int, start: int, num_cpus: float,
-                 interval_s: float, t0: float, episodes_per_update: int):
+                 interval_s: float, t0: float, episodes_per_update: int, max_replacements: int = 0):
         self.spec, self.replay, self.registry = spec, replay, registry
         self.arm, self.lo, self.hi, self.num_cpus = spec.arm.name, lo, hi, num_cpus
         self.interval_s, self.t0, self.episodes_per_update = interval_s, t0, episodes_per_update
@@ -57,6 +57,8 @@ class ActorPool:
         self.retiring: list[dict] = []  # told to stop; killed once their round under way has finished
         self.statuses: list[dict] = []  # final status of every actor that has stopped
         self.rows: list[dict] = []
+        self.max_replacements, self.replaced = max_replacements, 0
+        self.lost = 0  # dead actors not replaced: the pool's bounds shrink by them, so scaling does not replace them
         self._next_k = 0
         self._waiting: list[bool] = []
         self._produced0 = ray.get(replay.count.remote(arm=self.arm))  # rows of earlier attempts are not ours
@@ -83,8 +85,57 @@ class ActorPool:
 
         k = self._next_k
         self._next_k += 1
-        actor = RolloutActor.options(num_cpus=self.num_cpus).remote(actor_spec(self.spec, k), self.replay, self.registry)
-        self.members.append({"actor": actor, "run": actor.run.remote(), "ready": actor.status.remote()})
+        spec = actor_spec(self.spec, k)
+        actor = RolloutActor.options(num_cpus=self.num_cpus).remote(spec, self.replay, self.registry)
+        self.members.append({"actor": actor, "id": spec.actor_id, "run": actor.run.remote(),
+                             "ready": actor.status.remote()})
+
+    def replace_dead(self) -> list[dict]:
+        """Every member whose actor died (its round under way is lost; rows it had written stay) is replaced by a new
+        actor, up to `max_replacements` for the arm; its admission round is ended. Returns a `fault` row each."""
+        runs = [m["run"] for m in self.members]
+        done, _ = ray.wait(runs, num_returns=len(runs), timeout=0) if runs else ([], [])
+        rows = []
+        for m in [m for m in self.members if m["run"] in done]:
+            try:
+                self.statuses.append(ray.get(m["run"]))
+                cause = "its loop returned"
+            except ray.exceptions.RayError as e:
+                cause = str(e).strip().splitlines()[0][:300]
+            self.members.remove(m)
+            ray.get(self.registry.end_round.remote(f"policy/{self.arm}", m["id"]))
+            if self.replaced < self.max_replacements:
+                self.replaced += 1
+                self._grow()
+                action = f"replaced by {self.members[-1]['id']}"
+            else:
+                self.lost += 1
+                action = f"not replaced: pool.max_replacements ({self.max_replacements}) used"
+            rows.append(metric_row("fault", arm=self.arm, source=self.spec.arm.source, wall_time=time.time() - self.t0,
+                                   what="rollout actor", who=m["id"], cause=cause, action=action, actors=self.size))
+        return rows
+
+    def kill(self) -> None:
+        """End every actor now, rounds under way included (their learner is gone: they play its versions)."""
+        for m in self.members + self.retiring:
+            ray.kill(m["actor"])
+        for engine in (self.spec.policy_engine, self.spec.wm_engine):  # engine.shared: the arm's engine actors
+            if engine is not None:
+                ray.kill(engine)
+        self.members, self.retiring = [], []
+        self._log("stop", "learner restarting", None)
+
+    def errors(self) -> list[str]:
+        """The live actors' recent errors (a replay write error among them), each one's last line."""
+        refs = [m["actor"].status.remote() for m in self.members]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5) if refs else ([], [])
+        out = []
+        for ref in ready:
+            try:
+                out += [e.strip().splitlines()[-1] for e in ray.get(ref)["errors"] if e.strip()]
+            except ray.exceptions.RayError:
+                pass
+        return out
 
     def _shrink(self) -> None:
         m = self.members.pop()  # the newest: the oldest keep their warm engines
@@ -119,7 +170,8 @@ class ActorPool:
                    fill_rate=(produced - p0) / (now - t), consume_rate=(trained_steps - c0) / (now - t))
         self._last, self._waiting = (now, produced, trained_steps), []
         pending = self.pending()
-        target, reason = decide(self.size, self.lo, self.hi, pending, d)
+        hi = max(0, self.hi - self.lost)
+        target, reason = decide(self.size, min(self.lo, hi), hi, pending, d)
         decision = "grow" if target > self.size else "shrink" if target < self.size else "hold"
         while self.size < target:
             self._grow()

@@ -47,6 +47,7 @@ class RolloutSpec:
     runtime: Runtime
     seed: int
     policy: str = "random"  # random | oracle | mix:<p> | PATH of a checkpoint
+    policy_version: int = 0  # the version of that checkpoint: a resumed learner's update
     actor_id: str = ""
     lwm: LWMSpec | None = None  # for kinds that use the LWM
     policy_engine: Any = None  # engine.shared: the arm's EngineActor handles
@@ -82,7 +83,7 @@ class RolloutActor:
         s = self.spec
         if s.policy in ("random", "oracle") or s.policy.startswith("mix:"):  # scripted: no model
             return behaviour_policy(s.policy, s.seed)
-        return LLMPolicy.for_agent(self._engine(s.policy, s.seed, 0, s.policy_engine), s.agent)
+        return LLMPolicy.for_agent(self._engine(s.policy, s.seed, s.policy_version, s.policy_engine), s.agent)
 
     def _engine(self, path: str, seed: int, version: int, shared):
         """The engine `runtime.engine.inference` names, in this actor, or `shared`, an EngineActor of the arm."""
@@ -165,6 +166,7 @@ class RolloutActor:
         at least."""
         a, actor_id = self.spec.agent, self.spec.actor_id
         cap = max(a.max_staleness + 1, math.ceil(a.episodes_per_update / self.spec.arm.envs_per_actor))
+        failures = 0  # in a row: the wait before the next try doubles with each, up to 30 s
         while not self._stop:
             try:
                 self._sync()
@@ -178,9 +180,11 @@ class RolloutActor:
                 finally:  # after the rows are in the replay: the learner may count this round as landed
                     ray.get(self.registry.end_round.remote(self.policy_name, actor_id))
                 self.rounds_at[v] = self.rounds_at.get(v, 0) + 1
-            except Exception:  # one bad round must not kill the actor; it is reported in status
+                failures = 0
+            except Exception:  # one bad round (a replay write error: nothing acknowledged) must not kill the actor
                 self.errors.append(traceback.format_exc(limit=3))
-                time.sleep(0.5)
+                failures += 1
+                time.sleep(min(30.0, 0.5 * 2 ** (failures - 1)))
         return self.status()
 
     def stop(self) -> None:

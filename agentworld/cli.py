@@ -274,10 +274,17 @@ def _run(args) -> int:
     from agentworld.driver import run_experiment
 
     try:
-        run_experiment(cfg, config_path=args.config)
-    except KeyboardInterrupt:
+        summary = run_experiment(cfg, config_path=args.config)
+    except KeyboardInterrupt:  # a second Ctrl-C, while the partial report was being written
         print("agentworld: interrupted; rerun the same command to resume from the run dir", file=sys.stderr)
         return 130
+    if summary["status"] == "interrupted":  # the partial report is written: 128 + the signal, as a shell reports it
+        print(f"agentworld: interrupted (signal {summary['signal']}); rerun the same command to resume", file=sys.stderr)
+        return 128 + summary["signal"]
+    if summary["status"] == "failed":
+        print(f"agentworld: {len(summary['failures'])} arm(s) failed: {', '.join(summary['failures'])} "
+              "(report.html says why)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,3 +17,77 @@ def start_ray(cfg) -> None:
         # "local": always a new embedded cluster, even if `ray start` left one running on this machine
         ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
                  log_to_driver=False)
+
+
+CLUSTER_FILE = ".cluster.json"  # in the run dir: the driver and the processes of its embedded cluster
+
+
+def _alive(pid: int, created: float):
+    """The process `pid` if it is still the one started at `created`, else None."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return p if abs(p.create_time() - created) < 1e-3 else None
+    except psutil.Error:
+        return None
+
+
+def claim_run_dir(run_dir) -> list[str]:
+    """Before a run on `run_dir` starts: a driver of it still running is an error (ConfigError); the processes an
+    earlier embedded cluster of it left behind when its driver was killed (SIGKILL) are ended. Returns what was ended,
+    each as "name (pid)"."""
+    import json
+    from pathlib import Path
+
+    from agentworld.config import ConfigError
+
+    path = Path(run_dir) / CLUSTER_FILE
+    if not path.is_file():
+        return []
+    try:
+        rec = json.loads(path.read_text())
+        driver = _alive(rec["driver"]["pid"], rec["driver"]["created"])
+        procs = rec["processes"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if driver is not None and driver.pid != os.getpid():
+        raise ConfigError(str(run_dir), "run.name", f"in use by a running agentworld (pid {driver.pid}); stop it first")
+    ended = []
+    for r in procs:
+        if (p := _alive(r["pid"], r["created"])) is not None:
+            try:
+                p.kill()
+                ended.append(f"{r['name']} ({r['pid']})")
+            except Exception:  # noqa: BLE001  gone meanwhile, or not ours to end
+                pass
+    path.unlink(missing_ok=True)
+    return ended
+
+
+def record_cluster(run_dir) -> None:
+    """Note this driver and every process of its embedded cluster so far (Ray's daemons and workers, children of the
+    driver): what `claim_run_dir` ends if this driver is killed. Called again as actors start."""
+    import json
+    from pathlib import Path
+
+    import psutil
+
+    me = psutil.Process()
+    procs = []
+    for p in me.children(recursive=True):
+        try:
+            procs.append({"pid": p.pid, "created": p.create_time(), "name": _name(p)})
+        except psutil.Error:
+            continue
+    path = Path(run_dir) / CLUSTER_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"driver": {"pid": me.pid, "created": me.create_time()}, "processes": procs}))
+    os.replace(tmp, path)
+
+
+def _name(p) -> str:
+    cmd = p.cmdline()
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    return os.path.basename(next((c for c in cmd if c.endswith(".py")), cmd[0] if cmd else p.name()))

@@ -15,6 +15,9 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     max_minutes: float = 30.0  # the driver stops every arm after this much wall-clock
+    # An arm that makes no progress this long (no new rows, no update, no phase change of its learner) fails, with
+    # the cause the driver sees (dead actors, actor errors such as replay write errors, the learner waiting); 0: never
+    stall_timeout_s: float = 900.0
     # After the report, copy the run dir to <storage>/<name>: an absolute local path or any pyarrow.fs URI
     # (file://, s3://, gs://, hdfs://). On a cluster the run dir lives on the node of the job's driver;
     # this is how its results leave it (`agentworld jobs fetch` reads them back). None: keep it in place.
@@ -307,6 +310,16 @@ class ArmConfig:
 class PoolConfig:
     """How the rollout actor pools scale (arms with actors_min < actors_max)."""
     interval_s: float = 10.0  # seconds between scaling decisions: long enough to see a few learner updates
+    max_replacements: int = 20  # dead rollout actors an arm's pool replaces (each one a `fault` row); 0: none
+
+
+@dataclass
+class CheckpointConfig:
+    """The arms' learners save their whole state (weights, optimizer, scheduler, RNG, replay cursor, metric rows)
+    to <run dir>/checkpoints/agent-<arm>-last: a dead learner restarts from it, and a rerun of the run dir resumes
+    every arm from it."""
+    every_updates: int = 5  # 0: never (a dead learner then restarts from update 0)
+    max_restarts: int = 2  # restarts of a dead learner; past them its arm fails and the other arms finish
 
 
 @dataclass
@@ -405,6 +418,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -474,7 +488,8 @@ VALUE_RULES = [
             "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel")),
     (_GE0, ("run.seed", "world_model.*.steps", "world_model.*.warmup_steps", "world_model.sft.weight_decay",
             "world_model.sft.balance_*", "world_model.rl.kl", "world_model.rl.reward.*", "world_model.generation.temperature",
-            "agent.max_staleness", "*history_budget_tokens", "world_model.continual.min_new", "engine.num_gpus",
+            "agent.max_staleness", "*history_budget_tokens", "run.stall_timeout_s", "checkpoint.*", "pool.max_replacements",
+            "world_model.continual.min_new", "engine.num_gpus",
             "serve.autoscaling.min_replicas", "serve.autoscaling.*_s", "arms.*.control.mix.*")),
     (_UNIT, ("model.lora.dropout", "*fraction", "arms.*.hybrid.*threshold", "eval.success_target")),
     ((1, 65535, False), ("serve.port",)),

@@ -8,8 +8,12 @@ model and a finished LWM."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,10 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentworld.cluster import start_ray
+from agentworld.cluster import claim_run_dir, record_cluster, start_ray
 from agentworld.config import (ArmConfig, ConfigError, Runtime, agent_for, lwm_generation, runtime, save_config,
                                section)
+from agentworld.metrics import metric_row
 from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
@@ -43,7 +48,13 @@ class Run:
     console: Console
     replay: Any = None
     registry: Any = None
-    failed: str | None = None  # which arm's learner failed: said after the report is written
+    interrupted: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM): exit code 128 + it
+    embedded: bool = True  # Ray started by this driver (not a cluster it joined)
+
+    def note_processes(self) -> None:
+        """Record the embedded cluster's processes so far: a rerun after this driver is killed ends them."""
+        if self.embedded:
+            record_cluster(self.run_dir)
 
 
 def open_run(cfg, config_path: str | None = None) -> Run:
@@ -53,17 +64,25 @@ def open_run(cfg, config_path: str | None = None) -> Run:
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    embedded = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    ended = claim_run_dir(run_dir) if embedded else []  # a killed earlier driver's cluster processes
     save_config(cfg, run_dir / "config.yaml")
-    run = Run(cfg, run_dir, f"{cfg.run.name}-{int(time.time())}", time.time(), runtime(cfg, run_dir), Console())
+    run = Run(cfg, run_dir, f"{cfg.run.name}-{int(time.time())}", time.time(), runtime(cfg, run_dir), Console(),
+              embedded=embedded)
     run.console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
+    for what in ended:
+        run.console.print(f"[yellow]ended {what}, left behind by a killed earlier run of this run dir[/yellow]")
     start_ray(cfg.ray)
     run.replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")))
     run.registry = WeightRegistry.remote()
+    run.note_processes()
     return run
 
 
 def run_experiment(cfg, config_path: str | None = None) -> dict:
-    """Run an experiment end to end; returns the summary (also in <run dir>/summary.json)."""
+    """Run an experiment end to end; returns the summary (also in <run dir>/summary.json). The report and summary are
+    written however the run ends: finished, with failed arms (summary status `failed`), or stopped by SIGINT or SIGTERM
+    (status `interrupted`, after the arms stop)."""
     import torch
 
     from agentworld.tracking import Tracker
@@ -71,17 +90,51 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
     torch.set_num_threads(cfg.ray.torch_threads)
     run = open_run(cfg, config_path)
     tracker = Tracker(run.run_dir, cfg.tracking, section_dict(cfg), run.t0)
-    try:
-        data = collect_lwm_data(run)
-        base_path = build_base_model(run, data.rows)
-        lwm, metrics, wm_learner = train_lwm(run, base_path, data, keep=cfg.world_model.continual.enabled)
-        tracker.log(metrics)
-        arms = start_arms(run, base_path, lwm, wm_real_steps=data.real_steps)
-        metrics += wait_for_arms(run, arms, tracker, lwm, metrics, wm_learner)
-    finally:
-        tracker.close()
-        ray.shutdown()
+    metrics: list[dict] = []
+    with stop_signals(run):
+        try:
+            data = collect_lwm_data(run)
+            base_path = build_base_model(run, data.rows)
+            lwm, wm_metrics, wm_learner = train_lwm(run, base_path, data, keep=cfg.world_model.continual.enabled)
+            metrics += wm_metrics
+            tracker.log(wm_metrics)
+            arms = start_arms(run, base_path, lwm, wm_real_steps=data.real_steps)
+            metrics += wait_for_arms(run, arms, tracker, lwm, wm_metrics, wm_learner)
+        except KeyboardInterrupt:  # before the arms ran: what there is goes in the report
+            run.interrupted = run.interrupted or signal.SIGINT
+        except ray.exceptions.RayError as e:  # the LWM's learner or data actor died: no arm can start
+            cause = str(e).strip().splitlines()[0][:300]
+            run.console.print(f"[red]the run failed before its arms: {cause}[/red]")
+            metrics.append(metric_row("fault", what="before the arms", cause=cause, action="run failed",
+                                      wall_time=time.time() - run.t0))
+        finally:
+            tracker.close()
+            ray.shutdown()
+    if run.interrupted:
+        run.console.print(f"[yellow]{signal.Signals(run.interrupted).name}: stopped; the partial report follows. "
+                          "Rerun the same command to resume from the run dir[/yellow]")
+        metrics.append(metric_row("fault", what="run", cause=signal.Signals(run.interrupted).name, action="interrupted",
+                                  signal=int(run.interrupted), wall_time=time.time() - run.t0))
     return write_outputs(run, metrics)
+
+
+@contextmanager
+def stop_signals(run: Run):
+    """SIGINT and SIGTERM stop the run as Ctrl-C does (a KeyboardInterrupt where the driver is), noting which came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        run.interrupted = signum
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def section_dict(cfg) -> dict:
@@ -222,6 +275,7 @@ def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
     learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
         spec, run.replay, run.registry)
     ref = learner.train.remote()
+    run.note_processes()
     with Progress(TextColumn("LWM {task.fields[stage]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("{task.fields[phase]}  exact {task.fields[em]}  edit-sim {task.fields[es]}"),
                   TimeElapsedColumn(), console=console) as bar:
@@ -305,22 +359,29 @@ class Arms:
     learners: dict  # arm name -> AgentLearner
     pools: dict  # arm name -> ActorPool
     cursor: int  # replay rows before the arms started (earlier attempts' rows are not theirs)
+    start: dict = field(default_factory=dict)  # arm name -> () -> (learner, pool): (re)starts it from its checkpoint
 
 
 def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
     """Each arm's AgentLearner and its pool of RolloutActors, of the arm's kind (agentworld/arms)."""
+    from functools import partial
+
     from actors.pool import request_cluster
 
     cursor = ray.get(run.replay.count.remote())
     arms = Arms({}, {}, cursor)
     for a_idx, arm in enumerate(run.cfg.arms):
         seed = run.cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
-        arms.learners[arm.name], arms.pools[arm.name] = start_arm(run, arm, seed, base_path, lwm, wm_real_steps, cursor)
+        arms.start[arm.name] = partial(start_arm, run, arm, seed, base_path, lwm, wm_real_steps, cursor)
+        arms.learners[arm.name], arms.pools[arm.name] = arms.start[arm.name]()
     request_cluster(arms.pools.values())
+    run.note_processes()
     return arms
 
 
 def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
+    """The arm's learner, then its pool. A learner that resumes from the arm's checkpoint (a restart, or a rerun of the
+    run dir) says so first: the actors then start from that checkpoint, at its version, with new episode seeds."""
     from actors.pool import ActorPool
     from actors.rollout import LWMSpec, RolloutSpec
     from agentworld.config import actor_bounds
@@ -330,18 +391,24 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     spec = learner_spec(run, arm, seed, base_path, lwm, wm_real_steps, cursor)
     learner = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
         spec, run.replay, run.registry)
+    policy, version = ray.get(learner.resumes_from.remote()) or (spec.init_path, 0)
+    if version:
+        run.console.print(f"arm {arm.name}: resuming from update {version} ({policy})")
+        ray.get(run.registry.forget.remote(f"policy/{arm.name}"))
     kind = spec.kind
     domain, states = env_facts(spec.env, START_STATES if kind.uses_lwm else 0)
     wm = cfg.world_model
+    aseed = seed + 7919 * version  # a resumed arm's episodes are new ones
     aspec = RolloutSpec(run_id=run.run_id, arm=spec.arm, kind=kind, env=spec.env, domain=domain, agent=spec.agent,
-                        runtime=run.runtime, seed=seed, policy=spec.init_path,
+                        runtime=run.runtime, seed=aseed, policy=policy, policy_version=version,
                         lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, lwm_generation(wm), states,
                                     dict(wm.prompts))
                         if kind.uses_lwm else None,
-                        **shared_engines(run, arm.name, kind, spec.init_path, lwm, seed))
+                        **shared_engines(run, arm.name, kind, policy, version, lwm, aseed))
     lo, hi = actor_bounds(arm)
     pool = ActorPool(aspec, run.replay, run.registry, lo=lo, hi=hi, start=arm.actors, num_cpus=cfg.ray.actor_num_cpus,
-                     interval_s=cfg.pool.interval_s, t0=run.t0, episodes_per_update=cfg.agent.episodes_per_update)
+                     interval_s=cfg.pool.interval_s, t0=run.t0, episodes_per_update=cfg.agent.episodes_per_update,
+                     max_replacements=cfg.pool.max_replacements)
     return learner, pool
 
 
@@ -360,7 +427,7 @@ def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_st
                        fault_env=section(cfg.envs[arm.fault_env]) if arm.fault_env else None,
                        fault_env_key=arm.fault_env or "",
                        seed=seed,
-                       runtime=run.runtime, replay_cursor=cursor,
+                       runtime=run.runtime, replay_cursor=cursor, checkpoint_every=cfg.checkpoint.every_updates,
                        # the LWM's data paid for what the policy starts from, or for the env it trains in
                        wm_real_steps=wm_real_steps if kind.uses_lwm or agent.init in ("lwm", "cpt") else 0)
 
@@ -393,7 +460,7 @@ def env_facts(env, starts: int) -> tuple[str, list]:
         probe.close()
 
 
-def shared_engines(run: Run, arm_name: str, kind, policy_path: str, lwm: dict, seed: int) -> dict:
+def shared_engines(run: Run, arm_name: str, kind, policy_path: str, policy_version: int, lwm: dict, seed: int) -> dict:
     """With engine.shared: the arm's policy engine actor, and where the kind uses the LWM its LWM engine actor."""
     if not run.cfg.engine.shared:
         return {}
@@ -403,7 +470,7 @@ def shared_engines(run: Run, arm_name: str, kind, policy_path: str, lwm: dict, s
         return EngineActor.options(num_cpus=run.cfg.ray.actor_num_cpus, num_gpus=run.cfg.engine.num_gpus).remote(
             name, path, seed, version, run.runtime, run.registry)
 
-    shared = {"policy_engine": start(f"policy/{arm_name}", policy_path, 0, seed)}
+    shared = {"policy_engine": start(f"policy/{arm_name}", policy_path, policy_version, seed)}
     if kind.uses_lwm:
         shared["wm_engine"] = start("wm", lwm["path"], lwm["wm_version"], seed + 1)
     return shared
@@ -411,60 +478,176 @@ def shared_engines(run: Run, arm_name: str, kind, policy_path: str, lwm: dict, s
 
 # -- 5. waiting, with a live table -----------------------------------------------------------------------
 
-class Watch:
-    """What the driver reads from the learners on every tick: their new metric rows and what each has trained."""
+class Supervisor:
+    """The arms under way, as the driver sees them on every tick: each learner's run, status and new metric rows. A
+    dead learner restarts with its arm from the arm's last checkpoint, up to checkpoint.max_restarts; past them, or on
+    an error in the learner, the arm fails. An arm without progress for run.stall_timeout_s fails too. Every fault is
+    a `fault` row."""
 
-    def __init__(self, learners: dict):
-        self.learners = learners
-        self.seen = {name: 0 for name in learners}
-        self.trained = {name: (0, 0) for name in learners}  # rows and episodes each learner has trained on
+    def __init__(self, run: Run, arms: Arms):
+        self.run, self.arms = run, arms
+        cfg = run.cfg
+        self.refs = {name: l.run.remote() for name, l in arms.learners.items()}
+        self.rows = {name: [] for name in arms.learners}  # each arm's learner rows seen
+        self.trained = {name: (0, 0) for name in arms.learners}  # rows and episodes each learner has trained on
+        self.status = {name: {"arm": name, "version": 0, "updates": cfg.agent.updates, "phase": "starting", "real": 0,
+                              "sim": 0, "success": None, "return": None} for name in arms.learners}
+        self.restarts = {name: 0 for name in arms.learners}
+        self.progress = {name: (time.time(), None) for name in arms.learners}
+        self.done: set[str] = set()  # arms whose learner returned or died for good
+        self.failed: dict[str, str] = {}  # arm -> why it failed
+        self.faults: list[dict] = []
+        self.pool_rows: list[dict] = []  # the decisions of pools replaced with their learner
 
-    def new_rows(self) -> list[dict]:
-        rows = []
-        refs = [l.metrics.remote(self.seen[name]) for name, l in self.learners.items()]
-        for name, new in zip(self.learners, ray.get(refs)):
-            self.seen[name] += len(new)
-            for r in new:
+    def pending(self) -> list[str]:
+        return [name for name in self.refs if name not in self.done]
+
+    def tick(self) -> list[dict]:
+        """Wait up to a second for a learner to end; returns the new metric rows (fault rows included)."""
+        names = self.pending()
+        ready, _ = ray.wait([self.refs[n] for n in names], num_returns=len(names), timeout=1.0)
+        n_faults = len(self.faults)
+        for name in [n for n in names if self.refs[n] in ready]:
+            self._ended(name)
+        new = self._poll()
+        for pool in self.arms.pools.values():  # a finished arm's idle actors too: the fault is recorded
+            self.faults += pool.replace_dead()
+        self._watchdog()
+        return new + self.faults[n_faults:]
+
+    def _poll(self) -> list[dict]:
+        """Status and new rows of every live learner; a dead one is noticed by its run ending (`_ended`)."""
+        names = self.pending()
+        status = [self.arms.learners[n].status.remote() for n in names]
+        new_rows = [self.arms.learners[n].metrics.remote(len(self.rows[n])) for n in names]
+        out = []
+        for name, s_ref, r_ref in zip(names, status, new_rows):
+            try:
+                self.status[name], rows = ray.get(s_ref), ray.get(r_ref)
+            except ray.exceptions.RayError:
+                continue
+            self.rows[name] += rows
+            for r in rows:
                 if r["kind"] == "train":
                     steps, episodes = self.trained[name]
                     self.trained[name] = (steps + r["batch_steps"], episodes + r["batch_episodes"])
-            rows += new
-        return rows
+            out += rows
+        return out
+
+    def _ended(self, name: str) -> None:
+        try:
+            learner_result(self.refs[name])
+            self.done.add(name)
+        except ray.exceptions.RayActorError as e:  # the process died (kill -9, OOM, node lost)
+            self._restart(name, str(e).strip().splitlines()[0][:300])
+        except (ray.exceptions.RayError, ConfigError) as e:  # an error in its code: a restart would meet it again
+            self._fail(name, "learner", f"learner error: {str(e).strip().splitlines()[-1][:300]}")
+
+    def _restart(self, name: str, cause: str) -> None:
+        cfg, t = self.run.cfg, time.time()
+        if self.restarts[name] >= cfg.checkpoint.max_restarts:
+            self._fail(name, "learner", f"learner died ({cause}); {self.restarts[name]} restart(s) of "
+                                        f"checkpoint.max_restarts={cfg.checkpoint.max_restarts} used")
+            return
+        self.restarts[name] += 1
+        lost_from = self.status[name]["version"]
+        self.arms.pools[name].kill()  # its actors play the dead learner's versions: a lost timeline
+        self.pool_rows += self.arms.pools[name].rows
+        learner, pool = self.arms.start[name]()
+        self.arms.learners[name], self.arms.pools[name] = learner, pool
+        s = ray.get(learner.status.remote())
+        self.rows[name] = self.rows[name][:s["rows"]]  # rows after the checkpoint were the lost timeline's
+        self.trained[name] = (sum(r["batch_steps"] for r in self.rows[name] if r["kind"] == "train"),
+                              sum(r["batch_episodes"] for r in self.rows[name] if r["kind"] == "train"))
+        self.refs[name], self.status[name] = learner.run.remote(), s
+        self.progress[name] = (time.time(), None)
+        self.faults.append(metric_row("fault", arm=name, what="learner", who=f"policy/{name}", cause=cause,
+                                      action=f"restarted from update {s['version']}",
+                                      updates_lost=lost_from - s["version"],
+                                      recovery_s=time.time() - t, wall_time=time.time() - self.run.t0))
+        self.run.console.print(f"[yellow]arm {name}: learner died ({cause}); restarted from update {s['version']}, "
+                               f"{lost_from - s['version']} update(s) lost[/yellow]")
+
+    def _fail(self, name: str, what: str, cause: str) -> None:
+        self.failed[name] = cause
+        self.done.add(name)
+        self.arms.pools[name].kill()
+        self.faults.append(metric_row("fault", arm=name, what=what, who=f"policy/{name}", cause=cause,
+                                      action="arm failed", wall_time=time.time() - self.run.t0))
+        self.run.console.print(f"[red]arm {name} failed: {cause}[/red]")
+
+    def _watchdog(self) -> None:
+        """An arm whose learner status has not changed for run.stall_timeout_s (rows landed, update, phase) fails,
+        named with the cause the driver sees; its learner is ended."""
+        limit = self.run.cfg.run.stall_timeout_s
+        for name in self.pending():
+            s = self.status[name]
+            key = (s["real"], s["sim"], s["version"], s["phase"])
+            since, last = self.progress[name]
+            if key != last:
+                self.progress[name] = (time.time(), key)
+            elif limit and time.time() - since > limit:
+                pool = self.arms.pools[name]
+                errors = pool.errors()
+                cause = (f"no progress for {limit:.0f} s (run.stall_timeout_s) at update {s['version']}, learner "
+                         f"{s['phase']}; {pool.size} live rollout actor(s), {pool.replaced} replaced "
+                         f"(pool.max_replacements={pool.max_replacements})"
+                         + (f"; actor errors: {errors[-1]}" if errors else ""))
+                ray.kill(self.arms.learners[name])
+                self._fail(name, "stall", cause)
+
+    def collect(self) -> list[dict]:
+        """Every learner's rows not read yet (a short wait each: on SIGINT/SIGTERM the arms end with the cluster)."""
+        out = []
+        for name in self.refs:
+            try:
+                rows = ray.get(self.arms.learners[name].metrics.remote(len(self.rows[name])), timeout=10)
+            except (ray.exceptions.RayError, TimeoutError):
+                continue
+            self.rows[name] += rows
+            out += rows
+        return out
+
+    def arm_rows(self) -> list[dict]:
+        return [r for rows in self.rows.values() for r in rows]
 
 
 def wait_for_arms(run: Run, arms: Arms, tracker, lwm: dict, metrics: list[dict], wm_learner) -> list[dict]:
-    """Until every arm's learner returns (or max_minutes): the live table, pool scaling, live metrics. Returns the
-    arms' metric rows (and the continual LWM's)."""
+    """Until every arm's learner returns or fails (or max_minutes, or SIGINT/SIGTERM): the live table, pool scaling,
+    live metrics, fault handling (Supervisor). Returns the arms' metric rows (and the continual LWM's)."""
     from actors.pool import request_cluster
 
     cfg, console = run.cfg, run.console
-    runs = {name: l.run.remote() for name, l in arms.learners.items()}
+    sup = Supervisor(run, arms)
     wm_ref = wm_learner.continual.remote(arms.cursor) if wm_learner is not None else None
     wm_rows_seen = len(metrics)
     wm_last = next(m for m in reversed(metrics) if m["kind"] == "wm") if metrics else dict(lwm)
-    watch, rows = Watch(arms.learners), []
     deadline = run.t0 + cfg.run.max_minutes * 60
-    with Live(console=console, refresh_per_second=2) as live:
-        pending = list(runs.values())
-        while pending:
-            _, pending = ray.wait(pending, timeout=1.0)
-            statuses = ray.get([l.status.remote() for l in arms.learners.values()])
-            new = watch.new_rows()
-            rows += new
-            tracker.log(new + _scale_pools(arms.pools, statuses, watch.trained))
-            if wm_learner is not None:
-                w = ray.get(wm_learner.status.remote())
-                wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"], "edit_similarity": w["edit_similarity"]}
-            live.update(_arms_table(statuses, arms.pools, wm_last, time.time() - run.t0))
-            if time.time() > deadline:
-                console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
-                for l in arms.learners.values():
-                    l.stop.remote()
-                deadline = float("inf")
-    run.failed = _results(runs)
-    actor_status = [s for p in arms.pools.values() for s in p.stop()]
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            while sup.pending():
+                new = sup.tick()
+                live_status = [sup.status[n] for n in arms.learners if n not in sup.done]
+                tracker.log(new + _scale_pools(arms.pools, live_status, sup.trained))
+                if wm_learner is not None:
+                    w = ray.get(wm_learner.status.remote())
+                    wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"],
+                               "edit_similarity": w["edit_similarity"]}
+                live.update(_arms_table(sup, arms.pools, wm_last, time.time() - run.t0))
+                if time.time() > deadline:
+                    console.print(f"[yellow]max_minutes={cfg.run.max_minutes} reached: stopping the arms[/yellow]")
+                    for name in sup.pending():
+                        arms.learners[name].stop.remote()
+                    deadline = float("inf")
+    except KeyboardInterrupt:
+        run.interrupted = run.interrupted or signal.SIGINT
+        sup.collect()
+        return sup.arm_rows() + sup.faults + sup.pool_rows + [r for p in arms.pools.values() for r in p.rows]
+    for name, reason in sup.failed.items():
+        console.print(f"[red]arm {name} failed:[/red] {reason}")
+    actor_status = [s for name, p in arms.pools.items() for s in p.stop()]
     request_cluster(arms.pools.values())  # all pools are empty now: the autoscaler may remove idle nodes
-    tail, wm_tail = watch.new_rows(), []
+    tail, wm_tail = sup.collect(), []
     if wm_ref is not None:
         wm_learner.stop.remote()
         console.print(f"continual LWM training: {ray.get(wm_ref)} rounds on fresh real transitions")
@@ -473,8 +656,8 @@ def wait_for_arms(run: Run, arms: Arms, tracker, lwm: dict, metrics: list[dict],
     for s in actor_status:
         for err in s["errors"]:
             console.print(f"[yellow]actor error:[/yellow] {err}")
-    pool_rows = [r for p in arms.pools.values() for r in p.rows]
-    return wm_tail + rows + tail + pool_rows + replay_metric_rows(run, arms.cursor)
+    pool_rows = sup.pool_rows + [r for p in arms.pools.values() for r in p.rows]
+    return wm_tail + sup.arm_rows() + sup.faults + pool_rows + replay_metric_rows(run, arms.cursor)
 
 
 def learner_result(ref):
@@ -488,19 +671,8 @@ def learner_result(ref):
         raise
 
 
-def _results(runs: dict) -> str | None:
-    """What failed among the arms' learners (the others' results stand); a ConfigError in one line."""
-    failed = None
-    for name, ref in runs.items():
-        try:
-            learner_result(ref)
-        except (ray.exceptions.RayError, ConfigError) as e:
-            failed = f"arm {name} failed: {e}"
-    return failed
-
-
 def _scale_pools(pools: dict, statuses: list[dict], trained: dict) -> list[dict]:
-    """One tick of every arm's actor pool; when one changes size, the autoscaler's request follows."""
+    """One tick of every live arm's actor pool; when one changes size, the autoscaler's request follows."""
     from actors.pool import request_cluster
 
     rows = [r for s in statuses if (r := pools[s["arm"]].step(s["phase"], *trained[s["arm"]]))]
@@ -509,14 +681,17 @@ def _scale_pools(pools: dict, statuses: list[dict], trained: dict) -> list[dict]
     return rows
 
 
-def _arms_table(statuses: list[dict], pools: dict, wm: dict, elapsed: float) -> Table:
+def _arms_table(sup: Supervisor, pools: dict, wm: dict, elapsed: float) -> Table:
     table = Table(title=f"AgentWorld  {elapsed / 60:.1f} min  |  LWM v{wm['wm_version']}: exact {wm['exact_match']:.3f}, "
                         f"edit-sim {wm['edit_similarity']:.3f}")
     for col in ("arm", "update", "actors", "real steps", "sim steps", "real-env success", "return", "phase"):
         table.add_column(col)
-    for s in statuses:
-        table.add_row(s["arm"], f"{s['version']}/{s['updates']}", str(pools[s["arm"]].size), str(s["real"]),
-                      str(s["sim"]), _fmt(s["success"]), _fmt(s["return"]), s["phase"])
+    for name, s in sup.status.items():
+        phase = "FAILED" if name in sup.failed else s["phase"]
+        if sup.restarts[name]:
+            phase += f" ({sup.restarts[name]} restart(s))"
+        table.add_row(name, f"{s['version']}/{s['updates']}", str(pools[name].size), str(s["real"]),
+                      str(s["sim"]), _fmt(s["success"]), _fmt(s["return"]), phase)
     return table
 
 
@@ -547,8 +722,9 @@ def write_outputs(run: Run, metrics: list[dict]) -> dict:
         from agentworld.storage import upload
 
         console.print(f"run dir copied to {upload(run.run_dir, cfg.run.storage)}")
-    if run.failed:
-        raise RuntimeError(run.failed)
+    if summary["status"] == "failed":
+        for name, why in summary["failures"].items():
+            console.print(f"[red]arm {name} failed:[/red] {why}")
     return summary
 
 

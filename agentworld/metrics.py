@@ -231,6 +231,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
               obedience=Measure("obedience (cumulative)", "fraction", panel="obedience"),
               bin_obedience=Measure("obedience in the bin", "fraction", panel="obedience")),
          totals="final", totals_by="control"),
+    Kind("fault", "faults", "actors/pool.py ActorPool.replace_dead; agentworld/driver.py Supervisor, run_experiment",
+         {"arm": Key("arm", required=False), "source": Key("trains in", required=False, series=False),
+          "what": Key("what"), "who": Key("who", required=False, series=False), "cause": Key("cause", series=False),
+          "action": Key("what was done", series=False)},
+         dict(updates_lost=Measure("updates lost", "count", plot=False),
+              recovery_s=Measure("time to recover", "seconds", plot=False),
+              actors=Measure("rollout actors after it", "count", plot=False),
+              signal=Measure("signal that stopped the run", "count", plot=False)),
+         drawn=lambda rows: False),  # a table in the report, not curves
 )}
 
 

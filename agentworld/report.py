@@ -130,7 +130,29 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
             "eval_env": str(r["eval_env"]), "success": _num(r["success"]), "return": _num(r["return"]),
             "episodes": _num(r["episodes"]), "faults": _num(r["faults"]), "steps": _num(r["episodes"] * r["length"])}
     run = (config or {}).get("run", {}).get("name")
-    return {"run": run, "success_target": success_target, "arms": arms, "lwm": lwm}
+    faults, failures, interrupted = _faults(df)
+    for arm, why in failures.items():
+        if arm in arms:
+            arms[arm]["failed"] = why
+    status = "interrupted" if interrupted else "failed" if failures else "completed"
+    return {"run": run, "status": status, "signal": interrupted, "failures": failures, "faults": faults,
+            "success_target": success_target, "arms": arms, "lwm": lwm}
+
+
+FAULT_KEYS = ("wall_time", "arm", "what", "who", "cause", "action", "updates_lost", "recovery_s")
+
+
+def _faults(df: pd.DataFrame) -> tuple[list[dict], dict, int | None]:
+    """The run's `fault` rows in time order (dead actors replaced, learners restarted, arms failed, a stop by signal);
+    the failed arms with why; the signal that stopped the run, if one did."""
+    rows = _rows(df, "fault")
+    rows = rows.sort_values("wall_time") if len(rows) else rows
+    events = [{k: (_num(r.get(k)) if k in ("wall_time", "updates_lost", "recovery_s") else
+                   (None if pd.isna(r.get(k)) else str(r.get(k)))) for k in FAULT_KEYS if k in r}
+              for _, r in rows.iterrows()]
+    failures = {e.get("arm") or "run": e["cause"] for e in events if e.get("action") in ("arm failed", "run failed")}
+    stop = rows[rows["action"] == "interrupted"] if len(rows) else rows
+    return events, failures, (int(stop["signal"].iloc[-1]) if len(stop) else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,6 +470,25 @@ def _hybrid_html(summary: dict) -> str:
               "<code>hybrid</code> rows of metrics.parquet, and their panels below, give both over time.</p>")
 
 
+def _run_faults_html(summary: dict) -> str:
+    """How the run ended, and every fault it met on the way."""
+    head = {"completed": "", "failed": f"<p><b>Run status: failed</b>: {len(summary['failures'])} arm(s) failed.</p>",
+            "interrupted": "<p><b>Run status: interrupted</b> by a signal; the figures are partial. Rerunning the same "
+                           "command resumes every arm from its last checkpoint.</p>"}[summary["status"]]
+    if not summary["faults"]:
+        return head
+    rows = [[f"{(e.get('wall_time') or 0) / 60:.1f} min", e.get("arm") or "-", e.get("what") or "-", e.get("who") or "-",
+             e.get("action") or "-", fmt(e.get("updates_lost"), "count"),
+             "–" if e.get("recovery_s") is None else f"{e['recovery_s']:.1f} s",
+             (e.get("cause") or "")[:160]] for e in summary["faults"]]
+    return (head + "<h2>Faults</h2>"
+            + _table(["when", "arm", "what", "who", "what was done", "updates lost", "recovery", "cause"], rows,
+                     text={0, 1, 2, 3, 4, 7})
+            + "<p><code>fault</code> rows of metrics.parquet: dead rollout actors replaced, dead learners restarted "
+              "from their arm's last checkpoint, arms failed (learner errors, restarts used up, no progress for "
+              "run.stall_timeout_s).</p>")
+
+
 def _faults_html(summary: dict) -> str:
     rows = [[name, f["eval_env"], fmt(a.get("final_success"), "fraction"), fmt(f["success"], "fraction"),
              fmt(f["faults"], "count"), fmt(f["steps"], "count")]
@@ -537,7 +578,8 @@ def render_html(summary: dict, df: pd.DataFrame, config: dict | None, png: bytes
         "td{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}"
         "table{border-collapse:collapse;margin-bottom:0.5em}p{color:#444;font-size:0.9em}"
         "summary h2{display:inline}</style></head><body>"
-        f"<h1>{title}</h1>{_arms_html(summary)}{_hybrid_html(summary)}{_controls_html(summary)}{_faults_html(summary)}"
+        f"<h1>{title}</h1>{_run_faults_html(summary)}{_arms_html(summary)}{_hybrid_html(summary)}"
+        f"{_controls_html(summary)}{_faults_html(summary)}"
         f"{_lwm_html(summary, df)}<h2>Curves</h2>"
         f"<img src='data:image/png;base64,{image}' style='max-width:100%'>{_config_html(config)}</body></html>")
 

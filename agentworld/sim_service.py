@@ -107,12 +107,21 @@ async def guard(request: Request, call_next):
     token = spec["token"]
     if token and not hmac.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
         return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+    limit = spec["max_body_bytes"]
+    if "content-length" not in request.headers and request.method in ("POST", "PUT", "PATCH"):
+        body = bytearray()  # a chunked body: read only up to the limit, never the whole of an oversized one
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return error(413, f"request body over {limit} bytes")
+        request._body = bytes(body)  # what the route reads (starlette's middleware request replays it)
+        return await call_next(request)
     try:
         size = int(request.headers.get("content-length") or 0)
     except ValueError:
         return error(400, "bad Content-Length")
-    if size > spec["max_body_bytes"]:
-        return error(413, f"request body over {spec['max_body_bytes']} bytes")
+    if size > limit:
+        return error(413, f"request body over {limit} bytes")
     return await call_next(request)
 
 

@@ -14,9 +14,13 @@ itself, so the behaviour and learner logprobs cover the same tokens."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from functools import partial
 from typing import Any
 
@@ -147,6 +151,12 @@ class LearnerSpec:
     fault_env_key: str = ""
     wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
     replay_cursor: int = 0  # replay rows before it belong to earlier attempts of the run dir
+    checkpoint_every: int = 0  # checkpoint.every_updates: the learner's whole state, every this many updates (0: never)
+
+
+def checkpoint_pointer(run_dir: str, arm: str) -> Path:
+    """The file naming an arm's last complete learner checkpoint (written last, atomically)."""
+    return Path(run_dir) / "checkpoints" / f"agent-{arm}-last.json"
 
 
 @ray.remote(max_concurrency=2)
@@ -165,13 +175,51 @@ class AgentLearner:
         self.phase = "starting"
         self.last_eval: dict = {}
         self.cursor = spec.replay_cursor
+        self.resumed: dict | None = None  # the checkpoint this learner resumes from
+        self.t0 = spec.t0
+        self._restore()
+
+    # -- checkpoints: a dead learner restarts from the last one, and a rerun of the run dir resumes from it ------
+    def _restore(self) -> None:
+        """The arm's last checkpoint, when there is one: counters, metric rows, eval and replay cursor here; weights,
+        optimizer, scheduler and RNG when `run` loads the model. Rows the arm wrote after it (a lost timeline's) are
+        counted as steps spent, not trained on."""
+        pointer = checkpoint_pointer(self.spec.run_dir, self.spec.arm.name)
+        if not pointer.is_file():
+            return
+        state = json.loads(pointer.read_text())
+        self.resumed = state
+        self.version, self.steps, self.rows = state["version"], state["steps"], state["rows"]
+        self.last_eval, self.cursor = state["last_eval"], state["cursor"]
+        if self.rows:  # a rerun's clock goes on from the checkpoint's; a restart's keeps the time the death cost
+            self.t0 = min(self.t0, time.time() - self.rows[-1]["wall_time"])
+        self._landed()
+
+    def _checkpoint(self, trainer, tok, rng: random.Random) -> None:
+        run_dir, arm = self.spec.run_dir, self.spec.arm.name
+        self.phase = "checkpointing"
+        path = trainer.save(f"{run_dir}/checkpoints/agent-{arm}-u{self.version}", tok)
+        state = {"path": str(path), "version": self.version, "pid": os.getpid(),  # which process is this arm's learner
+                 "steps": self.steps, "rows": self.rows, "last_eval": self.last_eval, "cursor": self.cursor,
+                 "rng": rng.getstate()}
+        pointer = checkpoint_pointer(run_dir, arm)
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, default=str))
+        os.replace(tmp, pointer)  # the checkpoint counts from here on
+        for old in Path(run_dir, "checkpoints").glob(f"agent-{arm}-u*"):
+            if old != Path(path):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def resumes_from(self) -> tuple[str, int] | None:
+        """(checkpoint dir, update) this learner resumes from; None: it starts from its init checkpoint."""
+        return (self.resumed["path"], self.resumed["version"]) if self.resumed else None
 
     def _log(self, kind: str, **row) -> None:
         s = self.spec
         self.rows.append(metric_row(kind, arm=s.arm.name, source=s.arm.source, init=s.agent.init,
                               action_mode=s.agent.action_mode, update=self.version,
                               real_steps=self.steps["real"], sim_steps=self.steps["sim"],
-                              wm_real_steps=s.wm_real_steps, wall_time=time.time() - s.t0, **row))
+                              wm_real_steps=s.wm_real_steps, wall_time=time.time() - self.t0, **row))
 
     def _evaluate(self, engine, envs) -> None:
         self.phase = "evaluating"
@@ -210,15 +258,22 @@ class AgentLearner:
         spec, a, ev = self.spec, self.spec.agent, self.spec.eval
         torch.manual_seed(spec.seed)
         rt = spec.runtime  # model.dtype on the learner's device, with new adapters when model.lora is enabled
-        model, tok = load_trainable(spec.init_path, rt.dtype, rt.device, rt.lora,
+        start = self.resumed["path"] if self.resumed else spec.init_path
+        model, tok = load_trainable(start, rt.dtype, rt.device, rt.lora, resume=self.resumed is not None,
                                     gradient_checkpointing=rt.gradient_checkpointing)
         engine = HFEngine.from_model(model, tok)
+        engine.version = self.version
         eval_envs = [make_env_from(spec.env) for _ in range(min(16, ev.episodes))]
         trainer = make_trainer(model, tok, a.lr, a.updates * a.epochs, runtime=spec.runtime)
         loss = spec.loss
         loss_fn = partial(agent_loss, temperature=a.temperature, clip=a.clip, loss=loss)
         rng = random.Random(spec.seed)
-        self._evaluate(engine, eval_envs)
+        if self.resumed:
+            trainer.load_trainer_state(start)
+            v, internal, gauss = self.resumed["rng"]
+            rng.setstate((v, tuple(internal), gauss))
+        else:
+            self._evaluate(engine, eval_envs)
         t_wait = time.time()  # the learner's time split, per update: waiting for rollouts, then training
         while self.version < a.updates and (batch := self._batch()) is not None:
             t_train = time.time()
@@ -239,6 +294,8 @@ class AgentLearner:
             self._log_train(batch, losses, wait_s=t_train - t_wait, train_s=time.time() - t_train)
             if self.version % ev.every_updates == 0 or self.version == a.updates:
                 self._evaluate(engine, eval_envs)
+            if spec.checkpoint_every and (self.version % spec.checkpoint_every == 0 or self.version == a.updates):
+                self._checkpoint(trainer, tok, rng)
             t_wait = time.time()
         if self.last_eval.get("policy_version") != self.version:  # stopped early: score what was trained
             self._evaluate(engine, eval_envs)
@@ -276,7 +333,7 @@ class AgentLearner:
     def status(self) -> dict:
         return {"arm": self.spec.arm.name, "version": self.version, "updates": self.spec.agent.updates,
                 "phase": self.phase, **self.steps, "success": self.last_eval.get("success"),
-                "return": self.last_eval.get("return")}
+                "return": self.last_eval.get("return"), "rows": len(self.rows)}
 
     def metrics(self, since: int = 0) -> list[dict]:
         return self.rows[since:]

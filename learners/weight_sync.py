@@ -61,6 +61,13 @@ class WeightRegistry:
     def version(self, name: str) -> int:
         return self.entries.get(name, (-1, None))[0]
 
+    def forget(self, name: str) -> None:
+        """A learner restarting from a checkpoint: its later versions and its actors' rounds are of a lost timeline."""
+        self.entries.pop(name, None)
+        self.subscribed.pop(name, None)
+        self.admission.admit.pop(name, None)
+        self.admission.rounds.pop(name, None)
+
     # -- broadcast readers --------------------------------------------------------------------------
     def subscribe(self, name: str, actor) -> None:
         self.subscribed.setdefault(name, []).append(actor)

@@ -112,35 +112,14 @@ def check_run(run: Path, path: Path, stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_short_tooluse_end_to_end(tmp_path):
-    # three of the six arms: real, sim and sim-controlled, both domains (the others differ only in their env)
-    # the real arm writes its search calls itself (arms[i].action_mode), the others pick from their menus
-    path = subset(TOOLUSE, ("real-search", "sim-controlled-search", "sim-mcp"), tmp_path)
-    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=t", *short(path), "arms.0.action_mode=generate",
-            timeout=1500)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = check_run(tmp_path / "t", path, r.stdout)
-    modes = {name: a["action_mode"] for name, a in summary["arms"].items()}
-    assert modes == {"real-search": "generate", "sim-controlled-search": "choice", "sim-mcp": "choice"}
-    assert 0.0 <= summary["arms"]["real-search"]["final_parse_rate"] <= 1.0
-    for name, a in summary["arms"].items():
-        if name.startswith("sim"):
-            assert a["real_steps"] == 0 and a["sim_steps"] > 0, (name, a)  # no real env step beyond the LWM's data
-        else:
-            assert a["real_steps"] > 0, (name, a)
-        assert a["wm_real_steps"] > 0  # every arm starts from the LWM: its data counts
-    assert summary["arms"]["sim-controlled-search"]["control"]["controlled_steps"] > 0
-
-
-@pytest.mark.slow
 def test_short_warmup_end_to_end(tmp_path):
-    # three of the nine arms, one per domain and one per init (nine learners and their actors hold ~14 GB)
-    path = subset(WARMUP, ("grid-scratch", "search-cpt", "mcp-lwm"), tmp_path)
+    # two of the nine arms, the two inits no other test trains from (an lwm start is every other test's)
+    path = subset(WARMUP, ("grid-scratch", "search-cpt"), tmp_path)
     r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=w", *short(path, cpt=True), timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "w"
     summary = check_run(run, path, r.stdout)
-    assert {a["init"] for a in summary["arms"].values()} == {"scratch", "cpt", "lwm"}
+    assert {a["init"] for a in summary["arms"].values()} == {"scratch", "cpt"}
     assert (run / "checkpoints" / "wm-cpt" / "config.json").exists()
     for name, a in summary["arms"].items():
         assert a["source"] == "real" and a["real_steps"] > 0
@@ -166,18 +145,32 @@ def test_action_modes_compares_choice_and_generate_on_mcp_alone():
 
 
 @pytest.mark.slow
-def test_short_controlled_tooluse_end_to_end(tmp_path):
-    """The perturbed and fictional sim arms and a real arm scored under real faults: the LWM learned both control
-    kinds in SFT (held-out obedience per control in the summary), the sim arms' steps carry their controls, fictional
-    episodes ask their world's question, and the fault layer really injected faults into the final scoring."""
+def test_short_tooluse_end_to_end_with_controls_and_faults(tmp_path):
+    """Real and sim arms on both domains; the perturbed and fictional sim arms, and a real arm scored under real
+    faults: the LWM learned both control kinds in SFT (held-out obedience per control in the summary), the sim arms'
+    steps carry their controls, fictional episodes ask their world's question, and the fault layer really injected
+    faults into the final scoring."""
     from agentworld.controls import parse_control
     from agentworld.replay import ReplayStore
 
-    path = subset(CONTROLLED, ("real-mcp", "sim-perturbed-mcp", "sim-fictional-search"), tmp_path)
-    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=c", *short(path), timeout=1500)
+    # four of the six arms: real and sim on both domains; the real search arm writes its calls itself
+    # (arms[i].action_mode), the others pick from their menus. (tooluse.yaml's arms are these without the controls.)
+    path = subset(CONTROLLED, ("real-search", "real-mcp", "sim-perturbed-mcp", "sim-fictional-search"), tmp_path)
+    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=c", *short(path), "arms.0.action_mode=generate",
+            timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "c"
     summary = check_run(run, path, r.stdout)
+    modes = {name: a["action_mode"] for name, a in summary["arms"].items()}
+    assert modes == {"real-search": "generate", "real-mcp": "choice", "sim-perturbed-mcp": "choice",
+                     "sim-fictional-search": "choice"}
+    assert 0.0 <= summary["arms"]["real-search"]["final_parse_rate"] <= 1.0
+    for name, a in summary["arms"].items():
+        if name.startswith("sim"):
+            assert a["real_steps"] == 0 and a["sim_steps"] > 0, (name, a)  # no real env step beyond the LWM's data
+        else:
+            assert a["real_steps"] > 0, (name, a)
+        assert a["wm_real_steps"] > 0  # every arm starts from the LWM: its data counts
     assert {"timeout", "fictional"} & set(summary["lwm"]["by_control"]), summary["lwm"]
     for v in summary["lwm"]["by_control"].values():
         assert 0 <= v["obedience"] <= 1 and 0 <= v["obedience_without_control"] <= 1 and v["n"] >= 1

@@ -56,12 +56,20 @@ def every_kind_rows() -> list[dict]:
              metric_row("control", arm="sim-controlled", control="success", wall_time=15.0, steps=4, obeyed=1,
                         obedience=0.25, final=True),
              metric_row("control", arm="sim-controlled", control="moved", wall_time=15.0, steps=6, obeyed=5,
-                        obedience=5 / 6, final=True)]
+                        obedience=5 / 6, final=True),
+             metric_row("fault", arm="real", source="real", wall_time=90.0, what="rollout actor", who="real0",
+                        cause="killed", action="replaced by real1", actors=2),
+             metric_row("fault", arm="hybrid", wall_time=100.0, what="learner", who="policy/hybrid", cause="killed",
+                        action="restarted from update 2", updates_lost=1, recovery_s=8.0)]
     return rows
 
 
 EXPECTED_SUMMARY = {
-    "run": "every-kind", "success_target": 0.5,
+    "run": "every-kind", "success_target": 0.5, "status": "completed", "signal": None, "failures": {},
+    "faults": [{"wall_time": 90, "arm": "real", "what": "rollout actor", "who": "real0", "cause": "killed",
+                "action": "replaced by real1", "updates_lost": None, "recovery_s": None},
+               {"wall_time": 100, "arm": "hybrid", "what": "learner", "who": "policy/hybrid", "cause": "killed",
+                "action": "restarted from update 2", "updates_lost": 1, "recovery_s": 8}],
     "arms": {
         "hybrid": {"source": "hybrid", "action_mode": "choice", "init": "cpt", "eval_env": None, "final_success": 0.75, "final_return": 0.75, "best_success": 0.75,
                    "final_parse_rate": 0.75,

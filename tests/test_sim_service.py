@@ -164,6 +164,8 @@ def test_bad_requests_get_4xx_never_5xx(served):
         "max_tokens over serve.max_tokens": (call("POST", chat, {"messages": msg, "max_tokens": 65}), 422),
         "body over max_body_bytes": (call("POST", chat, {"messages": [{"role": "user", "content": "x" * 30_000}]}),
                                      413),
+        # chunked (no Content-Length): read up to the limit, then refused
+        "chunked body over max_body_bytes": (call("POST", chat, raw=(b"x" * 1000 for _ in range(500))), 413),
         "unknown env": (call("POST", sessions, {"env": "chess"}), 422),
         "seed of the wrong type": (call("POST", sessions, {"env": "frozenlake", "seed": "x"}), 422),
         "unknown field": (call("POST", sessions, {"env": "frozenlake", "sneaky": 1}), 422),
@@ -177,6 +179,8 @@ def test_bad_requests_get_4xx_never_5xx(served):
     got = {name: code for name, ((code, _), _) in cases.items()}
     assert got == {name: want for name, (_, want) in cases.items()}
     assert call("POST", step, {"action": "down"})[0] == 200  # none of the bad requests touched the episode
+    chunked = call("POST", step, raw=iter([b'{"action": ', b'"right"}']))  # a chunked body under the limit is read
+    assert chunked[0] == 200 and "observation" in chunked[1], chunked
 
 
 @pytest.mark.slow

@@ -131,3 +131,15 @@ def split_of(key: str) -> str:
     import hashlib
 
     return "heldout" if int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 100 < HELDOUT_PERCENT else "train"
+
+
+def retry_ast(fn, *args):
+    """`fn(*args)`, an `ast` call, retried: CPython 3.11's AST validator keeps its recursion depth in state that threads
+    share, and a call racing another thread's can fail with a spurious SystemError ("recursion depth mismatch")."""
+    for attempt in range(5):
+        try:
+            return fn(*args)
+        except SystemError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pydoc_data.topics
-from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
+from agentworld.envs.base import retry_ast, split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
 
 SCHEMA = 2  # bump when the corpus or the index layout changes: it is part of the cache key
 TOP_K = 5  # results per query
@@ -123,7 +123,7 @@ def module_docstring(path: str) -> str | None:
                 continue
             if tok.type != tokenize.STRING:
                 return None
-            doc = ast.literal_eval(tok.string)
+            doc = retry_ast(ast.literal_eval, tok.string)
             return inspect.cleandoc(doc) if isinstance(doc, str) else None
     return None
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from agentworld.envs import sandbox
-from agentworld.envs.base import split_of, unparsed_info
+from agentworld.envs.base import retry_ast, split_of, unparsed_info
 from agentworld.envs.sandbox import Limits, Sandbox
 
 # Pure-Python stdlib modules whose CPython tests import nothing but the module and run in well under a second.
@@ -144,15 +144,7 @@ def _op_pattern(op: str) -> str:
 
 
 def parse(source: str) -> ast.Module:
-    """ast.parse, retried: CPython 3.11's AST validator keeps its recursion depth in shared state, and a
-    parse racing another thread's can fail with a spurious SystemError ("recursion depth mismatch")."""
-    for attempt in range(5):
-        try:
-            return ast.parse(source)
-        except SystemError:
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    return retry_ast(ast.parse, source)
 
 
 def mutations(source: str) -> list[Mutation]:

@@ -1,0 +1,275 @@
+"""Faults in a real run (issue 18): kill -9 of a rollout actor's and a learner's process mid-run, an arm whose actors
+all die with replacements off (the watchdog), SIGTERM to the driver (a partial report, exit 143), kill -9 of the driver
+and a rerun (its cluster's leftover processes ended, the arms resumed from their checkpoints). A shortened quickstart
+on real Ray, FrozenLake and the tiny model; the LWM is trained once for the module and copied into each test's run."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.test_e2e import QUICK
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
+ARMS = [*QUICK, "agent.episodes_per_update=4", "arms.0.envs_per_actor=4", "arms.1.envs_per_actor=4",
+        "eval.episodes=4", "eval.every_updates=4", "checkpoint.every_updates=2"]
+
+
+def agentworld(*args) -> list[str]:
+    return [sys.executable, "-m", "agentworld", *args]
+
+
+@pytest.fixture(scope="module")
+def lwm_dir(tmp_path_factory):
+    """A run dir with the LWM data, base model and LWM: each test copies it, so its run trains only the arms."""
+    out = tmp_path_factory.mktemp("faults")
+    r = subprocess.run(agentworld("wm", "train", QUICKSTART, f"run.output_dir={out}", "run.name=base", *QUICK),
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out / "base"
+
+
+def fresh_run(lwm_dir: Path, tmp_path: Path, name: str) -> Path:
+    run = tmp_path / name
+    shutil.copytree(lwm_dir, run, ignore=shutil.ignore_patterns(".cluster.json"))
+    return run
+
+
+def start(run: Path, *overrides) -> subprocess.Popen:
+    """The run, its output to <run>.log (a pipe nobody reads while the test waits would fill and block the driver)."""
+    log = open(run.parent / f"{run.name}.log", "a")
+    proc = subprocess.Popen(agentworld("run", QUICKSTART, f"run.output_dir={run.parent}", f"run.name={run.name}",
+                                       *ARMS, *overrides), stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc.log = run.parent / f"{run.name}.log"
+    proc.log_from = log.tell()
+    log.close()
+    return proc
+
+
+def wait_for(what, timeout: float = 600, proc: subprocess.Popen | None = None):
+    t = time.time()
+    while time.time() - t < timeout:
+        if (got := what()):
+            return got
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the run ended first (exit {proc.returncode}):\n{proc.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s")
+
+
+def ray_processes(driver: int, title: str) -> list[psutil.Process]:
+    """The driver's cluster processes whose title (Ray's proctitle for a worker) starts with `title`."""
+    out = []
+    for p in psutil.Process(driver).children(recursive=True):
+        try:
+            if (p.cmdline() or [""])[0].startswith(title):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def checkpointed(run: Path, arm: str) -> int:
+    pointer = run / "checkpoints" / f"agent-{arm}-last.json"
+    try:
+        return json.loads(pointer.read_text())["version"]
+    except (OSError, ValueError):
+        return 0
+
+
+def replay_keys(run: Path) -> set:
+    from agentworld.replay import ReplayStore
+
+    t = ReplayStore(str(run / "replay")).table()
+    return set(zip(t.column("episode_id").to_pylist(), t.column("step").to_pylist()))
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    """The run's output, once it has ended."""
+    proc.wait(timeout=timeout)
+    return proc.log.read_bytes()[proc.log_from:].decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_killed_rollout_actor_is_replaced_and_a_killed_learner_restarts_from_its_checkpoint(lwm_dir, tmp_path):
+    run = fresh_run(lwm_dir, tmp_path, "chaos")
+    proc = start(run, "agent.updates=6")
+    wait_for(lambda: checkpointed(run, "sim") >= 2, proc=proc)  # the slower arm: it is mid-run
+    acked = replay_keys(run)
+    actor = wait_for(lambda: ray_processes(proc.pid, "ray::RolloutActor"), proc=proc)[0]
+    actor.kill()
+    time.sleep(3)
+    acked |= replay_keys(run)
+    psutil.Process(json.loads((run / "checkpoints" / "agent-sim-last.json").read_text())["pid"]).kill()
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["failures"] == {}
+    faults = summary["faults"]
+    replaced = [f for f in faults if f["what"] == "rollout actor"]
+    restarted = [f for f in faults if f["what"] == "learner"]
+    assert replaced and replaced[0]["action"].startswith("replaced by"), faults
+    assert [f["arm"] for f in restarted] == ["sim"] and restarted[0]["action"].startswith("restarted from update ")
+    assert restarted[0]["updates_lost"] >= 0 and restarted[0]["recovery_s"] > 0
+    assert "Faults" in (run / "report.html").read_text()
+    # the arms finished, and the restarted one's updates go on from its checkpoint: each update trained once
+    df = pd.read_parquet(run / "metrics.parquet")
+    for arm in ("real", "sim"):
+        assert summary["arms"][arm]["updates"] == 6
+        assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 7))
+    assert acked <= replay_keys(run)  # no acknowledged row lost
+
+
+@pytest.mark.slow
+def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
+    run = fresh_run(lwm_dir, tmp_path, "stall")
+    proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=45",
+                 "run.max_minutes=30")
+    wait_for(lambda: checkpointed(run, "real") >= 2 and checkpointed(run, "sim") >= 2, proc=proc)  # all actors up
+    t0 = time.time()
+    while time.time() - t0 < 10:  # every rollout actor, including one Ray was still placing
+        for p in ray_processes(proc.pid, "ray::RolloutActor"):
+            p.kill()
+        time.sleep(0.5)
+    out = finish(proc)
+    assert proc.returncode == 1, out[-3000:]
+    assert time.time() - t0 < 600  # the watchdog, not max_minutes, ended it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and set(summary["failures"]) == {"real", "sim"}
+    for why in summary["failures"].values():
+        assert "no progress for 45 s" in why and "0 live rollout actor(s)" in why, why
+    assert "failed" in out and "report.html" in (run / "report.html").name
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_dir, tmp_path):
+    run = fresh_run(lwm_dir, tmp_path, "resume")
+    proc = start(run, "agent.updates=6")
+    wait_for(lambda: checkpointed(run, "sim") >= 2, proc=proc)  # the slower arm
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc, timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signal.SIGTERM
+    assert "Run status: interrupted" in (run / "report.html").read_text()
+
+    # kill -9 of the driver: its cluster's processes are left; the rerun ends them and resumes the arms
+    proc = start(run, "agent.updates=6")
+    at = checkpointed(run, "sim")
+    wait_for(lambda: checkpointed(run, "sim") > at, proc=proc)
+    left = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    time.sleep(2)
+    survivors = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    resumed_at = checkpointed(run, "sim")
+    assert resumed_at > at
+    proc = start(run, "agent.updates=6")
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"arm sim: resuming from update {resumed_at}" in out
+    for p in survivors:  # what the killed driver left running, the rerun ended, naming it
+        assert not (p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    if survivors:
+        assert "left behind by a killed earlier run" in out
+    df = pd.read_parquet(run / "metrics.parquet")
+    for arm in ("real", "sim"):
+        assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 7))
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+# -- the parts, without a whole run -------------------------------------------------------------------------------
+
+def test_a_pool_replaces_a_dead_actor_ends_its_round_and_stops_at_max_replacements(ray_local, tmp_path):
+    import ray
+
+    from actors.pool import ActorPool
+    from actors.rollout import RolloutSpec
+    from agentworld.arms.real import Real
+    from agentworld.config import AgentConfig, ArmConfig, EnvConfig, Runtime
+    from agentworld.replay import ReplayService
+    from learners.weight_sync import WeightRegistry
+
+    env = EnvConfig(id="gymnasium:FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False}, max_steps=30)
+    spec = RolloutSpec(run_id="t", arm=ArmConfig(name="real", envs_per_actor=2), kind=Real(), env=env, domain="grid",
+                       agent=AgentConfig(episodes_per_update=4, max_staleness=10**6), runtime=Runtime(), seed=0)
+    replay = ReplayService.options(num_cpus=0).remote(str(tmp_path / "replay"))
+    registry = WeightRegistry.options(num_cpus=0).remote()
+    pool = ActorPool(spec, replay, registry, lo=1, hi=2, start=2, num_cpus=0.1, interval_s=60, t0=time.time(),
+                     episodes_per_update=4, max_replacements=1)
+    wait_for(lambda: ray.get(replay.count.remote()) > 0, timeout=120)
+    assert pool.replace_dead() == []  # all alive
+    victim = pool.members[0]
+    ray.get(registry.begin_round.remote("policy/real", victim["id"], 0, 10**6))  # as if it died mid-round
+    ray.kill(victim["actor"])
+    rows = wait_for(pool.replace_dead, timeout=60)
+    assert len(rows) == 1 and rows[0]["kind"] == "fault" and rows[0]["who"] == victim["id"]
+    assert rows[0]["action"] == "replaced by real2" and pool.size == 2
+    rounds = ray.get(registry.__ray_call__.remote(lambda self: dict(self.admission.rounds.get("policy/real", {}))))
+    assert victim["id"] not in rounds
+    before = ray.get(replay.count.remote())
+    wait_for(lambda: ray.get(replay.count.remote()) > before, timeout=120)  # the pool plays on
+    ray.kill(pool.members[0]["actor"])
+    rows = wait_for(pool.replace_dead, timeout=60)
+    assert rows[0]["action"].startswith("not replaced: pool.max_replacements (1) used") and pool.size == 1
+    pool.interval_s = 0  # a scaling decision now, with the learner starved: it must not replace the lost actor
+    row = pool.step("waiting for rollouts", 0, 0)
+    assert row["decision"] == "hold" and pool.size == 1
+    pool.stop()
+
+
+def test_a_rerun_ends_what_a_killed_driver_left_and_refuses_a_live_driver(tmp_path):
+    from agentworld.cluster import CLUSTER_FILE, claim_run_dir
+    from agentworld.config import ConfigError
+
+    def rec(p: subprocess.Popen) -> dict:
+        return {"pid": p.pid, "created": psutil.Process(p.pid).create_time()}
+
+    gone = subprocess.Popen(["true"])
+    gone_rec = rec(gone)
+    gone.wait()
+    left = subprocess.Popen(["sleep", "60"])
+    (tmp_path / CLUSTER_FILE).write_text(json.dumps({"driver": gone_rec,
+                                                     "processes": [dict(rec(left), name="ray::DashboardAgent")]}))
+    assert claim_run_dir(tmp_path) == [f"ray::DashboardAgent ({left.pid})"]
+    assert left.wait(timeout=10) == -signal.SIGKILL
+    assert not (tmp_path / CLUSTER_FILE).exists() and claim_run_dir(tmp_path) == []
+
+    driver = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / CLUSTER_FILE).write_text(json.dumps({"driver": rec(driver), "processes": []}))
+        with pytest.raises(ConfigError, match=f"in use by a running agentworld \\(pid {driver.pid}\\)"):
+            claim_run_dir(tmp_path)
+    finally:
+        driver.kill()
+
+
+def test_the_summary_and_report_say_how_the_run_ended(tmp_path):
+    from agentworld.metrics import metric_row
+    from agentworld.report import write_report
+
+    base = [metric_row("eval", arm="a", source="real", update=0, success=0.5, wall_time=1.0, real_steps=0, sim_steps=0,
+                       wm_real_steps=0, episodes=4, length=3.0, **{"return": 0.5}),
+            metric_row("fault", arm="a", source="real", what="rollout actor", who="a0", cause="died",
+                       action="replaced by a2", wall_time=2.0)]
+    s = write_report(tmp_path, base)
+    assert s["status"] == "completed" and s["failures"] == {} and [f["who"] for f in s["faults"]] == ["a0"]
+    assert "Faults" in (tmp_path / "report.html").read_text()
+    failed = base + [metric_row("fault", arm="a", what="stall", cause="no progress for 20 s", action="arm failed",
+                                wall_time=3.0)]
+    s = write_report(tmp_path, failed)
+    assert s["status"] == "failed" and s["failures"] == {"a": "no progress for 20 s"}
+    assert s["arms"]["a"]["failed"] == "no progress for 20 s"
+    s = write_report(tmp_path, failed + [metric_row("fault", what="run", cause="SIGTERM", action="interrupted",
+                                                     signal=15, wall_time=4.0)])
+    assert s["status"] == "interrupted" and s["signal"] == 15
+    assert "Run status: interrupted" in (tmp_path / "report.html").read_text()
