@@ -394,7 +394,7 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     policy, version = ray.get(learner.resumes_from.remote()) or (spec.init_path, 0)
     if version:
         run.console.print(f"arm {arm.name}: resuming from update {version} ({policy})")
-        ray.get(run.registry.forget.remote(f"policy/{arm.name}"))
+    ray.get(run.registry.forget.remote(f"policy/{arm.name}"))  # a restart: the dead learner's versions are gone
     kind = spec.kind
     domain, states = env_facts(spec.env, START_STATES if kind.uses_lwm else 0)
     wm = cfg.world_model
@@ -550,7 +550,7 @@ class Supervisor:
                                         f"checkpoint.max_restarts={cfg.checkpoint.max_restarts} used")
             return
         self.restarts[name] += 1
-        lost_from = self.status[name]["version"]
+        lost_from = self.status[name]["version"]  # as last polled: the checkpoint may be a tick newer (then 0 lost)
         self.arms.pools[name].kill()  # its actors play the dead learner's versions: a lost timeline
         self.pool_rows += self.arms.pools[name].rows
         learner, pool = self.arms.start[name]()
@@ -563,10 +563,10 @@ class Supervisor:
         self.progress[name] = (time.time(), None)
         self.faults.append(metric_row("fault", arm=name, what="learner", who=f"policy/{name}", cause=cause,
                                       action=f"restarted from update {s['version']}",
-                                      updates_lost=lost_from - s["version"],
+                                      updates_lost=max(0, lost_from - s["version"]),
                                       recovery_s=time.time() - t, wall_time=time.time() - self.run.t0))
         self.run.console.print(f"[yellow]arm {name}: learner died ({cause}); restarted from update {s['version']}, "
-                               f"{lost_from - s['version']} update(s) lost[/yellow]")
+                               f"{max(0, lost_from - s['version'])} update(s) lost[/yellow]")
 
     def _fail(self, name: str, what: str, cause: str) -> None:
         self.failed[name] = cause

@@ -156,8 +156,9 @@ def test_short_tooluse_end_to_end_with_controls_and_faults(tmp_path):
     # four of the six arms: real and sim on both domains; the real search arm writes its calls itself
     # (arms[i].action_mode), the others pick from their menus. (tooluse.yaml's arms are these without the controls.)
     path = subset(CONTROLLED, ("real-search", "real-mcp", "sim-perturbed-mcp", "sim-fictional-search"), tmp_path)
-    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=c", *short(path), "arms.0.action_mode=generate",
-            timeout=1500)
+    search = [a["name"] for a in yaml.safe_load(path.read_text())["arms"]].index("real-search")  # the YAML's order
+    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=c", *short(path),
+            f"arms.{search}.action_mode=generate", timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "c"
     summary = check_run(run, path, r.stdout)

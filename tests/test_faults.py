@@ -273,3 +273,19 @@ def test_the_summary_and_report_say_how_the_run_ended(tmp_path):
                                                      signal=15, wall_time=4.0)])
     assert s["status"] == "interrupted" and s["signal"] == 15
     assert "Run status: interrupted" in (tmp_path / "report.html").read_text()
+
+
+def test_a_restarted_arm_starts_a_new_timeline_in_the_registry(ray_local):
+    """A learner restarted from an earlier checkpoint (or from update 0, without one) publishes versions the dead one
+    had already published: the registry forgets the dead one's, so actors take the new ones."""
+    import ray
+
+    from learners.weight_sync import WeightRegistry
+
+    registry = WeightRegistry.options(num_cpus=0).remote()
+    ray.get(registry.publish.remote("policy/a", 5, ["dead learner's v5"]))
+    assert ray.get(registry.begin_round.remote("policy/a", "a0", 5, 0))
+    ray.get(registry.forget.remote("policy/a"))
+    ray.get(registry.publish.remote("policy/a", 1, ["new v1"]))
+    assert ray.get(registry.latest.remote("policy/a", 0)) == (1, ["new v1"])
+    assert ray.get(registry.close_batch.remote("policy/a", 2, 0))  # the dead timeline's round holds nothing up
