@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import ray
 
-from agentworld.metrics import metric_row
+from agentworld.metrics import first_line, metric_row
 
 STARVED = 0.5  # share of the interval the learner waited for rollouts before the pool grows
 PILED = 2.0  # batches waiting before the pool shrinks: one is the batch under training, more is surplus
@@ -101,7 +101,7 @@ class ActorPool:
                 self.statuses.append(ray.get(m["run"]))
                 cause = "its loop returned"
             except ray.exceptions.RayError as e:
-                cause = str(e).strip().splitlines()[0][:300]
+                cause = first_line(e)
             self.members.remove(m)
             ray.get(self.registry.end_round.remote(f"policy/{self.arm}", m["id"]))
             if self.replaced < self.max_replacements:

@@ -26,7 +26,7 @@ from rich.table import Table
 from agentworld.cluster import claim_run_dir, record_cluster, start_ray
 from agentworld.config import (ArmConfig, ConfigError, Runtime, agent_for, lwm_generation, runtime, save_config,
                                section)
-from agentworld.metrics import metric_row
+from agentworld.metrics import first_line, metric_row
 from agentworld.registry import ARM_KINDS, LOSSES
 
 WM_DATA_ARM = "wm_data"
@@ -103,7 +103,7 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
         except KeyboardInterrupt:  # before the arms ran: what there is goes in the report
             run.interrupted = run.interrupted or signal.SIGINT
         except ray.exceptions.RayError as e:  # the LWM's learner or data actor died: no arm can start
-            cause = str(e).strip().splitlines()[0][:300]
+            cause = first_line(e)
             run.console.print(f"[red]the run failed before its arms: {cause}[/red]")
             metrics.append(metric_row("fault", what="before the arms", cause=cause, action="run failed",
                                       wall_time=time.time() - run.t0))
@@ -489,7 +489,6 @@ class Supervisor:
         cfg = run.cfg
         self.refs = {name: l.run.remote() for name, l in arms.learners.items()}
         self.rows = {name: [] for name in arms.learners}  # each arm's learner rows seen
-        self.trained = {name: (0, 0) for name in arms.learners}  # rows and episodes each learner has trained on
         self.status = {name: {"arm": name, "version": 0, "updates": cfg.agent.updates, "phase": "starting", "real": 0,
                               "sim": 0, "success": None, "return": None} for name in arms.learners}
         self.restarts = {name: 0 for name in arms.learners}
@@ -501,6 +500,14 @@ class Supervisor:
 
     def pending(self) -> list[str]:
         return [name for name in self.refs if name not in self.done]
+
+    def trained(self) -> dict:
+        """Rows and episodes each arm's learner has trained on, from its train rows seen."""
+        out = {}
+        for name, rows in self.rows.items():
+            train = [r for r in rows if r["kind"] == "train"]
+            out[name] = (sum(r["batch_steps"] for r in train), sum(r["batch_episodes"] for r in train))
+        return out
 
     def tick(self) -> list[dict]:
         """Wait up to a second for a learner to end; returns the new metric rows (fault rows included)."""
@@ -527,10 +534,6 @@ class Supervisor:
             except ray.exceptions.RayError:
                 continue
             self.rows[name] += rows
-            for r in rows:
-                if r["kind"] == "train":
-                    steps, episodes = self.trained[name]
-                    self.trained[name] = (steps + r["batch_steps"], episodes + r["batch_episodes"])
             out += rows
         return out
 
@@ -539,7 +542,7 @@ class Supervisor:
             learner_result(self.refs[name])
             self.done.add(name)
         except ray.exceptions.RayActorError as e:  # the process died (kill -9, OOM, node lost)
-            self._restart(name, str(e).strip().splitlines()[0][:300])
+            self._restart(name, first_line(e))
         except (ray.exceptions.RayError, ConfigError) as e:  # an error in its code: a restart would meet it again
             self._fail(name, "learner", f"learner error: {str(e).strip().splitlines()[-1][:300]}")
 
@@ -550,23 +553,22 @@ class Supervisor:
                                         f"checkpoint.max_restarts={cfg.checkpoint.max_restarts} used")
             return
         self.restarts[name] += 1
-        lost_from = self.status[name]["version"]  # as last polled: the checkpoint may be a tick newer (then 0 lost)
+        last = self.status[name]["version"]  # as last polled: the checkpoint may be a tick newer (then 0 lost)
         self.arms.pools[name].kill()  # its actors play the dead learner's versions: a lost timeline
         self.pool_rows += self.arms.pools[name].rows
         learner, pool = self.arms.start[name]()
         self.arms.learners[name], self.arms.pools[name] = learner, pool
         s = ray.get(learner.status.remote())
         self.rows[name] = self.rows[name][:s["rows"]]  # rows after the checkpoint were the lost timeline's
-        self.trained[name] = (sum(r["batch_steps"] for r in self.rows[name] if r["kind"] == "train"),
-                              sum(r["batch_episodes"] for r in self.rows[name] if r["kind"] == "train"))
         self.refs[name], self.status[name] = learner.run.remote(), s
+        lost = max(0, last - s["version"])
         self.progress[name] = (time.time(), None)
         self.faults.append(metric_row("fault", arm=name, what="learner", who=f"policy/{name}", cause=cause,
                                       action=f"restarted from update {s['version']}",
-                                      updates_lost=max(0, lost_from - s["version"]),
+                                      updates_lost=lost,
                                       recovery_s=time.time() - t, wall_time=time.time() - self.run.t0))
         self.run.console.print(f"[yellow]arm {name}: learner died ({cause}); restarted from update {s['version']}, "
-                               f"{max(0, lost_from - s['version'])} update(s) lost[/yellow]")
+                               f"{lost} update(s) lost[/yellow]")
 
     def _fail(self, name: str, what: str, cause: str) -> None:
         self.failed[name] = cause
@@ -628,7 +630,7 @@ def wait_for_arms(run: Run, arms: Arms, tracker, lwm: dict, metrics: list[dict],
             while sup.pending():
                 new = sup.tick()
                 live_status = [sup.status[n] for n in arms.learners if n not in sup.done]
-                tracker.log(new + _scale_pools(arms.pools, live_status, sup.trained))
+                tracker.log(new + _scale_pools(arms.pools, live_status, sup.trained()))
                 if wm_learner is not None:
                     w = ray.get(wm_learner.status.remote())
                     wm_last = {"wm_version": w["version"], "exact_match": w["exact_match"],

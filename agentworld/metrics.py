@@ -243,6 +243,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line, at most 300 characters: a `fault` row's cause."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def metric_row(kind: str, /, **values) -> dict:
     """A metrics row of `kind`: `{"kind": kind, **values}`, checked against the kind's declaration.
     Columns may be left out (or None) unless required; a column the kind does not declare is an error."""
