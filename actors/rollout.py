@@ -21,6 +21,7 @@ from agentworld.config import AgentConfig, ArmConfig, EnvConfig, GenerationConfi
 from agentworld.envs import make_env_from
 from agentworld.episodes import parsed, play_episodes
 from agentworld.schema import rows_to_batch
+from agentworld.worldmodel.env import env_threads
 
 
 @dataclass
@@ -147,7 +148,8 @@ class RolloutActor:
                 created_at=time.time()))
 
         seeds = [s.seed * 1_000_003 + base + i for i in range(len(self.envs))]
-        play_episodes(self.envs, self.policy, seeds, record)
+        with env_threads(s.arm.env_threads):  # real envs step side by side; LWM envs batch as ever
+            play_episodes(self.envs, self.policy, seeds, record)
         ray.get(self.replay.add.remote(rows_to_batch(rows)))  # acknowledged = on disk
         self.episodes += len(self.envs)
         self.steps += len(rows)

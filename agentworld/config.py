@@ -294,6 +294,8 @@ class ArmConfig:
     actors_min: Optional[int] = None
     actors_max: Optional[int] = None
     envs_per_actor: int = 16
+    # real envs an actor steps and resets at once, in threads (they wait on their processes); 1: one by one
+    env_threads: int = 8
     init: Optional[str] = None  # what its policy starts from (lwm | cpt | scratch | PATH); unset: agent.init
     action_mode: Optional[str] = None  # how its policy acts (choice | generate); unset: agent.action_mode
     # key into `envs`: the real env its evaluations play, e.g. the heldout split of the `env` it trains on (same
@@ -342,6 +344,7 @@ class EvalConfig:
 @dataclass
 class ReplayConfig:
     dir: Optional[str] = None  # None: <run dir>/replay
+    capacity: Optional[int] = None  # rows held in memory per (arm, source), FIFO; None or 0: all (disk keeps all)
 
 
 @dataclass
@@ -485,11 +488,11 @@ VALUE_RULES = [
             "agent.max_action_tokens", "arms.*.actors", "arms.*.actors_min", "arms.*.actors_max", "arms.*.envs_per_actor",
             "arms.*.hybrid.window", "arms.*.hybrid.min_scores", "eval.every_updates", "eval.episodes", "serve.max_sessions",
             "serve.max_tokens", "serve.max_body_bytes", "serve.autoscaling.max_replicas", "engine.vllm.max_model_len",
-            "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel")),
+            "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel", "arms.*.env_threads")),
     (_GE0, ("run.seed", "world_model.*.steps", "world_model.*.warmup_steps", "world_model.sft.weight_decay",
             "world_model.sft.balance_*", "world_model.rl.kl", "world_model.rl.reward.*", "world_model.generation.temperature",
             "agent.max_staleness", "*history_budget_tokens", "run.stall_timeout_s", "checkpoint.*", "pool.max_replacements",
-            "world_model.continual.min_new", "engine.num_gpus",
+            "world_model.continual.min_new", "engine.num_gpus", "replay.capacity",
             "serve.autoscaling.min_replicas", "serve.autoscaling.*_s", "arms.*.control.mix.*")),
     (_UNIT, ("model.lora.dropout", "*fraction", "arms.*.hybrid.*threshold", "eval.success_target")),
     ((1, 65535, False), ("serve.port",)),

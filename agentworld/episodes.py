@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from agentworld.worldmodel.env import step_all
+from agentworld.worldmodel.env import reset_all, step_all
 
 
 def parsed(info: dict) -> bool:
@@ -18,7 +18,7 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
     """Run one episode in each env, stepping all of them together; the policy sees each episode so far. Returns
     per-episode (return, won, length, parsed actions). `on_step(i, t, obs, act, next_obs, reward, terminated,
     truncated, info)`."""
-    obs, infos = zip(*[env.reset(seed=s) for env, s in zip(envs, seeds)])
+    obs, infos = zip(*reset_all(envs, seeds))
     obs, infos = list(obs), list(infos)
     histories: list[list[tuple[str, str]]] = [[] for _ in envs]
     active = list(range(len(envs)))

@@ -55,7 +55,7 @@ def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> d
     evals, wm = _rows(df, "eval"), _rows(df, "wm")
     arms = {}
     learner_rows = df[df["kind"].isin(("eval", "train"))] if "arm" in df else df.iloc[0:0]  # not pool decisions
-    for arm in sorted(set(learner_rows["arm"].dropna())):
+    for arm in sorted(set(learner_rows["arm"].dropna())) if "arm" in learner_rows else []:
         e = evals[evals["arm"] == arm].sort_values("wall_time")
         every = learner_rows[learner_rows["arm"] == arm].sort_values("wall_time")
         last = every.iloc[-1]

@@ -38,10 +38,10 @@ def test_episode_speaks_alfworld_and_its_commands_work():
 @pytest.mark.parametrize("name", problems())
 def test_planner_oracle_solves_every_problem(name):
     env = make_env(f"alfworld:{name}", max_steps=30)
-    env.reset()
+    obs, info = env.reset()
     for _ in range(30):
         action = env.oracle_action()
-        assert action in env.env.state["admissible_commands"]
+        assert action in info["admissible_actions"]  # the engine's admissible commands
         obs, r, term, trunc, info = env.step(action)
         if term or trunc:
             break
@@ -93,14 +93,16 @@ def test_max_steps_truncates():
 
 
 def test_close_runs_in_process_and_is_idempotent():
+    from agentworld.envs.alfworld_pddl import make  # the env itself, not make_env's sandboxed proxy
+
     before = _children()
-    env = make_env("alfworld:book-under-desklamp")
+    env = make("book-under-desklamp")
     env.reset()
     env.step("go to bed 1")
     assert _children() == before  # the engine and planner run in this process: nothing to leave behind
     env.close()
     env.close()
-    assert env.env.env is None
+    assert env.env is None
 
 
 def test_splits_hold_disjoint_problems():
@@ -115,10 +117,11 @@ def test_splits_hold_disjoint_problems():
             task = (DATA / f"{env.problem}.pddl").read_text().split(";; task: ", 1)[1].split("\n")[0]
             assert f"Your task is to: {task}" in obs  # the problem is the one played
             seen.append(env.problem)
+        problems_played = env.problems  # read before close: the env lives in a sandbox that close ends
         env.close()
-        assert seen == [env.problems[s % len(env.problems)] for s in range(4)]  # the seed cycles through them
-        assert set(seen) == set(env.problems[:4]) and all(split_of(p) == split for p in env.problems)
-        played[split] = set(env.problems)
+        assert seen == [problems_played[s % len(problems_played)] for s in range(4)]  # the seed cycles through them
+        assert set(seen) == set(problems_played[:4]) and all(split_of(p) == split for p in problems_played)
+        played[split] = set(problems_played)
     assert played["train"] and played["heldout"] and not played["train"] & played["heldout"]
     assert played["train"] | played["heldout"] == set(problems())
     with pytest.raises(ValueError, match="split must be train or heldout, not 'x'"):

@@ -100,7 +100,9 @@ def test_reset_by_seed_is_deterministic():
 
 
 def test_episodes_do_not_share_backend_state_and_release_it():
-    a, b = make_env("bfcl:multi_turn_base_1"), make_env("bfcl:multi_turn_base_1")
+    from agentworld.envs.bfcl import make  # in this process, not make_env's sandbox: its globals are checked below
+
+    a, b = make("multi_turn_base_1"), make("multi_turn_base_1")
     a.reset()
     b.reset()
     a.step('{"tool": "cd", "arguments": {"folder": "workspace"}}')

@@ -196,7 +196,8 @@ def test_a_killed_browser_truncates_the_episode_and_comes_back():
     try:
         env.reset(seed=0)
         old = _browser_pids() - before
-        os.kill(env.env.browser.instance.driver.service.process.pid, signal.SIGKILL)  # chromedriver
+        [driver] = [p for p in env.env.sandbox.pids() if Path(f"/proc/{p}/comm").read_text().strip() == "chromedriver"]
+        os.kill(driver, signal.SIGKILL)  # chromedriver, in the env's sandbox
         obs, reward, terminated, truncated, info = env.step(env.oracle_action())
         assert info.get("crashed") and truncated and reward == 0.0
         assert not [p for p in old if _running(p)], "the orphaned Chromium was not stopped"

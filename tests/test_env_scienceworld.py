@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,18 @@ STABLE_SEED = 2  # variation 2 gave the same world and gold path on 15 of 15 loa
 
 
 def our_jvms() -> list[str]:
-    """Pids of the JVMs this test process started (py4j runs java as a direct child)."""
-    return subprocess.run(["pgrep", "-P", str(os.getpid()), "java"], capture_output=True, text=True).stdout.split()
+    """Pids of the JVMs this test process started: each runs in its env's sandbox, a descendant, not a child."""
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            try:
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:  # exited
+                return False
+        return False
+
+    return [p for p in subprocess.run(["pgrep", "java"], capture_output=True, text=True).stdout.split() if ours(int(p))]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +100,8 @@ def test_unknown_task_is_rejected():
 def test_crashed_jvm_is_recreated_by_the_supervisor():
     env = make_env(TASK)
     env.reset(seed=0)
-    os.kill(env.env._env._gateway.java_process.pid, signal.SIGKILL)
+    [java] = [p for p in env.env.sandbox.pids() if Path(f"/proc/{p}/comm").read_text().strip() == "java"]
+    os.kill(java, signal.SIGKILL)  # the JVM, in the env's sandbox
     obs, r, term, trunc, info = env.step("look around")
     assert trunc and info["crashed"] and env.crashes == 1
     env.reset(seed=0)

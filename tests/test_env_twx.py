@@ -3,11 +3,17 @@
 import os
 import random
 import signal
+from pathlib import Path
 
 import pytest
 
 from agentworld.envs import make_env, resolve_env_id
 from tests.oracle import follow_oracle
+
+
+def jvm_pids(env) -> list[int]:
+    """Host pids of the env's JVM: it runs in the env's sandbox (agentworld/envs/remote.py)."""
+    return [p for p in env.env.sandbox.pids() if Path(f"/proc/{p}/comm").read_text().strip() == "java"]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,8 @@ def test_game_params_shape_the_world():
 def test_crashed_jvm_is_recreated_by_the_supervisor():
     env = make_env("twx:coin")
     env.reset(seed=0)
-    os.kill(env.env._env._gateway.java_process.pid, signal.SIGKILL)
+    [java] = jvm_pids(env)
+    os.kill(java, signal.SIGKILL)
     obs, r, term, trunc, info = env.step("look around")
     assert trunc and info["crashed"] and env.crashes == 1
     obs, info = env.reset(seed=0)
@@ -92,12 +99,12 @@ def test_crashed_jvm_is_recreated_by_the_supervisor():
 
 def test_close_stops_the_jvm():
     env = make_env("twx:cookingworld")
-    proc = env.env._env._gateway.java_process
+    [java], box = jvm_pids(env), env.env.sandbox
     env.reset(seed=0)
     env.close()
-    assert proc.poll() is not None  # exited and reaped
+    assert not box.pids()  # the JVM and all else in its sandbox exited and were reaped
     with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
+        os.kill(java, 0)
     env.close()  # idempotent
 
 

@@ -1,6 +1,7 @@
 """Escape and abuse attempts against the sandbox, through the terminal env and through Sandbox.run. Each
 test checks the attempt is contained and that the env or sandbox still works afterwards."""
 
+import json
 import os
 import socket
 import subprocess
@@ -381,3 +382,67 @@ def test_tmux_hook_cannot_write_on_the_host(term):
     assert not target.exists()
     assert_alive(term)  # the failing hook broke our capture: the shell was restarted, which dropped the hook
     assert not target.exists()
+
+
+# -- the tool processes: MCP servers run under the same policy, their scratch dir the one writable place --------------
+
+def mcp_call(env, tool: str, **arguments) -> str:
+    obs, *_ = env.step(json.dumps({"tool": tool, "arguments": arguments}))
+    return obs
+
+
+@pytest.mark.parametrize("sql", ["VACUUM INTO '{path}'", "ATTACH DATABASE '{path}' AS x"])
+def test_sqlite_server_cannot_write_host_files(sql, tmp_path):
+    env = make_env("mcp:sqlite-train", max_steps=20)
+    try:
+        env.reset(seed=0)
+        for target in (tmp_path / "x.db", Path("/tmp") / f"aw-escape-{os.getpid()}.db"):  # a host dir, the host's /tmp
+            obs = mcp_call(env, "write_query", query=sql.format(path=target))
+            if "ATTACH" in sql:  # a table in the attached file would be written there
+                obs += mcp_call(env, "write_query", query="CREATE TABLE x.t (a)")
+            assert not target.exists(), obs
+        assert mcp_call(env, "list_tables").startswith("[")  # the server still works
+    finally:
+        env.close()
+
+
+def test_git_servers_repository_config_and_hooks_run_only_inside(tmp_path):
+    env = make_env("mcp:git-train", max_steps=20)
+    fsmonitor, hook = tmp_path / "fsmonitor-ran", tmp_path / "hook-ran"
+    try:
+        env.reset(seed=0)
+        repo = env.scratch / "project"
+        with open(repo / ".git" / "config", "a") as f:  # what a hostile repository could carry
+            f.write(f"[core]\n\tfsmonitor = \"touch {fsmonitor}; echo\"\n")
+        (repo / ".git" / "hooks" / "pre-commit").write_text(f"#!/bin/sh\ntouch {hook}\n")
+        (repo / ".git" / "hooks" / "pre-commit").chmod(0o755)
+        env.box.chown()
+        obs = mcp_call(env, "git_status", repo_path="project") + mcp_call(env, "git_add", repo_path="project",
+                                                                           files=["README.md"])
+        obs += mcp_call(env, "git_commit", repo_path="project", message="x")
+        assert not fsmonitor.exists() and not hook.exists(), obs
+        from agentworld.envs.mcp_tools import git
+        git(repo, "status")  # our own checker's git, outside the sandbox, runs neither
+        assert not fsmonitor.exists()
+    finally:
+        env.close()
+
+
+def test_mcp_server_sees_only_its_python_read_only_and_no_network():
+    import sys
+
+    from agentworld.envs.mcp_tools import SERVER_LIMITS
+    from agentworld.envs.sandbox import python_binds
+
+    box = Sandbox(limits=SERVER_LIMITS, ro_binds=python_binds())
+    venv = Path(sys.prefix).resolve()
+    try:
+        r = box.run(f"ls -A {venv.parent}; echo ==; ls /home 2>&1; echo ==; touch {venv}/x 2>&1; echo ==; "
+                    f"{venv}/bin/python -c 'print(7 * 6)'; echo ==; tail -n +3 /proc/net/dev | cut -d: -f1")
+        ls_parent, home, touch, python, net = [part.strip() for part in r.output.split("==")]
+        assert ls_parent == venv.name  # beside the venv, nothing of the host's
+        assert "No such file or directory" in home and "Read-only file system" in touch and python == "42"
+        assert net == "lo"  # an empty network namespace
+        assert not (venv / "x").exists()
+    finally:
+        box.close()

@@ -4,6 +4,7 @@ an env whose package is not installed costs nothing until an experiment names it
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable
 
@@ -34,6 +35,12 @@ BUILTIN = {
 # the episode's task when older turns are dropped (worldmodel/prompt.py window).
 STATEFUL = frozenset({"terminal", "swe", "mcp", "search", "web", "textgame", "science", "embodied"})
 
+
+# Families whose env runs a process tree of its own (a JVM, a browser) or native code in-process (the ALFWorld planner)
+# or evals the agent's calls (BFCL): each env runs whole in a sandbox, behind a JSON proxy (agentworld/envs/remote.py).
+# The shell families sandbox their own commands. Not textworld: the games it compiles (~3 s each) are cached on the
+# host for all its envs, where a sandboxed env would compile each one anew.
+SANDBOXED = frozenset({"bfcl", "scienceworld", "twx", "miniwob", "alfworld"})
 
 MENUS = ("visible", "oracle")  # an env's `menu` kwarg: what its choice menu is built from (base.Menu)
 
@@ -95,13 +102,18 @@ def check_menu(env_id: str, menu: Any) -> None:
 
 def make_env(env_id: str, max_steps: int | None = None, domain: str | None = None, menu: str = "visible",
              **kwargs: Any) -> TextEnv:
-    """Build an env by id. It is supervised: if its underlying process crashes, the episode is truncated
-    with the reason and the env is recreated, so the actor that holds it lives on. Where its family has a
-    `menu`, that builds `info["admissible_actions"]` (base.Menu; `menu="oracle"` adds the oracle's next action)."""
+    """Build an env by id; one of the SANDBOXED families runs in a sandbox of its own. It is supervised: if its
+    underlying process crashes, the episode is truncated with the reason and the env is recreated, so the actor
+    that holds it lives on. Where its family has a `menu`, that builds `info["admissible_actions"]` (base.Menu;
+    `menu="oracle"` adds the oracle's next action)."""
     resolve_env_id(env_id)
     check_menu(env_id, menu)
     prefix, _, name = env_id.partition(":")
     factory, default_domain, _, menu_fn = _family(prefix)
+    if prefix in SANDBOXED:
+        from agentworld.envs.remote import SandboxedEnv
+
+        factory = functools.partial(SandboxedEnv, prefix)
     env = Supervised(lambda: factory(name, max_steps=max_steps, domain=domain or default_domain, **kwargs))
     return env if menu_fn is None else Menu(env, menu_fn, oracle=menu == "oracle")
 

@@ -44,6 +44,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from agentworld.envs.base import split_of, unparsed_info  # noqa: F401  (split_of: the shared split rule; re-exported)
+from agentworld.envs.sandbox import Limits, Sandbox, python_binds
 
 CALL_TIMEOUT = 30.0  # seconds; a server that takes longer is taken as hung
 # seconds a server may take to start and list its tools: a Python server's imports took over 30 s on 2 cores shared by
@@ -67,6 +68,15 @@ GIT_ENV = {
     "GIT_AUTHOR_DATE": "1709294400 +0000", "GIT_COMMITTER_DATE": "1709294400 +0000",
     "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
 }
+# Our own git commands (building and checking tasks) run outside the sandbox, on repositories the sandboxed server
+# owns: git must accept that owner, and never run what a repository's config or hooks name.
+HOST_GIT_ENV = {**GIT_ENV, "GIT_CONFIG_COUNT": "3", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",
+                "GIT_CONFIG_KEY_1": "core.fsmonitor", "GIT_CONFIG_VALUE_1": "false",
+                "GIT_CONFIG_KEY_2": "core.hooksPath", "GIT_CONFIG_VALUE_2": os.devnull}
+INSIDE = "/scratch"  # the scratch dir, as a sandboxed server sees it
+# A server lives for the env's life: its CPU budget is an hour, not a command's ten seconds; Python's threads and
+# imports need more address space than a shell command
+SERVER_LIMITS = Limits(cpu_seconds=3600, memory_mb=8192, nproc=64, fsize_mb=256, timeout_s=CALL_TIMEOUT)
 
 
 class CallTimedOut(Exception):
@@ -78,12 +88,18 @@ class MCPServer:
     loop in a background thread, and one task there owns the connection from start to close."""
 
     def __init__(self, command: str, args: list[str], cwd: str | None = None, env: dict[str, str] | None = None,
-                 log_path: str = os.devnull):
-        self.token = uuid.uuid4().hex
-        self.params = StdioServerParameters(command=command, args=args, cwd=cwd, env={**(env or {}), MARKER: self.token})
+                 log_path: str = os.devnull, sandbox: Sandbox | None = None):
+        """In `sandbox` when given: the command and its args then name paths inside it, and `env` is its own."""
+        self.token, self.name = uuid.uuid4().hex, Path(command).name
+        env = {**(env or {}), MARKER: self.token}
+        if sandbox is not None:
+            sandbox.env.update(env)
+            command, *args = sandbox.argv([command, *args])
+            env = {}  # `env -i` starts the sandbox's command line with none of ours
+        self.params = StdioServerParameters(command=command, args=args, cwd=cwd, env=env)
         self._log = open(log_path, "w")
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"mcp:{Path(command).name}")
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"mcp:{self.name}")
         self._thread.start()
         self._stop = asyncio.Event()  # binds to the loop on first use, in the loop's thread
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
@@ -92,7 +108,7 @@ class MCPServer:
             self.tools = self._ready.result(START_TIMEOUT)
         except BaseException:
             self.close()
-            raise RuntimeError(f"MCP server {command} did not start; its log: {self.log_tail()}") from None
+            raise RuntimeError(f"MCP server {self.name} did not start; its log: {self.log_tail()}") from None
 
     async def _connect(self) -> None:
         """Owns the connection: the SDK's context managers must be entered and left by the same task."""
@@ -120,7 +136,7 @@ class MCPServer:
             if e.code == REQUEST_TIMEOUT and deadline < CALL_TIMEOUT:
                 raise CallTimedOut(e.message) from None
             if e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
-                raise RuntimeError(f"MCP server {Path(self.params.command).name}: {e.message}") from None
+                raise RuntimeError(f"MCP server {self.name}: {e.message}") from None
             raise
 
     def ping(self) -> None:
@@ -172,8 +188,10 @@ class MCPServer:
 
 # ---------------------------------------------------------------- servers and scratch state
 
-def server_command(kind: str, scratch: Path) -> tuple[str, list[str], str]:
-    """(executable, args, cwd). Console scripts are looked up beside the interpreter, not on PATH."""
+def server_command(kind: str, scratch: Path | str = INSIDE) -> tuple[str, list[str], str]:
+    """(executable, args, cwd), with the scratch dir's paths as the server sees them: by default from inside its
+    sandbox. Console scripts are looked up beside the interpreter, not on PATH."""
+    scratch = Path(scratch)
     bin_dir = Path(sys.executable).parent
     if kind == "time":  # a fixed local zone: the server's answers do not depend on the machine's
         return str(bin_dir / "mcp-server-time"), ["--local-timezone", "UTC"], str(scratch)
@@ -188,7 +206,7 @@ def server_command(kind: str, scratch: Path) -> tuple[str, list[str], str]:
 
 
 def git(repo: Path, *args: str, **env: str) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **GIT_ENV, **env},
+    out = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **HOST_GIT_ENV, **env},
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -211,7 +229,7 @@ def make_repo(repo: Path, commits: list[tuple[str, str, str, str]]) -> None:
         stream += (f"commit refs/heads/main\nauthor {author} <{author.split()[0].lower()}@example.com> {date}\n"
                    f"committer {GIT_ENV['GIT_COMMITTER_NAME']} <{GIT_ENV['GIT_COMMITTER_EMAIL']}> {date}\n").encode()
         stream += data(message.strip() + "\n") + f"M 100644 inline {path}\n".encode() + data(content)
-    subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, env={**os.environ, **GIT_ENV}, input=stream,
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, env={**os.environ, **HOST_GIT_ENV}, input=stream,
                    capture_output=True, check=True)
     git(repo, "reset", "-q", "--hard")  # the work tree and index of the last commit
 
@@ -963,8 +981,10 @@ class MCPToolEnv:
         self.max_steps = max_steps
         self.scratch = Path(tempfile.mkdtemp(prefix="agentworld-mcp-"))
         try:
-            self.command = server_command(self.kind, self.scratch)
-        except RuntimeError:
+            self.command = server_command(self.kind)
+            # the server runs under the terminal's bubblewrap policy: its scratch dir is the one writable place
+            self.box = Sandbox(self.scratch, SERVER_LIMITS, ro_binds=python_binds())
+        except (RuntimeError, ValueError):
             shutil.rmtree(self.scratch)
             raise
         self.server: MCPServer | None = None
@@ -972,15 +992,16 @@ class MCPToolEnv:
         self.t, self.score, self.done, self.progress = 0, 0.0, False, 0
 
     def _start_server(self) -> None:
-        command, args, cwd = self.command
-        self.server = MCPServer(command, args, cwd=cwd, env=GIT_ENV if self.kind == "git" else None,
-                                log_path=str(self.scratch / "server.log"))
+        command, args, _ = self.command
+        self.server = MCPServer(command, args, cwd=str(self.scratch), env=GIT_ENV if self.kind == "git" else None,
+                                log_path=str(self.scratch.parent / f"{self.scratch.name}.log"), sandbox=self.box)
 
     def _info(self, **extra) -> dict[str, Any]:
         return {"open_actions": True, "score": self.score, "won": False, **extra}
 
     def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self.task = self.builder(random.Random(seed), self.scratch)  # state first: the git server needs its repo
+        self.box.chown()  # what the builder wrote, the sandboxed server may change
         if self.server is None:
             self._start_server()
         self.server.ping()  # a server that died between episodes fails the reset (Supervised starts a new env)
@@ -1060,7 +1081,9 @@ class MCPToolEnv:
         if self.server is not None:
             self.server.close()
             self.server = None
+        self.box.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+        Path(self.scratch.parent / f"{self.scratch.name}.log").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- controlled observations for the LWM's SFT

@@ -17,12 +17,14 @@ Scratch and binds are chowned to the sandbox uid at creation; files the host add
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -73,6 +75,39 @@ def _check_reachable(path: Path) -> None:
                              "so the sandbox cannot mount it")
 
 
+def _reachable(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def python_binds() -> dict[str, Path]:
+    """Read-only binds (sandbox path -> host path) that run this venv's Python inside a sandbox at the same paths: the
+    venv and the Python install it was made from. An install the sandbox uid cannot reach (pyenv under a 0700 /root,
+    say) is bound from a mirror of hard links in the venv, made once (a copy where hard links cannot cross devices)."""
+    venv, base = Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()
+    _check_reachable(venv)
+    out = {str(venv): venv}
+    if base != venv and not _reachable(base):
+        python = base / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        stamp = hashlib.sha256(f"{base}:{os.stat(python).st_mtime_ns}".encode()).hexdigest()[:12]
+        mirror = venv / ".sandbox-python" / stamp
+        if not mirror.exists():
+            mirror.parent.mkdir(mode=0o755, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=mirror.parent)) / "tree"
+            if subprocess.run(["cp", "-al", str(base), str(tmp)], capture_output=True).returncode:
+                shutil.rmtree(tmp, ignore_errors=True)
+                subprocess.run(["cp", "-a", str(base), str(tmp)], check=True, capture_output=True)
+            os.chmod(tmp.parent, 0o755)
+            try:
+                os.rename(tmp, mirror)  # atomic: a concurrent maker's mirror is as good as ours
+            except OSError:
+                pass
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        out[str(base)] = mirror
+    elif base != venv:
+        out[str(base)] = base
+    return out
+
+
 def _system_mounts() -> list[str]:
     args = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
@@ -87,8 +122,10 @@ class Sandbox:
     """Owns a scratch dir and the processes it starts; `close()` kills them all and removes a temp scratch."""
 
     def __init__(self, scratch: str | Path | None = None, limits: Limits = Limits(),
-                 binds: Mapping[str, str | Path] | None = None):
-        """`binds` maps extra writable sandbox paths to host dirs (e.g. a control socket's dir)."""
+                 binds: Mapping[str, str | Path] | None = None, ro_binds: Mapping[str, str | Path] | None = None,
+                 env: Mapping[str, str] | None = None):
+        """`binds` maps extra writable sandbox paths to host dirs (e.g. a control socket's dir), `ro_binds` read-only
+        ones (e.g. `python_binds()`); `env` is added to the commands' environment."""
         if shutil.which("bwrap") is None:
             raise RuntimeError("bubblewrap is not installed: apt-get install bubblewrap")
         self.limits = limits
@@ -96,6 +133,8 @@ class Sandbox:
         self.scratch = Path(tempfile.mkdtemp(prefix="agentworld-sbx-") if scratch is None else scratch).resolve()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.binds = {inside: Path(host).resolve() for inside, host in (binds or {}).items()}
+        self.ro_binds = {inside: Path(host) for inside, host in (ro_binds or {}).items()}
+        self.env = dict(env or {})
         # uids below 2**31 that no account uses; collisions between two live sandboxes are ~1e-9
         self.uid = (1 << 30) + secrets.randbelow(1 << 30)
         for d in [self.scratch, *self.binds.values()]:
@@ -113,6 +152,8 @@ class Sandbox:
         """The full command line that runs `argv` inside the sandbox."""
         lim, mb = self.limits, 1 << 20
         binds = [a for inside, host in self.binds.items() for a in ("--bind", str(host), inside)]
+        binds += [a for inside, host in self.ro_binds.items() for a in ("--ro-bind", str(host), inside)]
+        setenv = [a for k, v in self.env.items() for a in ("--setenv", k, v)]
         return [
             "env", "-i", f"PATH={PATH}",
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs",
@@ -121,7 +162,7 @@ class Sandbox:
             "bwrap", "--unshare-all", "--unshare-user", "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID),
             "--disable-userns", "--as-pid-1", "--die-with-parent", "--new-session", "--hostname", "sandbox",
             "--clearenv", "--setenv", "PATH", PATH, "--setenv", "HOME", "/scratch",
-            "--setenv", "TERM", "xterm", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "TERM", "xterm", "--setenv", "LANG", "C.UTF-8", *setenv,
             *_system_mounts(), "--proc", "/proc", "--dev", "/dev",
             "--size", str(lim.tmpfs_mb * mb), "--tmpfs", "/tmp",
             "--size", str(lim.tmpfs_mb * mb), "--tmpfs", "/dev/shm",

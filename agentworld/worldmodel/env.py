@@ -6,7 +6,10 @@ env's does; a family without one (a fixed action set) keeps its start state's.""
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Sequence
 
 from agentworld.envs import family_module, menu_of
 from agentworld.worldmodel.prompt import STATEFUL, build_messages, parse_prediction, render_state, window, wm_system_prompt
@@ -135,16 +138,53 @@ class WorldModelEnv:
         pass
 
 
+# How many real envs step_all and reset_all run at once here: arms.<i>.env_threads in a rollout actor, else 1
+_THREADS: ContextVar[int] = ContextVar("env_threads", default=1)
+
+
+@contextmanager
+def env_threads(n: int):
+    """Within it, step_all and reset_all run up to `n` real envs at once, each in a thread: a real env mostly waits on
+    its process (a shell, a JVM, a browser, an MCP server), so threads overlap those waits; 1 is one after another."""
+    token = _THREADS.set(n)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def _each(call: Callable, envs: Sequence, args: Sequence, idx: Sequence[int]) -> list:
+    """`call(envs[i], args[i])` for i in `idx`, results in that order, up to env_threads at a time. Every call has
+    ended when this returns or raises; it raises the first failure in `idx` order, the one the serial loop meets."""
+    n = min(_THREADS.get(), len(idx))
+    if n <= 1:
+        return [call(envs[i], args[i]) for i in idx]
+    with ThreadPoolExecutor(n, thread_name_prefix="env") as pool:
+        futures = [pool.submit(call, envs[i], args[i]) for i in idx]
+        return [f.result() for f in futures]  # on a failure, leaving the pool waits for the calls still running
+
+
 def step_all(envs: Sequence, actions: Sequence[str]) -> list:
-    """Step a mixed list of envs: world-model envs in one batch per engine, real envs one by one."""
+    """Step a mixed list of envs: world-model envs in one batch per engine, real envs up to env_threads at once."""
     results: list = [None] * len(envs)
     groups: dict[tuple, list[int]] = {}
+    real: list[int] = []
     for i, env in enumerate(envs):
         if getattr(env, "batched", False):  # LWM-backed: one batched generation per engine and env type
             groups.setdefault((type(env), id(env.engine)), []).append(i)
         else:
-            results[i] = env.step(actions[i])
+            real.append(i)
+    for i, r in zip(real, _each(lambda env, action: env.step(action), envs, actions, real)):
+        results[i] = r
     for (kind, _), idx in groups.items():
         for i, r in zip(idx, kind.step_batch([envs[i] for i in idx], [actions[i] for i in idx])):
             results[i] = r
     return results
+
+
+def reset_all(envs: Sequence, seeds: Sequence[int | None]) -> list:
+    """`env.reset(seed=...)` of each env, in order: real envs up to env_threads at once (a reset starts a shell, a
+    page, a task's files), world-model envs here (a hybrid env's resets read the gate its actor's envs share)."""
+    real = [i for i, env in enumerate(envs) if not getattr(env, "batched", False)]
+    done = dict(zip(real, _each(lambda env, seed: env.reset(seed=seed), envs, seeds, real)))
+    return [done[i] if i in done else env.reset(seed=seeds[i]) for i, env in enumerate(envs)]
