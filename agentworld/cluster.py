@@ -14,9 +14,22 @@ def start_ray(cfg) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=False)
     else:
-        # "local": always a new embedded cluster, even if `ray start` left one running on this machine
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
-                 log_to_driver=False)
+        init_local(cfg.num_cpus, env_vars)
+
+
+def init_local(num_cpus: int, env_vars: dict[str, str]) -> None:
+    """A new embedded cluster ("local": even if `ray start` left one running on this machine), on loopback only.
+    Ray binds its gRPC servers to 127.0.0.1 only when the node address is 127.0.0.1 and Ray does not replace that
+    with the machine's routable address, which it does unless clusters are off: a one-machine cluster, so off."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # read by the cluster's processes at their start
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray before
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+             log_to_driver=False, _node_ip_address=LOOPBACK)
+
+
+LOOPBACK = "127.0.0.1"
 
 
 CLUSTER_FILE = ".cluster.json"  # in the run dir: the driver and the processes of its embedded cluster

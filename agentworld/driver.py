@@ -67,7 +67,8 @@ def open_run(cfg, config_path: str | None = None) -> Run:
     embedded = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     ended = claim_run_dir(run_dir) if embedded else []  # a killed earlier driver's cluster processes
     save_config(cfg, run_dir / "config.yaml")
-    run = Run(cfg, run_dir, f"{cfg.run.name}-{int(time.time())}", time.time(), runtime(cfg, run_dir), Console(),
+    console = Console(soft_wrap=True)  # a path or an error in a log stays on one line, whatever the width
+    run = Run(cfg, run_dir, f"{cfg.run.name}-{int(time.time())}", time.time(), runtime(cfg, run_dir), console,
               embedded=embedded)
     run.console.print(f"run [bold]{cfg.run.name}[/bold] -> {run_dir}" + (f"  (config {config_path})" if config_path else ""))
     for what in ended:
@@ -478,6 +479,9 @@ def shared_engines(run: Run, arm_name: str, kind, policy_path: str, policy_versi
 
 # -- 5. waiting, with a live table -----------------------------------------------------------------------
 
+ACTOR_ERRORS_AFTER_S = 20.0  # seconds without progress before an arm's actors' errors are read and reported
+
+
 class Supervisor:
     """The arms under way, as the driver sees them on every tick: each learner's run, status and new metric rows. A
     dead learner restarts with its arm from the arm's last checkpoint, up to checkpoint.max_restarts; past them, or on
@@ -497,6 +501,8 @@ class Supervisor:
         self.failed: dict[str, str] = {}  # arm -> why it failed
         self.faults: list[dict] = []
         self.pool_rows: list[dict] = []  # the decisions of pools replaced with their learner
+        self.errors_checked: dict[str, float] = {}  # arm -> when its actors' errors were last read
+        self.actor_errors: dict[str, set[str]] = {}  # arm -> the actor errors reported
 
     def pending(self) -> list[str]:
         return [name for name in self.refs if name not in self.done]
@@ -580,7 +586,8 @@ class Supervisor:
 
     def _watchdog(self) -> None:
         """An arm whose learner status has not changed for run.stall_timeout_s (rows landed, update, phase) fails,
-        named with the cause the driver sees; its learner is ended."""
+        named with the cause the driver sees; its learner is ended. Before that, an arm without progress for
+        ACTOR_ERRORS_AFTER_S has its actors' errors (a full disk, say) reported, each new one once."""
         limit = self.run.cfg.run.stall_timeout_s
         for name in self.pending():
             s = self.status[name]
@@ -588,7 +595,12 @@ class Supervisor:
             since, last = self.progress[name]
             if key != last:
                 self.progress[name] = (time.time(), key)
-            elif limit and time.time() - since > limit:
+                continue
+            idle = time.time() - since
+            if idle > ACTOR_ERRORS_AFTER_S and time.time() - self.errors_checked.get(name, 0) > ACTOR_ERRORS_AFTER_S:
+                self.errors_checked[name] = time.time()
+                self._report_actor_errors(name)
+            if limit and idle > limit:
                 pool = self.arms.pools[name]
                 errors = pool.errors()
                 cause = (f"no progress for {limit:.0f} s (run.stall_timeout_s) at update {s['version']}, learner "
@@ -597,6 +609,16 @@ class Supervisor:
                          + (f"; actor errors: {errors[-1]}" if errors else ""))
                 ray.kill(self.arms.learners[name])
                 self._fail(name, "stall", cause)
+
+    def _report_actor_errors(self, name: str) -> None:
+        for line in self.arms.pools[name].errors():
+            if line not in self.actor_errors.setdefault(name, set()):
+                self.actor_errors[name].add(line)
+                self.faults.append(metric_row("fault", arm=name, what="rollout round", who=f"policy/{name}",
+                                              cause=line, action="retrying with backoff",
+                                              wall_time=time.time() - self.run.t0))
+                self.run.console.print(f"[yellow]arm {name}: a rollout round failed ({line}); its actor retries "
+                                       "with backoff[/yellow]")
 
     def collect(self) -> list[dict]:
         """Every learner's rows not read yet (a short wait each: on SIGINT/SIGTERM the arms end with the cluster)."""

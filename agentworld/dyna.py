@@ -228,9 +228,10 @@ def run_dyna(cfg) -> dict:
     import torch
     from omegaconf import OmegaConf
 
+    from agentworld.cluster import init_local
     from agentworld.report import write_report
 
-    console = Console()
+    console = Console(soft_wrap=True)
     torch.set_num_threads(cfg.run.torch_threads)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,8 +240,7 @@ def run_dyna(cfg) -> dict:
     console.print(f"LWM {lwm['path']}: simulates {lwm['env_id']} {lwm['env_kwargs']}, trained on "
                   f"{lwm['wm_real_steps']} real steps")
     threads = {"OMP_NUM_THREADS": str(cfg.run.torch_threads), "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(address="local", num_cpus=cfg.run.num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": threads})
+    init_local(cfg.run.num_cpus, threads)
     try:
         rows = [r for arm in cfg.arms for r in train_arm(cfg, lwm, arm, run_dir, console)]
     finally:

@@ -23,7 +23,7 @@ from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 from bfcl_eval.utils import load_dataset_entry, load_file, load_ground_truth_entry
 
-from agentworld.envs.base import split_of, unparsed_info
+from agentworld.envs.base import retry_ast, split_of, unparsed_info
 
 CATEGORY = "multi_turn_base"
 SPLITS = ("train", "heldout")
@@ -108,7 +108,7 @@ def required_args(class_names: list[str]) -> dict[str, list[str]]:
 def parse_python_call(text: str, params: dict[str, list[str]]) -> tuple[str, dict] | str:
     """`cd(folder='x')` -> ("cd", {"folder": "x"}); literals only, so nothing but the named function runs."""
     try:
-        node = ast.parse(text.strip(), mode="eval").body
+        node = retry_ast(functools.partial(ast.parse, mode="eval"), text.strip()).body
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             return "a call looks like NAME(arg=value)"
         name = node.func.id

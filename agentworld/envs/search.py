@@ -283,7 +283,7 @@ def parse_action(action: Any) -> tuple[str, dict[str, Any]]:
             raise ValueError('expected {"tool": NAME, "arguments": {...}} or {"answer": TEXT}')
         return tool, args
     try:
-        node = ast.parse(text, mode="eval").body
+        node = retry_ast(functools.partial(ast.parse, mode="eval"), text).body
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             raise ValueError
         first = {"web_search": "queries", "web_extractor": "url", "answer": "answer"}.get(node.func.id, "arg")

@@ -229,7 +229,7 @@ def run_eval(data: str, out_dir: str, model: str | None = None, endpoint: str | 
              console: Console | None = None) -> dict:
     """Predict, score, judge (with `judge_endpoint`) and compare with copy and retrieve (retrieve with `train`:
     a JSONL file or replay dir of training rows); writes predictions.jsonl, judged.jsonl and scores.json."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     rows, errors = load_rows(data)
     rows = rows[:limit] if limit else rows
     examples = bench_examples(rows, history_turns)
