@@ -191,7 +191,8 @@ def to_target_words(t: dict | None) -> str:
 
 def sim_vs_real_axes(evals: pd.DataFrame) -> pd.DataFrame:
     """Eval rows with the headline x axes: real env steps (own + the LWM's data), all steps, wall-clock in min."""
-    evals = evals.copy()
+    needed = ("real_steps", "wm_real_steps", "sim_steps", TIME)  # absent when a run failed before any eval
+    evals = evals.reindex(columns=[*evals.columns, *(c for c in needed if c not in evals)])
     evals["x_real"] = evals["real_steps"].fillna(0) + evals["wm_real_steps"].fillna(0)
     evals["x_total"] = evals["x_real"] + evals["sim_steps"].fillna(0)
     evals["x_wall"] = evals[TIME] / 60

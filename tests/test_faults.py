@@ -369,3 +369,29 @@ def test_a_really_full_disk_acknowledges_nothing_and_every_acknowledged_row_is_r
         acked.append(f"b{k}")
     again = ReplayStore(str(small_disk / "replay"))
     assert sorted(set(again.table()["episode_id"].to_pylist())) == sorted(acked) and again.rows == 20 * len(acked)
+
+
+def test_a_run_that_failed_before_its_arms_still_gets_its_report(tmp_path):
+    from agentworld.metrics import metric_row
+    from agentworld.report import write_report
+
+    df = pd.DataFrame([metric_row("fault", what="before the arms", cause="RuntimeError: no LWM data",
+                                  action="run failed", wall_time=1.0)])
+    df.to_parquet(tmp_path / "metrics.parquet")
+    summary = write_report(tmp_path, df, {}, success_target=0.5)
+    assert summary["status"] == "failed" and summary["arms"] == {}
+    assert "no LWM data" in (tmp_path / "report.html").read_text()
+
+
+def test_a_task_error_is_told_by_its_own_first_line(ray_local):
+    import ray
+
+    from agentworld.metrics import first_line
+
+    @ray.remote(num_cpus=0)
+    def fails():
+        raise RuntimeError("MCP server x did not start\nits log: ...")
+
+    with pytest.raises(ray.exceptions.RayTaskError) as e:
+        ray.get(fails.remote())
+    assert first_line(e.value) == "RuntimeError: MCP server x did not start"
