@@ -27,7 +27,7 @@ DOMAINS = [
 
 def collect(env_id, policy, out, episodes=2):
     return subprocess.run([sys.executable, "-m", "agentworld", "collect", "--env", env_id, "--policy", policy,
-                           "--episodes", str(episodes), "--out", str(out), "--max-steps", "30"],
+                           "--episodes", str(episodes), "--out", str(out), "--max-steps", "60"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 

@@ -224,3 +224,30 @@ def test_cli_bad_env_threads_exits_2_with_one_line():
                        capture_output=True, text=True, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "arms.0.env_threads" in lines[0] and ">= 1" in lines[0]
+
+
+def test_mcp_servers_start_concurrently_under_uvloop_as_in_a_ray_worker(monkeypatch):
+    """Ray's workers make uvloop the asyncio policy, and uvloop refuses to spawn from two loops at once; sqlite envs
+    made and reset from concurrent env threads once failed with "Racing with another loop to spawn a process"."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvloop
+
+    from agentworld.envs.mcp_tools import MCPToolEnv
+
+    monkeypatch.setattr(asyncio, "new_event_loop", uvloop.new_event_loop)
+
+    def start(seed):
+        env = MCPToolEnv("sqlite-train")  # not Supervised: a failed start must fail the test, not be retried
+        try:
+            obs, _ = env.reset(seed=seed)
+            return env.step('{"tool": "list_tables", "arguments": {}}')[0]
+        finally:
+            env.close()
+
+    ballast = bytearray(1 << 30)  # a Ray worker's size: forking it is slow, which widens the race
+    with ThreadPoolExecutor(8) as pool:
+        observations = list(pool.map(start, range(16)))
+    del ballast
+    assert all("customers" in obs for obs in observations), observations

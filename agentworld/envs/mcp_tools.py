@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import json
@@ -79,6 +80,18 @@ INSIDE = "/scratch"  # the scratch dir, as a sandboxed server sees it
 SERVER_LIMITS = Limits(cpu_seconds=3600, memory_mb=8192, nproc=64, fsize_mb=256, timeout_s=CALL_TIMEOUT)
 
 
+# In a Ray worker, asyncio loops are uvloop's, and uvloop refuses to spawn from two loops at once ("Racing with another
+# loop to spawn a process"): servers started from concurrent env threads take turns to spawn.
+_SPAWN_LOCK = threading.Lock()
+
+
+def _leaf(error: BaseException) -> str:
+    """The first real error inside the SDK's (nested) exception groups, as "Type: message"."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}".strip().rstrip(":")
+
+
 class CallTimedOut(Exception):
     """A call that missed a deadline shorter than CALL_TIMEOUT: a timeout the caller asked for, not a hung server."""
 
@@ -106,20 +119,23 @@ class MCPServer:
         self._main = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
         try:
             self.tools = self._ready.result(START_TIMEOUT)
-        except BaseException:
+        except BaseException as e:
             self.close()
-            raise RuntimeError(f"MCP server {self.name} did not start; its log: {self.log_tail()}") from None
+            raise RuntimeError(f"MCP server {self.name} did not start ({_leaf(e)}); its log: "
+                               f"{self.log_tail() or '(empty)'}") from None
 
     async def _connect(self) -> None:
         """Owns the connection: the SDK's context managers must be entered and left by the same task."""
         try:
-            async with stdio_client(self.params, errlog=self._log) as (read, write):
-                async with ClientSession(read, write) as session:
-                    await session.initialize()
-                    tools = (await session.list_tools()).tools
-                    self.session = session
-                    self._ready.set_result(tools)
-                    await self._stop.wait()
+            async with contextlib.AsyncExitStack() as stack:
+                with _SPAWN_LOCK:
+                    read, write = await stack.enter_async_context(stdio_client(self.params, errlog=self._log))
+                session = await stack.enter_async_context(ClientSession(read, write))
+                await session.initialize()
+                tools = (await session.list_tools()).tools
+                self.session = session
+                self._ready.set_result(tools)
+                await self._stop.wait()
         except Exception as e:
             if not self._ready.done():
                 self._ready.set_exception(e)

@@ -1,5 +1,7 @@
 """TextWorldExpress games as text envs: procedurally generated text games simulated in a JVM at about
 1 ms a step. A seed picks one of the fold's 1,000 worlds; the oracle is TWX's gold path for that world.
+The world is the same for a seed in every run, but TWX draws its gold path unseeded: in the coin game it is a random
+walk that ends at the coin (9 to 33 actions for one world, measured), so oracle episodes differ from run to run.
 `split` names the fold by its role: `train` is TWX's train fold, `heldout` its test fold (worlds TWX holds out)."""
 
 from __future__ import annotations
