@@ -7,6 +7,9 @@ import os
 import ray
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def start_ray(cfg) -> None:
     """`cfg`: the `ray` section. Every process gets the section's torch threads."""
     env_vars = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(cfg.torch_threads)}
@@ -27,9 +30,6 @@ def init_local(num_cpus: int, env_vars: dict[str, str]) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray before
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
              log_to_driver=False, _node_ip_address=LOOPBACK)
-
-
-LOOPBACK = "127.0.0.1"
 
 
 CLUSTER_FILE = ".cluster.json"  # in the run dir: the driver and the processes of its embedded cluster

@@ -246,13 +246,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 def first_line(error: BaseException) -> str:
     """An error's first line, at most 300 characters: a `fault` row's cause. For a task's error in a Ray actor
     (RayTaskError), its own error's: the wrapper's first line names only the task."""
-    wrapped = error
-    while isinstance(getattr(wrapped, "cause", None), BaseException) and wrapped.cause is not wrapped:
-        wrapped = wrapped.cause  # a RayTaskError's own error, maybe itself a task's in another actor
-    if wrapped is not error:
-        text = (str(wrapped).strip().splitlines() or [""])[0]
-        return f"{type(wrapped).__name__}: {text}"[:300]
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    inner = error
+    while isinstance(getattr(inner, "cause", None), BaseException) and inner.cause is not inner:
+        inner = inner.cause  # a RayTaskError's own error, maybe itself a task's in another actor
+    text = (str(inner).strip().splitlines() or [""])[0]
+    if inner is not error:
+        text = f"{type(inner).__name__}: {text}"
+    return (text or type(error).__name__)[:300]
 
 
 def metric_row(kind: str, /, **values) -> dict:

@@ -54,8 +54,9 @@ def _rows(df: pd.DataFrame, kind: str) -> pd.DataFrame:
 def summarize(df: pd.DataFrame, config: dict | None, success_target: float) -> dict:
     evals, wm = _rows(df, "eval"), _rows(df, "wm")
     arms = {}
-    learner_rows = df[df["kind"].isin(("eval", "train"))] if "arm" in df else df.iloc[0:0]  # not pool decisions
-    for arm in sorted(set(learner_rows["arm"].dropna())) if "arm" in learner_rows else []:
+    # not pool decisions; none at all when the run failed before any learner row
+    learner_rows = df[df["kind"].isin(("eval", "train"))] if "arm" in df else pd.DataFrame(columns=["arm"])
+    for arm in sorted(set(learner_rows["arm"].dropna())):
         e = evals[evals["arm"] == arm].sort_values("wall_time")
         every = learner_rows[learner_rows["arm"] == arm].sort_values("wall_time")
         last = every.iloc[-1]

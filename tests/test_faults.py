@@ -131,7 +131,8 @@ def test_a_killed_actor_a_killed_learner_and_a_full_disk_are_survived(lwm_dir, t
         shutil.copytree(run / "replay", replay)
     proc = start(run, "agent.updates=6", f"replay.dir={replay}")
     wait_for(lambda: checkpointed(run, "sim") >= 2, proc=proc)  # the slower arm: it is mid-run
-    assert listening(proc.pid) and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening(proc.pid))
+    addresses = listening(proc.pid)
+    assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in addresses), addresses
     acked = replay_keys(replay)
     actor = wait_for(lambda: ray_processes(proc.pid, "ray::RolloutActor"), proc=proc)[0]
     actor.kill()
