@@ -3,6 +3,7 @@ real env, per actor, at 1 and 16 envs, measured side by side in one run.
 
     .venv/bin/python bench/sim_edge.py RUN_DIR                          # every env of the run's YAML, HF engine
     .venv/bin/python bench/sim_edge.py RUN_DIR --envs sqlite_train --engines hf vllm --rounds 5
+    .venv/bin/python bench/sim_edge.py RUN_DIR engine.vllm.max_model_len=2048     # prompts over vLLM's 1,024 default
 
 RUN_DIR is a finished run or `agentworld wm train` dir: its `config.yaml` names the envs, and `checkpoints/wm` is the
 LWM. Per env (a key of the YAML's `envs`): the real env steps its envs as a rollout actor does (`step_all` on
@@ -43,6 +44,7 @@ def rate(envs: list, rounds: int, threads: int, seed: int = 0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides of the run's config: engine.vllm.max_model_len=2048")
     ap.add_argument("--envs", nargs="*", help="keys of the YAML's envs (default: all)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 16], help="envs per actor")
     ap.add_argument("--engines", nargs="+", default=["hf"], choices=["hf", "vllm"])
@@ -60,7 +62,7 @@ def main() -> None:
     from agentworld.worldmodel.env import WorldModelEnv
 
     run = Path(args.run_dir)
-    cfg = load_config(str(run / "config.yaml"), [])
+    cfg = load_config(str(run / "config.yaml"), args.overrides)
     wm, gen = cfg.world_model, lwm_generation(cfg.world_model)
     engines = {kind: make_engine(kind, str(run / "checkpoints" / "wm"), 0, 1, cfg.engine.vllm, cfg.model.dtype)
                for kind in args.engines}

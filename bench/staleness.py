@@ -1,24 +1,24 @@
-"""(b) Wall-clock to the quickstart's real-env success target, asynchronous (max_staleness 2) against synchronous
-(max_staleness 0): one quickstart run each, measured in one invocation.
+"""Asynchrony where rollouts dominate: wall-clock to the held-out success target and trained rows per second, one run
+per `max_staleness` value, side by side in one invocation.
 
-    .venv/bin/python bench/staleness.py                      # the real arm only; ~4 min of LWM, then ~3 min per run
-    .venv/bin/python bench/staleness.py --arms real sim --overrides agent.updates=40 eval.every_updates=5
+    .venv/bin/python bench/staleness.py                  # experiments/staleness.yaml (the terminal), staleness 0 1 2
+    .venv/bin/python bench/staleness.py --config experiments/quickstart.yaml --arms real --staleness 0 2 \
+        --overrides agent.updates=16 eval.every_updates=2 eval.episodes=16 run.max_minutes=40
 
-Both runs use one run name, so the second reuses the first's LWM data, base model and LWM (a rerun resumes) and
-both policies start from the same LWM checkpoint; each arm's time runs from its first evaluation, when its learner
-and actors start, to the first evaluation at or above `eval.success_target`. To keep it short, by default only the
-real arm runs, it stops after 16 updates (the quickstart's real arm reaches 0.8 near update 10) and it is scored
-every 2 updates on 16 episodes (finer steps to the target, at half the quickstart's eval cost). `run.max_minutes`
-is raised to 40: the quickstart's 14 counts from the run's start, LWM training included, and on a loaded machine
-it stopped the first (synchronous) run before its target."""
+First `agentworld wm train` makes one run dir holding the LWM data, the base model and the LWM (`<name>_lwm`, kept and
+reused by later invocations). Each staleness value then runs in a fresh copy of it (`<name>_s<k>`), so every run
+starts from the same data and LWM checkpoint and trains only its arms. An arm's time runs from its first evaluation,
+when its learner and actors start, to its first evaluation at or above `eval.success_target`. `rows/s` counts the
+transitions its updates trained on over that span; `x sync` divides by the first staleness value's figure."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,70 +27,76 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def profile(run_dir: Path) -> dict:
-    """Per arm, the learner's time per update: waiting for rollouts, training, and the rest (evaluations)."""
+def profile(run_dir: Path, target: float) -> dict:
+    """Per arm: seconds per update split into waiting for rollouts, training and the rest (its evaluations), trained
+    rows per second, and the time to the success target (None if never reached)."""
     df = pd.read_parquet(run_dir / "metrics.parquet")
     out = {}
     for arm, t in df[df.kind == "train"].sort_values("wall_time").groupby("arm"):
         evals = df[(df.kind == "eval") & (df.arm == arm)].sort_values("wall_time")
         span = t.wall_time.iloc[-1] - evals.wall_time.iloc[0]
+        hit = evals[evals.success >= target]
         out[arm] = dict(updates=len(t), s_per_update=span / len(t), wait=t.wait_s.mean(), train=t.train_s.mean(),
-                        other=span / len(t) - t.wait_s.mean() - t.train_s.mean(),
-                        staleness=int(t.max_staleness_seen.max()))
+                        other=span / len(t) - t.wait_s.mean() - t.train_s.mean(), rows_per_s=t.batch_steps.sum() / span,
+                        staleness=int(t.max_staleness_seen.max()), success=evals.success.tolist(),
+                        to_target=None if hit.empty else float(hit.wall_time.iloc[0] - evals.wall_time.iloc[0]),
+                        update_at_target=None if hit.empty else int(hit["update"].iloc[0]))
     return out
 
 
-def time_to_target(run_dir: Path, target: float) -> dict:
-    """Per arm: (seconds from its start to the target or None, updates then, final success)."""
-    evals = pd.read_parquet(run_dir / "metrics.parquet").query("kind == 'eval'").sort_values("wall_time")
-    out = {}
-    for arm, e in evals.groupby("arm"):
-        hit = e[e["success"] >= target]
-        out[arm] = (None if hit.empty else float(hit.wall_time.iloc[0] - e.wall_time.iloc[0]),
-                    None if hit.empty else int(hit["update"].iloc[0]), float(e["success"].iloc[-1]))
-    return out
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(["agentworld", *cmd[3:]]), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"  {time.time() - t0:.0f} s; load average after it {os.getloadavg()[0]:.2f}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "experiments" / "quickstart.yaml"))
+    p.add_argument("--config", default=str(ROOT / "experiments" / "staleness.yaml"))
     p.add_argument("--name", default="bench_staleness")
-    p.add_argument("--output-dir", default="runs")
-    p.add_argument("--target", type=float, default=0.8)
-    p.add_argument("--arms", nargs="*", default=["real"], help="the quickstart's arms to run")
-    p.add_argument("--overrides", nargs="*", default=["agent.updates=16", "eval.every_updates=2", "eval.episodes=16",
-                                                          "run.max_minutes=40"])
+    p.add_argument("--output-dir", default=str(ROOT / "runs"))
+    p.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="*", default=None, help="the config's arms to run (default: all)")
+    p.add_argument("--overrides", nargs="*", default=[], help="dotted overrides for every run")
     args = p.parse_args()
-    out_dir = Path(args.output_dir if Path(args.output_dir).is_absolute() else ROOT / args.output_dir)
+    out_dir = Path(args.output_dir).resolve()
     raw = yaml.safe_load(Path(args.config).read_text())
-    raw["arms"] = [a for a in raw["arms"] if a["name"] in args.arms]
+    if args.arms:
+        raw["arms"] = [a for a in raw["arms"] if a["name"] in args.arms]
     config = out_dir / f"{args.name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    results, profiles = {}, {}
-    for staleness in (0, 2):
-        cmd = [sys.executable, "-m", "agentworld", "run", str(config), f"run.name={args.name}",
-               f"run.output_dir={args.output_dir}", f"agent.max_staleness={staleness}",
-               f"eval.success_target={args.target}", *args.overrides]
-        print("$", " ".join(cmd[2:]), flush=True)
-        t0 = time.time()
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        print(f"  {time.time() - t0:.0f} s in all; load average after it {os.getloadavg()[0]:.2f}", flush=True)
-        results[staleness] = time_to_target(out_dir / args.name, args.target)
-        profiles[staleness] = profile(out_dir / args.name)
-    print(f"\n{'arm':6} {'sync (0) s':>11} {'async (2) s':>12} {'speed-up':>9} {'updates sync/async':>19} "
-          f"{'final success sync/async':>25}")
-    for arm in results[0]:
-        (s, us, fs), (a, ua, fa) = results[0][arm], results[2].get(arm, (None, None, None))
-        speed = f"{s / a:8.2f}x" if s and a else "       -"
-        fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
-        print(f"{arm:6} {fmt(s):>11} {fmt(a):>12} {speed:>9} {fmt(us) + '/' + fmt(ua):>19} {fs:12.2f}/{fa:.2f}")
-    print("\nthe learner's time per update (s): waiting for rollouts, training, the rest (its evaluations)")
-    for staleness, by_arm in profiles.items():
-        for arm, p in by_arm.items():
-            print(f"  max_staleness {staleness} {arm:6} {p['s_per_update']:5.2f} s/update over {p['updates']} updates: "
-                  f"wait {p['wait']:5.2f}  train {p['train']:5.2f}  other {p['other']:5.2f}  "
-                  f"(largest staleness trained on: {p['staleness']})")
+    target = float(next((o.split("=", 1)[1] for o in args.overrides if o.startswith("eval.success_target=")),
+                        raw.get("eval", {}).get("success_target", 0.8)))
+    cli = [sys.executable, "-m", "agentworld"]
+    common = [f"run.output_dir={out_dir}", *args.overrides]
+    lwm = out_dir / f"{args.name}_lwm"
+    if not (lwm / "checkpoints" / "wm_done.json").exists():
+        run([*cli, "wm", "train", str(config), f"run.name={lwm.name}", *common])
+    profiles = {}
+    for k in args.staleness:
+        name = f"{args.name}_s{k}"
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        shutil.copytree(lwm, out_dir / name, symlinks=True)
+        run([*cli, "run", str(config), f"run.name={name}", f"agent.max_staleness={k}", *common])
+        profiles[k] = profile(out_dir / name, target)
+    first = args.staleness[0]
+    fmt = lambda x, f="{:.0f}": "-" if x is None else f.format(x)  # noqa: E731
+    print(f"\nper arm and max_staleness: seconds to held-out success >= {target} (update then), trained rows per "
+          "second, the learner's seconds per update (waiting for rollouts / training / the rest), largest staleness "
+          "trained on, held-out success at each evaluation")
+    for arm in profiles[first]:
+        base = profiles[first][arm]
+        for k, by_arm in profiles.items():
+            a = by_arm.get(arm)
+            if a is None:
+                continue
+            speed = f"x{base['to_target'] / a['to_target']:.2f}" if base["to_target"] and a["to_target"] else "-"
+            print(f"  {arm:8} staleness {k}: to target {fmt(a['to_target']):>5} s ({fmt(a['update_at_target'])}) "
+                  f"{speed:>6} | rows/s {a['rows_per_s']:6.1f} x{a['rows_per_s'] / base['rows_per_s']:.2f} | "
+                  f"{a['s_per_update']:5.2f} s/update = {a['wait']:5.2f} / {a['train']:5.2f} / {a['other']:5.2f} "
+                  f"over {a['updates']} | staleness {a['staleness']} | success {[round(s, 2) for s in a['success']]}")
 
 
 if __name__ == "__main__":

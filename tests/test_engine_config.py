@@ -33,3 +33,13 @@ def test_bad_engine_settings_name_key_and_file(override, key):
     with pytest.raises(ConfigError) as e:
         load_config(path, [override])
     assert e.value.key == key and e.value.file == path and "\n" not in str(e.value)
+
+
+def test_a_vllm_context_shorter_than_the_lwms_prompt_budget_and_reply_names_the_key():
+    """vLLM refuses a request longer than its max_model_len (the sim_edge bench met one: 1,034 prompt tokens against
+    1,024); a YAML whose LWM prompts may be longer is refused up front."""
+    path = str(ROOT / "experiments" / "warmup.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["engine.inference=vllm", "engine.vllm.max_model_len=1024"])
+    assert e.value.key == "engine.vllm.max_model_len" and "1728" in str(e.value) and "\n" not in str(e.value)
+    assert load_config(path, ["engine.inference=vllm", "engine.vllm.max_model_len=1728"]).engine.vllm.max_model_len
