@@ -872,11 +872,12 @@ def _validate_world_model(cfg, fail) -> None:
     wm = cfg.world_model
     _validate_sources(cfg, fail)
     resolve_history(cfg)
-    need = wm.history_budget_tokens + lwm_generation(wm).max_new_tokens
+    reply = lwm_generation(wm).max_new_tokens
+    need = wm.history_budget_tokens + reply
     if cfg.engine.inference == "vllm" and cfg.engine.vllm.max_model_len < need:  # vLLM refuses a longer request
         fail("engine.vllm.max_model_len", f"{cfg.engine.vllm.max_model_len} cannot hold the LWM's prompt budget and "
              f"reply: needs >= {need} (world_model.history_budget_tokens {wm.history_budget_tokens} + its "
-             f"max_new_tokens {need - wm.history_budget_tokens})")
+             f"max_new_tokens {reply})")
     t = wm.sft
     if t.steps < 0:
         fail("world_model.sft.steps", "must be >= 0")
