@@ -996,6 +996,7 @@ class MCPToolEnv:
         self.kind, self.builder = TASKS[task]
         self.max_steps = max_steps
         self.scratch = Path(tempfile.mkdtemp(prefix="agentworld-mcp-"))
+        self.log_path = self.scratch.parent / f"{self.scratch.name}.log"  # beside scratch: the server owns scratch
         try:
             self.command = server_command(self.kind)
             # the server runs under the terminal's bubblewrap policy: its scratch dir is the one writable place
@@ -1010,7 +1011,7 @@ class MCPToolEnv:
     def _start_server(self) -> None:
         command, args, _ = self.command
         self.server = MCPServer(command, args, cwd=str(self.scratch), env=GIT_ENV if self.kind == "git" else None,
-                                log_path=str(self.scratch.parent / f"{self.scratch.name}.log"), sandbox=self.box)
+                                log_path=str(self.log_path), sandbox=self.box)
 
     def _info(self, **extra) -> dict[str, Any]:
         return {"open_actions": True, "score": self.score, "won": False, **extra}
@@ -1099,7 +1100,7 @@ class MCPToolEnv:
             self.server = None
         self.box.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
-        Path(self.scratch.parent / f"{self.scratch.name}.log").unlink(missing_ok=True)
+        self.log_path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- controlled observations for the LWM's SFT
