@@ -117,8 +117,9 @@ class ActorPool:
 
     def kill(self) -> None:
         """End every actor now, rounds under way included (their learner is gone: they play its versions)."""
-        for m in self.members + self.retiring:
-            ray.kill(m["actor"])
+        from actors.rollout import retire
+
+        retire([m["actor"] for m in self.members + self.retiring])
         for engine in (self.spec.policy_engine, self.spec.wm_engine):  # engine.shared: the arm's engine actors
             if engine is not None:
                 ray.kill(engine)
@@ -144,6 +145,8 @@ class ActorPool:
 
     def _reap(self, timeout: float = 0) -> None:
         """Kill retired actors whose last round has finished, keeping their final status."""
+        from actors.rollout import retire
+
         for m in list(self.retiring):
             done, _ = ray.wait([m["run"]], timeout=timeout)
             if done:
@@ -151,7 +154,7 @@ class ActorPool:
                     self.statuses.append(ray.get(m["run"]))
                 except ray.exceptions.RayError as e:
                     self.statuses.append({"errors": [str(e)]})
-                ray.kill(m["actor"])
+                retire([m["actor"]])
                 self.retiring.remove(m)
 
     def step(self, learner_phase: str, trained_steps: int, trained_episodes: int) -> dict | None:

@@ -197,8 +197,23 @@ class RolloutActor:
                 "errors": self.errors[-3:]}
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        """Close the envs: their servers, browsers and sandboxes stop and their scratch dirs go."""
+        envs, self.envs = self.envs, []
+        for env in envs:
+            try:
+                env.close()
+            except Exception:
+                self.errors.append(traceback.format_exc(limit=3))
+
+
+def retire(actors: list, timeout_s: float = 60.0) -> None:
+    """Close the actors' envs, then kill the actors: `ray.kill` alone leaves every env's scratch dir in the temp dir.
+    An actor that is dead already, or does not close in `timeout_s`, is killed as it is."""
+    refs = [a.close.remote() for a in actors]
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for a in actors:
+        ray.kill(a)
 
 
 def actor_spec(spec: RolloutSpec, k: int) -> RolloutSpec:

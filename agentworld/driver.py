@@ -183,7 +183,7 @@ def collect_lwm_data(run: Run) -> LWMData:
 
 
 def _play_source(run: Run, src, arm: str, seed: int) -> None:
-    from actors.rollout import RolloutActor, RolloutSpec
+    from actors.rollout import RolloutActor, RolloutSpec, retire
 
     cfg = run.cfg
     have = ray.get(run.replay.count.remote(arm=arm, source="real"))
@@ -196,7 +196,7 @@ def _play_source(run: Run, src, arm: str, seed: int) -> None:
     actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
     with run.console.status(f"collecting {src.steps - have} real transitions of {src.env} with the {src.policy} policy"):
         ray.get(actor.collect_steps.remote(src.steps - have))
-    ray.kill(actor)
+    retire([actor])
 
 
 def _import_source(run: Run, src, arm: str) -> None:
