@@ -57,6 +57,16 @@ class Run:
             record_cluster(self.run_dir)
 
 
+def end_ray(run: Run) -> None:
+    """Seal the replay's WAL, so the run's rows are IPC file segments that pyarrow.dataset reads, then end Ray. The
+    replay seals on the SIGTERM of `ray.shutdown()` too, but a worker may exit on its raylet's death before that."""
+    try:
+        ray.get(run.replay.close.remote(), timeout=60)
+    except (ray.exceptions.RayError, TimeoutError):  # a dead replay: the next load seals its WAL
+        pass
+    ray.shutdown()
+
+
 def open_run(cfg, config_path: str | None = None) -> Run:
     """Make the run dir, save the resolved config, start Ray, the replay and the weight registry."""
     from agentworld.replay import ReplayService
@@ -111,7 +121,7 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
                                       wall_time=time.time() - run.t0))
         finally:
             tracker.close()
-            ray.shutdown()
+            end_ray(run)
     if run.interrupted:
         run.console.print(f"[yellow]{signal.Signals(run.interrupted).name}: stopped; the partial report follows. "
                           "Rerun the same command to resume from the run dir[/yellow]")
@@ -331,7 +341,7 @@ def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
         data = collect_lwm_data(run)
         _, metrics, _ = train_lwm(run, build_base_model(run, data.rows), data)
     finally:
-        ray.shutdown()
+        end_ray(run)
     table, domains = stage_table(metrics), domain_table(metrics)
     (run.run_dir / "wm_stages.json").write_text(json.dumps({"stages": table, "domains": domains, "metrics": metrics},
                                                            indent=2, default=str))

@@ -358,3 +358,37 @@ def test_a_crash_between_sealing_and_deleting_the_wal_reads_each_row_once(tmp_pa
     assert ReplayStore(str(tmp_path)).rows == 4 and not wal.exists()  # sealed on load
     wal.write_bytes(kept)  # as if the loader died before deleting it
     assert ReplayStore(str(tmp_path)).rows == 4 and not wal.exists()
+
+
+DEAF_REPLAY = """
+import signal, sys, types
+import ray
+from agentworld.driver import end_ray
+from agentworld.replay import _Service
+from agentworld.schema import rows_to_batch
+
+class Deaf(_Service):  # dies at SIGTERM without sealing, as a worker may exit on its raylet's death first
+    def __init__(self, directory):
+        super().__init__(directory)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+replay = ray.remote(Deaf).options(num_cpus=0).remote(sys.argv[1])
+ray.get(replay.add.remote(rows_to_batch([dict(run_id="r", arm="a", episode_id="e", step=0, env_id="x", domain="d",
+    source="real", obs="o", action="a", next_obs="n", reward=0.0, terminated=True, truncated=False, policy_version=0,
+    actor_id="a")])))
+end_ray(types.SimpleNamespace(replay=replay)) if sys.argv[2] == "end_ray" else ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("end", ["end_ray", "ray.shutdown"])
+def test_the_driver_seals_the_replay_before_it_ends_ray(tmp_path, end):
+    """The driver's `end_ray` has the replay seal its WAL before `ray.shutdown()`: a replay that exits without
+    running its SIGTERM handler still leaves only sealed segments (plain `ray.shutdown()` leaves the WAL)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", DEAF_REPLAY, str(tmp_path), end], check=True, timeout=300)
+    sealed, wals = list(tmp_path.glob("seg-*.arrow")), list(tmp_path.glob("_wal-*"))
+    assert (len(sealed), len(wals)) == ((1, 0) if end == "end_ray" else (0, 1))
+    assert ReplayStore(str(tmp_path)).count() == 1  # either way no row is lost: a load seals a dead WAL
