@@ -5,11 +5,25 @@ import pytest
 pytest.importorskip("bfcl_eval")
 from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils  # noqa: E402
 
-from agentworld.envs import make_env, resolve_env_id  # noqa: E402
+from agentworld.envs import make_env as make_sandboxed, resolve_env_id  # noqa: E402
 from agentworld.envs.bfcl import tasks  # noqa: E402
 from tests.oracle import unseen_calls  # noqa: E402
 
 END = '{"end_turn": true}'
+OPEN = []  # each env is a sandboxed Python process: the fixture below closes them after each test
+
+
+def make_env(*args, **kwargs):
+    env = make_sandboxed(*args, **kwargs)
+    OPEN.append(env)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def close_envs():
+    yield
+    while OPEN:
+        OPEN.pop().close()
 
 
 def play(env, policy, limit=200):
