@@ -51,6 +51,16 @@ def cli(*args, timeout=600):
                           timeout=timeout, cwd=ROOT)
 
 
+def validate(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`agentworld validate ARGS` in this process (the CLI's own entry point, without a new interpreter's imports)."""
+    from agentworld.cli import main
+
+    capsys.readouterr()
+    code = main(["validate", *args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["agentworld", "validate", *args], code, out.out, out.err)
+
+
 def configured_arms(path: Path) -> dict:
     """arm name -> (init, eval env key, eval env id and kwargs) as the YAML gives them."""
     raw = yaml.safe_load(path.read_text())
@@ -58,9 +68,9 @@ def configured_arms(path: Path) -> dict:
     return {a["name"]: (a.get("init", init), a["eval_env"], raw["envs"][a["eval_env"]]) for a in raw["arms"]}
 
 
-def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split():
+def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split(capsys):
     for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES, CONTROLLED):
-        r = cli("validate", str(path))
+        r = validate(capsys, str(path))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
         for name, (init, key, env) in configured_arms(path).items():
             assert f"arm {name}:" in r.stdout and f"scored in {key}, init {init}, actions " in r.stdout
@@ -127,20 +137,20 @@ def test_short_warmup_end_to_end(tmp_path):
         assert (a["wm_real_steps"] > 0) == (a["init"] != "scratch"), (name, a)
 
 
-def test_the_fidelity_curve_levels_validate_and_its_arms_train_only_in_the_lwm():
+def test_the_fidelity_curve_levels_validate_and_its_arms_train_only_in_the_lwm(capsys):
     for level in (40, 120, 240):  # the header's levels
-        r = cli("validate", str(FIDELITY), f"world_model.sft.steps={level}")
+        r = validate(capsys, str(FIDELITY), f"world_model.sft.steps={level}")
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     raw = yaml.safe_load(FIDELITY.read_text())
     domains = {raw["envs"][a["env"]]["id"].split(":")[0] for a in raw["arms"]}
     assert domains == {"babyai", "search"} and {a["source"] for a in raw["arms"]} == {"sim"}
 
 
-def test_action_modes_compares_choice_and_generate_on_mcp_alone():
+def test_action_modes_compares_choice_and_generate_on_mcp_alone(capsys):
     raw = yaml.safe_load(MODES.read_text())
     arms = {a["name"]: (raw["envs"][a["env"]]["id"], a["action_mode"]) for a in raw["arms"]}
     assert arms == {"mcp-choice": ("mcp:sqlite-train", "choice"), "mcp-generate": ("mcp:sqlite-train", "generate")}
-    r = cli("validate", str(MODES))
+    r = validate(capsys, str(MODES))
     assert "actions choice" in r.stdout and "actions generate" in r.stdout, r.stdout + r.stderr
 
 

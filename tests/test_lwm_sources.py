@@ -28,12 +28,16 @@ def cli(*args, timeout=600):
     ("[{env: frozenlake, steps: 0}]", "world_model.data.sources.0.steps"),
     ("[{env: frozenlake, steps: 5, policy: 'mix:1.5'}]", "world_model.data.sources.0.policy"),
 ])
-def test_a_bad_source_is_one_line_naming_its_key(sources, key):
+def test_a_bad_source_is_one_line_naming_its_key(sources, key, capsys):
+    from agentworld.cli import main
+
     with pytest.raises(ConfigError) as e:
         load_config(QUICKSTART, [f"world_model.data.sources={sources}"])
     assert key in str(e.value) and "\n" not in str(e.value)
-    r = cli("validate", QUICKSTART, f"world_model.data.sources={sources}")
-    assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
+    capsys.readouterr()
+    code = main(["validate", QUICKSTART, f"world_model.data.sources={sources}"])  # the CLI's entry, in this process
+    err = capsys.readouterr().err
+    assert code == 2 and key in err and "Traceback" not in err
 
 
 def test_mix_policy_takes_the_oracle_at_its_rate():

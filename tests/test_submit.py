@@ -75,7 +75,8 @@ def test_submit_a_short_quickstart_to_a_local_head_and_fetch_its_report(tmp_path
     url = f"http://127.0.0.1:{dash}"
     storage = (tmp_path / "storage").as_uri()
     # a weak LWM (this tests the submission, not the learning) and an autoscaling arm
-    overrides = ["run.name=submitted", *QUICK, "arms.0.actors_max=2", "pool.interval_s=3"]
+    overrides = ["run.name=submitted", *QUICK, "world_model.data.steps=120", "world_model.sft.steps=10",
+                 "world_model.sft.eval_every=10", "agent.updates=2", "arms.0.actors_max=2", "pool.interval_s=3"]
     with ray_head(["--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]):
         _dashboard_up(url)
         r = cli("submit", QUICKSTART, *overrides, "--address", url, "--storage", storage, "--wait",
@@ -98,7 +99,7 @@ def test_submit_a_short_quickstart_to_a_local_head_and_fetch_its_report(tmp_path
         assert (run / name).exists(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["arms"]) == {"real", "sim"} and summary["arms"]["real"]["updates"] == 4
+    assert set(summary["arms"]) == {"real", "sim"} and summary["arms"]["real"]["updates"] == 2
     pool = pd.read_parquet(run / "metrics.parquet").query("kind == 'pool'")
     assert set(pool.arm) == {"real", "sim"}
     decisions = pool.sort_values("wall_time").groupby("arm").decision
