@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentworld.envs import make_env
-from agentworld.envs.sandbox import Limits, Sandbox
+from agentworld.envs.sandbox import Limits, Sandbox, memory_cgroups
 
 
 @pytest.fixture(scope="module")
@@ -446,3 +446,25 @@ def test_mcp_server_sees_only_its_python_read_only_and_no_network():
         assert not (venv / "x").exists()
     finally:
         box.close()
+
+
+HOG = "python3 -c \"x = b'1' * (256 << 20); print('held', len(x) >> 20, 'MB')\""  # filled: resident, not just mapped
+
+
+@pytest.mark.skipif(memory_cgroups() is None, reason="memory cgroups cannot be made here (not root, or no delegation)")
+def test_the_rss_cap_stops_a_sandbox_that_outgrows_it_and_its_cgroup_goes_with_it():
+    """RLIMIT_AS is off for a JVM or a browser (they reserve far more than they use): the memory cgroup caps what the
+    sandbox's processes really hold. The same hog runs whole without the cap."""
+    free = Sandbox(limits=Limits(memory_mb=1024, timeout_s=30))
+    capped = Sandbox(limits=Limits(memory_mb=1024, timeout_s=30, rss_mb=96))
+    try:
+        assert "held 256 MB" in free.run(HOG).output
+        cgroup = capped.cgroup
+        assert cgroup is not None and cgroup.is_dir()
+        r = capped.run(HOG)
+        assert "held" not in r.output and r.exit_code != 0, r
+        assert capped.run("echo alive").output.strip() == "alive"  # the sandbox itself goes on
+    finally:
+        free.close()
+        capped.close()
+    assert not cgroup.exists()

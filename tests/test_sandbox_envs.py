@@ -17,7 +17,7 @@ import pytest
 from agentworld.envs import make_env
 from agentworld.envs import remote
 from agentworld.envs.remote import PACKAGE, RemoteEnvError, SandboxedEnv
-from agentworld.envs.sandbox import Limits, python_binds
+from agentworld.envs.sandbox import Limits, memory_cgroups, python_binds
 
 if shutil.which("bwrap") is None:
     pytest.skip("needs bubblewrap", allow_module_level=True)
@@ -124,6 +124,11 @@ def test_the_jvm_runs_as_the_sandbox_uid_and_cannot_write_host_paths(tmp_path):
         [java] = procs(env, "java")
         assert uid(java) == env.env.sandbox.uid != 0
         only_the_binds(java)
+        if memory_cgroups() is not None:  # the JVM is in the sandbox's memory cgroup, capped at remote.RSS_MB
+            cgroup = env.env.sandbox.cgroup
+            lines = Path(f"/proc/{java}/cgroup").read_text().splitlines()
+            assert f"/{cgroup.name}" in [line.split(":", 2)[2] for line in lines]
+            assert int((cgroup / memory_cgroups()[1]).read_text()) == remote.RSS_MB << 20
         assert not sees(java, tmp_path) and sees(os.getpid(), tmp_path)
         jvm = env.env._env._gateway.jvm  # py4j: Java classes by name, each use a request to the sandbox
         targets = [tmp_path / "escape", Path("/work/escape"), Path("/root/escape"), Path(sys.prefix) / "escape"]

@@ -34,9 +34,11 @@ PACKAGE = Path(__file__).resolve().parents[1]  # agentworld/, bound read-only wh
 # builds a new env), RLIMIT_AS off (128 TiB: JVMs and Chromium's V8 reserve far more address space than they use),
 # threads and processes for a JVM or a browser, and room for Chromium's profile in /tmp and its shared memory. A call
 # may take two minutes (a JVM's or a browser's worst case on a busy machine is seconds); a reply 1 MiB (the largest
-# real ones are ~20 kB; parsed, a hostile MiB of `[{},{},...]` is ~26 MB here).
+# real ones are ~20 kB; parsed, a hostile MiB of `[{},{},...]` is ~26 MB here). What the processes of one env hold
+# together is capped by a memory cgroup instead (RSS_MB; where this process may make cgroups: sandbox.memory_cgroups).
+RSS_MB = 2048
 LIMITS = Limits(cpu_seconds=3600, memory_mb=1 << 27, nproc=1024, fsize_mb=256, timeout_s=120.0,
-                max_output=1 << 20, tmpfs_mb=512, nofile=4096)
+                max_output=1 << 20, tmpfs_mb=512, nofile=4096, rss_mb=RSS_MB)
 # bfcl_eval makes its lock files and result dirs under BFCL_PROJECT_ROOT, by default in the venv (read-only here)
 ENV = {"BFCL_PROJECT_ROOT": "/scratch/bfcl"}
 START_TIMEOUT = 300.0  # seconds to import the family and build the env (start a JVM or a browser) on a busy machine

@@ -13,6 +13,9 @@ Why each layer:
   the namespace's init (--as-pid-1): bwrap's own init would outlive bwrap as a zombie for the host to reap.
 Scratch and binds are chowned to the sandbox uid at creation; files the host adds later need `chown()`.
 - `env -i`: bwrap's own init process shows its environment in /proc/1/environ, so it starts with none.
+- A memory cgroup (`Limits.rss_mb`, where set): the resident memory of all the sandbox's processes together. RLIMIT_AS
+  caps each process's address space, which JVMs and Chromium reserve far beyond what they use; the cgroup caps what
+  they really hold, and the kernel's OOM killer ends a process in the sandbox, not elsewhere, when it is reached.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Limits:
     max_output: int = 8192
     tmpfs_mb: int = 64  # each of /tmp and /dev/shm, which live in RAM
     nofile: int = 1024
+    rss_mb: int | None = None  # resident memory of all its processes together (a memory cgroup); None: no cap
 
 
 @dataclass
@@ -141,6 +145,7 @@ class Sandbox:
             _check_reachable(d)
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
+        self.cgroup = _memory_cgroup(f"agentworld-{self.uid}", limits.rss_mb) if limits.rss_mb else None
         self.chown()
 
     def chown(self) -> None:
@@ -154,8 +159,10 @@ class Sandbox:
         binds = [a for inside, host in self.binds.items() for a in ("--bind", str(host), inside)]
         binds += [a for inside, host in self.ro_binds.items() for a in ("--ro-bind", str(host), inside)]
         setenv = [a for k, v in self.env.items() for a in ("--setenv", k, v)]
+        # the shell joins the cgroup, then becomes the command: everything the sandbox starts is in it
+        join = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs")] if self.cgroup else []
         return [
-            "env", "-i", f"PATH={PATH}",
+            *join, "env", "-i", f"PATH={PATH}",
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs",
             "prlimit", f"--cpu={lim.cpu_seconds}", f"--as={lim.memory_mb * mb}", f"--nproc={lim.nproc}",
             f"--fsize={lim.fsize_mb * mb}", f"--nofile={lim.nofile}", "--core=0", "--",
@@ -245,6 +252,62 @@ class Sandbox:
         if self._temp:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self._temp = False
+        if self.cgroup is not None:
+            for _ in range(100):  # its processes are dead; the kernel lets the dir go once they have left it
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            self.cgroup = None
+
+
+_CGROUP_WARNED = False
+
+
+def memory_cgroups() -> tuple[Path, str] | None:
+    """(the dir new memory cgroups go in, the file that caps one), where this process may make them: cgroup v2 with
+    the memory controller enabled at /sys/fs/cgroup, else v1's memory hierarchy; None where neither is writable (not
+    root, or a container without a delegated cgroup)."""
+    v2 = Path("/sys/fs/cgroup")
+    try:
+        if "memory" in (v2 / "cgroup.subtree_control").read_text().split() and os.access(v2, os.W_OK):
+            return v2, "memory.max"
+    except OSError:
+        pass
+    v1 = v2 / "memory"
+    if (v1 / "memory.limit_in_bytes").exists() and os.access(v1, os.W_OK):
+        return v1, "memory.limit_in_bytes"
+    return None
+
+
+def _memory_cgroup(name: str, rss_mb: int) -> Path | None:
+    """A new memory cgroup capped at `rss_mb`, swap included where the kernel counts it; None, with one warning per
+    process, where memory cgroups cannot be made here (the sandbox then has its rlimits only)."""
+    global _CGROUP_WARNED
+    where = memory_cgroups()
+    try:
+        if where is None:
+            raise OSError("no writable memory cgroup hierarchy (cgroup v2 with the memory controller, or v1)")
+        root, cap = where
+        d = root / name
+        d.mkdir()
+        try:
+            (d / cap).write_text(str(rss_mb << 20))
+            for swap in ("memory.swap.max", "memory.memsw.limit_in_bytes"):  # v2: swap beside memory; v1: both
+                if (d / swap).exists():
+                    (d / swap).write_text("0" if swap == "memory.swap.max" else str(rss_mb << 20))
+        except OSError:
+            d.rmdir()
+            raise
+        return d
+    except OSError as e:
+        if not _CGROUP_WARNED:
+            _CGROUP_WARNED = True
+            print(f"agentworld: sandboxes run without their memory cap (Limits.rss_mb): {e}", file=sys.stderr)
+        return None
 
 
 def _uid_of(pid: str) -> int | None:
