@@ -200,8 +200,7 @@ def _play_source(run: Run, src, arm: str, seed: int) -> None:
     if have >= src.steps:
         return
     env = section(cfg.envs[src.env])
-    envs = min(16, -(-(src.steps - have) // env.max_steps))  # 16 at most; fewer for a small budget (a server each)
-    spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=envs),
+    spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=16),
                        kind=ARM_KINDS.get("real")(), env=env, domain=env_facts(env, 0)[0], agent=agent_for(cfg, src.env),
                        runtime=run.runtime, seed=seed + have, policy=src.policy, actor_id="random0")
     actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
