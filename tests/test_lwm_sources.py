@@ -29,15 +29,13 @@ def cli(*args, timeout=600):
     ("[{env: frozenlake, steps: 5, policy: 'mix:1.5'}]", "world_model.data.sources.0.policy"),
 ])
 def test_a_bad_source_is_one_line_naming_its_key(sources, key, capsys):
-    from agentworld.cli import main
+    from tests.test_e2e_tooluse import validate
 
     with pytest.raises(ConfigError) as e:
         load_config(QUICKSTART, [f"world_model.data.sources={sources}"])
     assert key in str(e.value) and "\n" not in str(e.value)
-    capsys.readouterr()
-    code = main(["validate", QUICKSTART, f"world_model.data.sources={sources}"])  # the CLI's entry, in this process
-    err = capsys.readouterr().err
-    assert code == 2 and key in err and "Traceback" not in err
+    r = validate(capsys, QUICKSTART, f"world_model.data.sources={sources}")
+    assert r.returncode == 2 and key in r.stderr and "Traceback" not in r.stderr
 
 
 def test_mix_policy_takes_the_oracle_at_its_rate():
