@@ -322,6 +322,8 @@ class CheckpointConfig:
     every arm from it."""
     every_updates: int = 5  # 0: never (a dead learner then restarts from update 0)
     max_restarts: int = 2  # restarts of a dead learner; past them its arm fails and the other arms finish
+    wm_every_steps: int = 50  # the LWM learner's CPT and SFT save every N steps (0: at stage ends only); a dead
+    # LWM learner restarts from the last save, RL from its stage's start, up to max_restarts times
 
 
 @dataclass
@@ -345,6 +347,7 @@ class EvalConfig:
 class ReplayConfig:
     dir: Optional[str] = None  # None: <run dir>/replay
     capacity: Optional[int] = None  # rows held in memory per (arm, source), FIFO; None or 0: all (disk keeps all)
+    shards: int = 1  # replay actors sharing the dir: writes spread over them, reads ask all (cluster throughput)
 
 
 @dataclass
@@ -488,7 +491,8 @@ VALUE_RULES = [
             "agent.max_action_tokens", "arms.*.actors", "arms.*.actors_min", "arms.*.actors_max", "arms.*.envs_per_actor",
             "arms.*.hybrid.window", "arms.*.hybrid.min_scores", "eval.every_updates", "eval.episodes", "serve.max_sessions",
             "serve.max_tokens", "serve.max_body_bytes", "serve.autoscaling.max_replicas", "engine.vllm.max_model_len",
-            "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel", "arms.*.env_threads")),
+            "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel", "arms.*.env_threads",
+            "replay.shards")),
     (_GE0, ("run.seed", "world_model.*.steps", "world_model.*.warmup_steps", "world_model.sft.weight_decay",
             "world_model.sft.balance_*", "world_model.rl.kl", "world_model.rl.reward.*", "world_model.generation.temperature",
             "agent.max_staleness", "*history_budget_tokens", "run.stall_timeout_s", "checkpoint.*", "pool.max_replacements",

@@ -69,7 +69,7 @@ def end_ray(run: Run) -> None:
 
 def open_run(cfg, config_path: str | None = None) -> Run:
     """Make the run dir, save the resolved config, start Ray, the replay and the weight registry."""
-    from agentworld.replay import ReplayService
+    from agentworld.replay import start_replay
     from learners.weight_sync import WeightRegistry
 
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
@@ -84,8 +84,7 @@ def open_run(cfg, config_path: str | None = None) -> Run:
     for what in ended:
         run.console.print(f"[yellow]ended {what}, left behind by a killed earlier run of this run dir[/yellow]")
     start_ray(cfg.ray)
-    run.replay = ReplayService.options(num_cpus=0).remote(str(Path(cfg.replay.dir or run_dir / "replay")),
-                                                          capacity=cfg.replay.capacity)
+    run.replay = start_replay(str(Path(cfg.replay.dir or run_dir / "replay")), cfg.replay.capacity, cfg.replay.shards)
     run.registry = WeightRegistry.remote()
     run.note_processes()
     return run
@@ -270,7 +269,7 @@ def _tokenizer_corpus(rows: list[dict], render_chatml, history_turns: int) -> li
 
 def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
     """Returns (result, metrics, learner): the learner stays alive only when `keep` (continual training)."""
-    from learners.world_model import WMLearnerSpec, WorldModelLearner
+    from learners.world_model import WMLearnerSpec, WorldModelLearner, progress_file, progress_words, read_progress
 
     cfg, console = run.cfg, run.console
     done_file = run.run_dir / "checkpoints" / "wm_done.json"
@@ -283,27 +282,47 @@ def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
         return done, done.get("metrics", []), None
     spec = WMLearnerSpec(base_path=base_path, run_dir=str(run.run_dir), t0=run.t0, data_arms=data.arms,
                          heldout_arms=data.heldout_arms, seed=cfg.run.seed, world_model=section(cfg.world_model),
-                         runtime=run.runtime)
-    learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
-        spec, run.replay, run.registry)
-    ref = learner.train.remote()
-    run.note_processes()
+                         runtime=run.runtime, checkpoint_every=cfg.checkpoint.wm_every_steps)
+    if (progress := read_progress(spec.run_dir)):
+        console.print(f"resuming the LWM's training from {progress_words(progress)}")
+    faults: list[dict] = []
+    restarts, died = 0, None  # died: (time, cause) until the successor trains again
     with Progress(TextColumn("LWM {task.fields[stage]}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("{task.fields[phase]}  exact {task.fields[em]}  edit-sim {task.fields[es]}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("lwm", total=1, stage="starting", phase="", em="-", es="-")
-        while True:
-            ready, _ = ray.wait([ref], timeout=1.0)
-            s = ray.get(learner.status.remote())
-            bar.update(task, completed=s["step"], total=max(1, s["total_steps"]), stage=s["stage"], phase=s["phase"],
-                       em=_fmt(s["exact_match"], ".3f"), es=_fmt(s["edit_similarity"], ".3f"))
-            if ready:
+        while True:  # one learner, and after each death (up to checkpoint.max_restarts) one more from its checkpoint
+            learner = WorldModelLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
+                spec, run.replay, run.registry)
+            ref = learner.train.remote()
+            run.note_processes()
+            try:
+                while True:
+                    ready, _ = ray.wait([ref], timeout=1.0)
+                    s = ray.get(learner.status.remote())
+                    bar.update(task, completed=s["step"], total=max(1, s["total_steps"]), stage=s["stage"],
+                               phase=s["phase"], em=_fmt(s["exact_match"], ".3f"), es=_fmt(s["edit_similarity"], ".3f"))
+                    if died and s["stage"] != "starting":
+                        faults.append(metric_row("fault", what="LWM learner", who="wm", cause=died[1],
+                                                 action=f"restarted from {s['resumed_from']}",
+                                                 recovery_s=time.time() - died[0], wall_time=time.time() - run.t0))
+                        died = None
+                    if ready:
+                        break
+                done = learner_result(ref)
                 break
-    done = learner_result(ref)
-    metrics = ray.get(learner.metrics.remote())
+            except ray.exceptions.RayActorError as e:  # the process died (kill -9, OOM, node lost)
+                restarts += 1
+                if restarts > cfg.checkpoint.max_restarts:
+                    raise
+                died = (time.time(), first_line(e))
+                console.print(f"[yellow]the LWM learner died ({died[1]}); restarting it from "
+                              f"{progress_words(read_progress(spec.run_dir))}[/yellow]")
+    metrics = ray.get(learner.metrics.remote()) + faults
     if not keep:
         ray.kill(learner)
     done_file.write_text(json.dumps(dict(done, metrics=metrics)))
+    progress_file(spec.run_dir).unlink(missing_ok=True)  # done: deleting wm_done.json retrains from the start
     return done, metrics, learner if keep else None
 
 
@@ -370,7 +389,7 @@ def train_world_model(cfg, config_path: str | None = None) -> list[dict]:
 class Arms:
     learners: dict  # arm name -> AgentLearner
     pools: dict  # arm name -> ActorPool
-    cursor: int  # replay rows before the arms started (earlier attempts' rows are not theirs)
+    cursor: int | list  # the replay's cursor before the arms started (earlier attempts' rows are not theirs)
     start: dict = field(default_factory=dict)  # arm name -> () -> (learner, pool): (re)starts it from its checkpoint
 
 
@@ -380,7 +399,7 @@ def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
 
     from actors.pool import request_cluster
 
-    cursor = ray.get(run.replay.count.remote())
+    cursor = ray.get(run.replay.cursor.remote())
     arms = Arms({}, {}, cursor)
     for a_idx, arm in enumerate(run.cfg.arms):
         seed = run.cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
@@ -391,7 +410,7 @@ def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
     return arms
 
 
-def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
+def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list):
     """The arm's learner, then its pool. A learner that resumes from the arm's checkpoint (a restart, or a rerun of the
     run dir) says so first: the actors then start from that checkpoint, at its version, with new episode seeds."""
     from actors.pool import ActorPool
@@ -424,7 +443,7 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     return learner, pool
 
 
-def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int):
+def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list):
     """What the arm's AgentLearner trains (its actors act with the same agent settings and start checkpoint): the agent
     section resolved for the arm's env and `init` (arms[i].init, else agent.init); the real env it is scored in
     (arms[i].eval_env, else its env)."""
@@ -730,7 +749,7 @@ def _arms_table(sup: Supervisor, pools: dict, wm: dict, elapsed: float) -> Table
     return table
 
 
-def replay_metric_rows(run: Run, cursor: int) -> list[dict]:
+def replay_metric_rows(run: Run, cursor: int | list) -> list[dict]:
     """The metric rows each arm's kind derives from the arm's replay rows (hybrid routing, control obedience)."""
     out = []
     for arm in run.cfg.arms:

@@ -262,13 +262,17 @@ class _Partition:
 
 
 class ReplayStore:
-    def __init__(self, directory: str, capacity: int | None = None, seal_bytes: int = 64 << 20):
+    def __init__(self, directory: str, capacity: int | None = None, seal_bytes: int = 64 << 20,
+                 shard: tuple[int, int] | None = None):
         """`capacity`: rows held in memory per (arm, source), None or 0 for all; `seal_bytes`: the WAL size at which
-        it is sealed into a `seg-*.arrow` IPC file."""
+        it is sealed into a `seg-*.arrow` IPC file; `shard`: (k, n), shard k of n sharing `directory` (its segments
+        are named `...-s<k>`; it loads those whose shard number is k modulo n, unsharded ones in shard 0). Without
+        `shard`, a store loads every segment in the dir, every shard's."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity or None
         self.seal_bytes = seal_bytes
+        self.shard = shard
         self.rows = 0  # rows ever added: the global index of the next row
         self.damaged: list[tuple[str, int]] = []  # (segment, rows) of batches skipped on load: checksum mismatch
         self.parts: dict[tuple[str, str], _Partition] = {}
@@ -280,6 +284,8 @@ class ReplayStore:
         stems = {n[4:-6] for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".arrow")}
         stems |= {n[5:-7] for n in os.listdir(self.dir) if n.startswith("_wal-") and n.endswith(".arrows")}
         for stem in sorted(stems):
+            if shard is not None and stem_shard(stem) % shard[1] != shard[0]:
+                continue
             for b in self._load(stem):
                 self._hold(b)
 
@@ -335,7 +341,8 @@ class ReplayStore:
         try:
             try:
                 if self._writer is None:  # a new segment: the first add, or the first after a failed write or a seal
-                    self._wal = self.dir / f"_wal-{time.time_ns()}-{os.getpid()}.arrows"
+                    tag = f"-s{self.shard[0]}" if self.shard else ""
+                    self._wal = self.dir / f"_wal-{time.time_ns()}-{os.getpid()}{tag}.arrows"
                     self._sink = pa.OSFile(str(self._wal), "wb")
                     fcntl.flock(self._sink.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends
                     self._writer = pa.ipc.new_file(self._sink, TRAJECTORY_SCHEMA)
@@ -469,9 +476,17 @@ class ReplayStore:
                 chosen.append((p, sel.start + mine if isinstance(sel, range) else sel[mine]))
         return self._gather(chosen)
 
+    def sample_counted(self, n: int, *, seed: int | None = None, **filters) -> tuple[pa.Table, int]:
+        """`sample(n, ...)`, and how many held rows matched: what a sharded replay weighs its shards' samples by."""
+        return self.sample(n, seed=seed, **filters), sum(len(sel) for _, sel in self._select(**filters))
+
     def since(self, cursor: int, **filters) -> tuple[pa.Table, int]:
         """Matching held rows appended after global row `cursor`, and the new cursor."""
         return self._gather(self._select(after=cursor, **filters)), self.rows
+
+    def cursor(self) -> int:
+        """The cursor `since` takes for "from now on": rows ever added (a list of one per shard for ShardedReplay)."""
+        return self.rows
 
     def count(self, arm=None, source=None, env_id=None, min_policy_version=None, max_policy_version=None) -> int:
         """Matching rows ever added, evicted ones included: with no filter, the global row cursor."""
@@ -494,12 +509,19 @@ class ReplayStore:
         return {f"{a}/{s}": sum(p.counts.values()) for (a, s), p in self.parts.items()}
 
 
+def stem_shard(stem: str) -> int:
+    """The shard number in a segment's stem (`<ns>-<pid>-s<k>`); 0 for an unsharded store's (`<ns>-<pid>`)."""
+    last = stem.rsplit("-", 1)[-1]
+    return int(last[1:]) if last[:1] == "s" and last[1:].isdigit() else 0
+
+
 class _Service(ReplayStore):
     """The store as a Ray actor: `ray.shutdown()` ends it with SIGTERM, and it seals its WAL first, so a finished
     run's replay is all sealed segments (a kill -9 leaves the WAL to the next load, which seals it)."""
 
-    def __init__(self, directory: str, capacity: int | None = None, seal_bytes: int = 64 << 20):
-        super().__init__(directory, capacity, seal_bytes)
+    def __init__(self, directory: str, capacity: int | None = None, seal_bytes: int = 64 << 20,
+                 shard: tuple[int, int] | None = None):
+        super().__init__(directory, capacity, seal_bytes, shard)
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
 
@@ -516,3 +538,93 @@ class _Service(ReplayStore):
 
 
 ReplayService = ray.remote(_Service)
+
+
+@ray.remote(num_cpus=0)
+def _fan_out(shards: list, op: str, args: tuple, kwargs: dict):
+    """One replay call on every shard, merged into the answer one store would give (see ShardedReplay)."""
+    n = len(shards)
+    if op == "since":
+        cursor = args[0]
+        if isinstance(cursor, int) and cursor == 0:
+            cursor = [0] * n
+        if isinstance(cursor, int) or len(cursor) != n:
+            raise ValueError(f"a cursor of a replay of {n} shards is a list of {n} row counts, not {cursor!r}")
+        got = ray.get([s.since.remote(c, **kwargs) for s, c in zip(shards, cursor)])
+        return pa.concat_tables([t for t, _ in got]), [c for _, c in got]
+    if op == "sample" and (args[0] if args else kwargs.get("n")) is not None:
+        size = args[0] if args else kwargs.pop("n")
+        seed = kwargs.pop("seed", None)
+        seeds = np.random.SeedSequence(seed).spawn(n + 1)
+        got = ray.get([s.sample_counted.remote(size, seed=int(q.generate_state(1)[0]), **kwargs)
+                       for s, q in zip(shards, seeds)])
+        held = np.array([k for _, k in got], np.int64)
+        rng = np.random.default_rng(seeds[-1])
+        # how many of the `size` uniform draws over all matching rows fall in each shard, then that many of its own
+        # uniform draws (a uniform subset of a uniform subset is uniform), in the order added
+        take = rng.multivariate_hypergeometric(held, min(size, int(held.sum())))
+        parts = [t.take(pa.array(np.sort(rng.choice(t.num_rows, k, replace=False)))) for (t, _), k in zip(got, take)]
+        return pa.concat_tables(parts)
+    got = ray.get([getattr(s, op).remote(*args, **kwargs) for s in shards])
+    if op in ("count", "held"):
+        return sum(got)
+    if op in ("sample", "table"):
+        return pa.concat_tables(got)
+    if op == "cursor":
+        return got
+    if op == "stats":
+        out: dict[str, int] = {}
+        for d in got:
+            for k, v in d.items():
+                out[k] = out.get(k, 0) + v
+        return out
+    return got  # close: one None per shard
+
+
+class _Op:
+    def __init__(self, replay: "ShardedReplay", name: str):
+        self.replay, self.name = replay, name
+
+    def remote(self, *args, **kwargs):
+        return self.replay._call(self.name, args, kwargs)
+
+
+class ShardedReplay:
+    """N ReplayService actors behind one replay's API: `replay.add.remote(batch)`, `ray.get(replay.count.remote())`
+    and the rest, as with one actor, so rollout actors, learners and the driver take either.
+
+    Each `add` goes whole to one shard, round robin from a per-process offset, so writers spread over the shards and
+    an episode's rows stay together. Every other call asks all shards in one task and merges: counts add up, tables
+    are concatenated shard by shard (in the order added within a shard), `sample(n)` is uniform over all matching
+    held rows (each shard draws n, then a multivariate hypergeometric split picks how many come from each), and a
+    `since` cursor is a list of one row count per shard (`cursor()` gives the current one; 0 means the start). The
+    shards share one directory, each writing its own segments; `ReplayStore(dir)` reads them all."""
+
+    def __init__(self, shards: list):
+        self.shards = list(shards)
+        self._next: int | None = None
+
+    def __getstate__(self):
+        return {"shards": self.shards, "_next": None}  # each process starts its own round robin
+
+    def _call(self, op: str, args: tuple, kwargs: dict):
+        if op == "add":
+            if self._next is None:
+                self._next = os.getpid() % len(self.shards)
+            shard = self.shards[self._next % len(self.shards)]
+            self._next += 1
+            return shard.add.remote(*args, **kwargs)
+        return _fan_out.remote(self.shards, op, args, kwargs)
+
+    def __getattr__(self, name: str) -> _Op:
+        if name.startswith("_") or not callable(getattr(ReplayStore, name, None)):
+            raise AttributeError(name)
+        return _Op(self, name)
+
+
+def start_replay(directory: str, capacity: int | None = None, shards: int = 1):
+    """The run's replay: one ReplayService actor, or a ShardedReplay of `shards` of them on the same directory."""
+    if shards <= 1:
+        return ReplayService.options(num_cpus=0).remote(directory, capacity=capacity)
+    return ShardedReplay([ReplayService.options(num_cpus=0).remote(directory, capacity=capacity, shard=(k, shards))
+                          for k in range(shards)])

@@ -1,11 +1,11 @@
-"""Faults in a real run, timed from outside: a shortened quickstart (real Ray, FrozenLake, the tiny model) in which one
-rollout actor and then the sim arm's learner are killed with SIGKILL mid-run.
+"""Faults in a real run, timed from outside: a shortened quickstart (real Ray, FrozenLake, the tiny model) in which the
+LWM's learner is killed mid-SFT, then one rollout actor and then the sim arm's learner are killed with SIGKILL mid-run.
 
     .venv/bin/python bench/chaos.py [--updates 10] [--out /tmp/chaos]
 
 Prints, per kill: the time until a new process of that role runs, and for the learner until its arm trains a new
 update; the updates lost (the run's `fault` rows); and the replay rows acknowledged before the kills against those
-found after the run. The LWM is trained once into --out/base and reused."""
+found after the run. The LWM is trained once into --out/base (its learner killed once) and reused."""
 
 from __future__ import annotations
 
@@ -65,6 +65,35 @@ def until(what, timeout: float = 600.0, every: float = 0.1):
     raise TimeoutError
 
 
+def lwm_with_a_kill(out: Path) -> None:
+    """`wm train` into out/base, its WorldModelLearner killed after SFT's first checkpoint (every 5 steps)."""
+    from learners.world_model import read_progress
+
+    run = out / "base"
+    shutil.rmtree(run, ignore_errors=True)
+    proc = subprocess.Popen(agentworld("wm", "train", QUICKSTART, f"run.output_dir={out}", "run.name=base", *SHORT,
+                                       "checkpoint.wm_every_steps=5"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    until(lambda: (read_progress(str(run)) or {}).get("stage") == "sft", every=0.2)
+    at = read_progress(str(run))["step"]
+    old = procs(proc.pid, "ray::WorldModelLearner")
+    t_kill = time.time()
+    for victim in old.values():
+        victim.kill()
+    until(lambda: set(procs(proc.pid, "ray::WorldModelLearner")) - set(old) or proc.poll() is not None)
+    back = time.time() - t_kill
+    until(lambda: (read_progress(str(run)) or {"step": None}).get("step") != at or proc.poll() is not None, every=0.2)
+    trains = time.time() - t_kill
+    if proc.wait():
+        raise SystemExit(f"wm train failed (exit {proc.returncode})")
+    metrics = json.loads((run / "wm_stages.json").read_text())["metrics"]
+    print(f"LWM learner SIGKILL (SFT checkpointed at step {at}): a new WorldModelLearner process after {back:.1f} s, "
+          f"its next checkpoint (or the end of SFT) after {trains:.1f} s")
+    for f in (m for m in metrics if m["kind"] == "fault"):
+        print(f"  fault row: {f['what']}: {f['action']}; driver-side recovery {f['recovery_s']:.1f} s")
+    print(f"  SFT steps in all: {[m['train_step'] for m in metrics if m['kind'] == 'wm'][-1]} (configured: 30)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--updates", type=int, default=10)
@@ -72,8 +101,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     if not (out / "base" / "checkpoints" / "wm_done.json").exists():
-        subprocess.run(agentworld("wm", "train", QUICKSTART, f"run.output_dir={out}", "run.name=base", *SHORT),
-                       check=True, cwd=ROOT, capture_output=True)
+        lwm_with_a_kill(out)
     run = out / "chaos"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(out / "base", run, ignore=shutil.ignore_patterns(".cluster.json"))

@@ -4,6 +4,7 @@ and ReplayService through Ray, side by side in one run, on the same FrozenLake t
     .venv/bin/python bench/replay.py                                  # 10k, 100k and 1M rows; ~10 min
     .venv/bin/python bench/replay.py --sizes 10000 100000 --samples 100
     .venv/bin/python bench/replay.py --capacity-run 10000000 1000000  # also 10M rows in-process, 1M held
+    .venv/bin/python bench/replay.py --sizes 100000 --stores --shards 2 4 --writers 4  # ShardedReplay against 1 shard
 
 The transitions are synthetic but shaped like the quickstart's (agentworld/schema.py rows, ~142-character grid
 observations, episodes of 1-15 steps); an insert is whole episodes of ~1,000 rows, built before timing (an Arrow
@@ -121,6 +122,46 @@ def bench_ray(inserts, samples, directory):
     return out
 
 
+def bench_shards(inserts, samples, directory, shards: int, writers: int):
+    """`shards` ReplayService actors (agentworld.replay.start_replay) fed by `writers` concurrent writer actors, as
+    rollout actors feed a run's replay; samples from the driver. Insert rate: all rows over the wall-clock from the
+    first add to the last acknowledgement."""
+    import ray
+
+    from agentworld.replay import start_replay
+
+    replay = start_replay(directory, shards=shards)
+    ray.get(replay.count.remote())  # started
+
+    @ray.remote(num_cpus=0)
+    class Writer:
+        def __init__(self, replay):
+            self.replay = replay
+
+        def write(self, batches):
+            for b in batches:
+                ray.get(self.replay.add.remote(b))
+            return sum(b.num_rows for b in batches)
+
+    pool = [Writer.remote(replay) for _ in range(writers)]
+    slices = [ray.put([b for b, _ in inserts[w::writers]]) for w in range(writers)]
+    ray.get([w.__ray_ready__.remote() for w in pool])
+    t0 = time.perf_counter()
+    rows = sum(ray.get([w.write.remote(s) for w, s in zip(pool, slices)]))
+    insert = rows / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    ray.get(replay.sample.remote(256, seed=0, arm="real", source="real"))
+    first = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    got = sum(ray.get(replay.sample.remote(256, seed=i + 1, arm="real", source="real")).num_rows
+              for i in range(samples))
+    smp = got / (time.perf_counter() - t0)
+    ray.get(replay.close.remote())
+    for handle in [*pool, *getattr(replay, "shards", [replay])]:
+        ray.kill(handle)
+    return insert, first, smp
+
+
 def rss_gb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
@@ -134,6 +175,9 @@ def main() -> None:
     p.add_argument("--capacity-run", nargs=2, type=int, metavar=("ROWS", "CAPACITY"),
                    help="also ROWS rows in-process with CAPACITY held (the largest size's inserts, repeated)")
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the stores' temp dirs go")
+    p.add_argument("--shards", nargs="*", type=int, default=[],
+                   help="also a replay of N shards (and of 1, the reference) fed by --writers concurrent actors")
+    p.add_argument("--writers", type=int, default=4, help="writer actors for --shards")
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -141,7 +185,7 @@ def main() -> None:
     chars = np.mean([len(o) for o in all_inserts[0][0].column("obs").to_pylist()])
     print(f"built {max(args.sizes):,} transitions (observations of {chars:.0f} characters on average) in "
           f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
-    if "ray" in args.stores:
+    if "ray" in args.stores or args.shards:
         import ray
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -171,6 +215,13 @@ def main() -> None:
             label = {"rllib": "RLlib EpisodeReplayBuffer", "store": "ReplayStore in-process",
                      "ray": "ReplayService via Ray"}[name]
             print(f"{k:>10,} {label:<24} {r[0]:>10,.0f} {r[2]:>10,.0f} {r[1]:>9.1f} {ratios}", flush=True)
+        for shards in sorted({1, *args.shards}) if args.shards else []:
+            with tempfile.TemporaryDirectory(dir=args.dir, ignore_cleanup_errors=True) as d:
+                r = bench_shards(inserts, args.samples, d, shards, args.writers)
+            results[n, f"shards{shards}"] = r
+            one = results[n, "shards1"]
+            print(f"{k:>10,} {f'{shards} shard(s), {args.writers} writers':<24} {r[0]:>10,.0f} {r[2]:>10,.0f} "
+                  f"{r[1]:>9.1f}   x 1 shard: insert {r[0] / one[0]:.2f}, sample {r[2] / one[2]:.2f}", flush=True)
     lo, hi = min(args.sizes), max(args.sizes)
     if lo != hi:
         for name in args.stores:

@@ -150,7 +150,7 @@ class LearnerSpec:
     fault_env: EnvConfig | None = None  # envs[arms[i].fault_env]: a real env with faults, scored in once at the end
     fault_env_key: str = ""
     wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
-    replay_cursor: int = 0  # replay rows before it belong to earlier attempts of the run dir
+    replay_cursor: int | list = 0  # the replay's rows before it belong to earlier attempts of the run dir
     checkpoint_every: int = 0  # checkpoint.every_updates: the learner's whole state, every this many updates (0: never)
 
 

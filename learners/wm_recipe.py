@@ -23,6 +23,7 @@ from learners.losses import Loss, kl_penalty
 from learners.train_engine import make_trainer
 
 OnStep = Callable[[int, float], None]  # (step, loss or, for RL, mean reward)
+Save = Callable[[int, object], None]  # (step, trainer): checkpoint the stage mid-way
 
 
 # ---- CPT --------------------------------------------------------------------------------------------
@@ -54,14 +55,20 @@ def cpt_loss(model, tok, rows: list[torch.Tensor]) -> torch.Tensor:
 
 
 def run_cpt(model, tok, texts: list[str], cfg: WMCPTConfig, rng: random.Random, on_step: OnStep,
-            runtime: Runtime | None = None):
+            runtime: Runtime | None = None, start: int = 0, resume: str | None = None, save: Save | None = None,
+            save_every: int = 0):
     """`runtime.engine` names the training engine that runs the steps (None: torch). Returns the trainer, whose
-    `save` checkpoints the stage with its optimizer, scheduler and RNG state."""
+    `save` checkpoints the stage with its optimizer, scheduler and RNG state. `save(step, trainer)` runs every
+    `save_every` steps before the last; `resume` (a checkpoint `save` made at step `start`) goes on after it."""
     rows = pack(tok, texts, cfg.seq_len)
     trainer = make_trainer(model, tok, cfg.lr, cfg.steps, min(20, cfg.steps // 10), runtime=runtime)
-    for step in range(1, cfg.steps + 1):
+    if resume:
+        trainer.load_trainer_state(resume)
+    for step in range(start + 1, cfg.steps + 1):
         batch = [rows[rng.randrange(len(rows))] for _ in range(cfg.batch_size)]
         on_step(step, trainer.step(cpt_loss, batch))
+        if save and save_every and step % save_every == 0 and step < cfg.steps:
+            save(step, trainer)
     return trainer
 
 
@@ -82,13 +89,19 @@ def sft_loss(model, tok, batch) -> torch.Tensor:
 
 
 def run_sft(model, tok, train, cfg: WMSFTConfig, rng: random.Random, on_step: OnStep,
-            on_eval: Callable[[int], None], runtime: Runtime | None = None):
+            on_eval: Callable[[int], None], runtime: Runtime | None = None, start: int = 0, resume: str | None = None,
+            save: Save | None = None, save_every: int = 0):
+    """As `run_cpt`; `on_eval(step)` every `cfg.eval_every` steps before the last."""
     trainer = make_trainer(model, tok, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.weight_decay, runtime=runtime)
+    if resume:
+        trainer.load_trainer_state(resume)
     weights = sampling_weights(train, cfg.balance_transitions, cfg.balance_outcomes)
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         on_step(step, trainer.step(sft_loss, rng.choices(train, weights, k=cfg.batch_size)))
         if step % cfg.eval_every == 0 and step != cfg.steps:
             on_eval(step)
+        if save and save_every and step % save_every == 0 and step < cfg.steps:
+            save(step, trainer)
     return trainer
 
 

@@ -6,9 +6,12 @@ device; with model.lora one adapter trains through every stage, and what is publ
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 import torch
@@ -93,6 +96,26 @@ class WMLearnerSpec:
     seed: int
     world_model: WorldModelConfig
     runtime: Runtime
+    checkpoint_every: int = 0  # CPT and SFT save their state every this many steps (checkpoint.wm_every_steps)
+
+
+def progress_file(run_dir: str) -> Path:
+    """Where a WorldModelLearner records how far it got: a restarted one goes on from there."""
+    return Path(run_dir) / "checkpoints" / "wm-progress.json"
+
+
+def read_progress(run_dir: str) -> dict | None:
+    try:
+        return json.loads(progress_file(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def progress_words(p: dict | None) -> str:
+    """Where a learner starting from progress `p` goes on from, in words."""
+    if not p:
+        return "the start"
+    return f"{p['stage']} step {p['step']}" if p["stage"] else f"the end of {p['done'][-1]}"
 
 
 @ray.remote(max_concurrency=2)
@@ -107,6 +130,7 @@ class WorldModelLearner:
         self.version = 0
         self.stage, self.step, self.total_steps = "starting", 0, 0
         self.phase = "starting"
+        self.resumed_from = None  # train() sets it: where this learner's training goes on from
 
     def _log(self, kind: str, **row) -> None:
         self.rows.append(metric_row(kind, wall_time=time.time() - self.spec.t0, **row))
@@ -119,7 +143,12 @@ class WorldModelLearner:
         spec, wm = self.spec, self.spec.world_model
         torch.manual_seed(spec.seed)
         rng = random.Random(spec.seed)
-        model, tok = load_trainable(spec.base_path, spec.runtime.dtype, spec.runtime.device, spec.runtime.lora,
+        # an earlier learner of this run's LWM died: go on from its last checkpoint (a stage's end, or CPT/SFT mid-way)
+        pfile = progress_file(spec.run_dir)
+        done = read_progress(spec.run_dir)
+        self.resumed_from = progress_words(done)
+        model, tok = load_trainable(done["path"] if done else spec.base_path, spec.runtime.dtype, spec.runtime.device,
+                                    spec.runtime.lora, resume=bool(done),
                                     gradient_checkpointing=spec.runtime.gradient_checkpointing)
         engine = HFEngine.from_model(model, tok)
         train_eps, held_eps = [], []
@@ -199,26 +228,57 @@ class WorldModelLearner:
                     losses.clear()
             return cb
 
+        def save(stage: str, step: int | None, trainer, path: str, stages_done: list) -> None:
+            """Checkpoint: the trainer at `path` (weights, optimizer, scheduler, RNG), then the progress file that
+            points at it (written last, atomically: a death mid-save leaves the previous one)."""
+            self.phase = f"{stage}: checkpointing"
+            trainer.save(path, tok)
+            state = {"stage": stage if step is not None else None, "step": step, "path": path, "done": stages_done,
+                     "version": self.version, "step_total": self.step_total, "rows": self.rows,
+                     "rng": rng.getstate(), "pid": os.getpid()}
+            tmp = pfile.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state, default=str))
+            os.replace(tmp, pfile)
+
+        def mid_stage(stage: str, stages_done: list):
+            return lambda step, trainer: save(stage, step, trainer, f"{out}-partial", stages_done)
+
         self.step_total = 0
         losses: list[float] = []
-        f = measure("untrained")  # version 0
+        if done:
+            rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in done["rng"]))
+            self.rows, self.version, self.step_total = done["rows"], done["version"], done["step_total"]
+            last = next(r for r in reversed(self.rows) if r["kind"] == "wm")
+            f = {k: last[k] for k in ("exact_match", "edit_similarity", "outcome_accuracy", "n", "obedience",
+                                      "obedience_without_control") if k in last}
+        else:
+            f = measure("untrained")  # version 0
+        stages_done = list(done["done"]) if done else []
         for stage in wm.stages:
+            if stage in stages_done:
+                continue
             cfg = getattr(wm, stage)
-            self.stage, self.step, self.total_steps = stage, 0, cfg.steps
+            start = done["step"] if done and done["stage"] == stage else 0
+            resume = done["path"] if start else None
+            self.stage, self.step, self.total_steps = stage, start, cfg.steps
+            every = spec.checkpoint_every
             if stage == "cpt":
                 texts = [trajectory_text(e) for e in train_eps] if cfg.trajectories else []
                 trainer = wm_recipe.run_cpt(model, tok, texts + wm_recipe.corpus_texts(cfg.corpora), cfg, rng,
-                                            on_step("cpt"), runtime=spec.runtime)
+                                            on_step("cpt"), runtime=spec.runtime, start=start, resume=resume,
+                                            save=mid_stage(stage, stages_done), save_every=every)
             elif stage == "sft":
                 trainer = wm_recipe.run_sft(model, tok, train, cfg, rng, on_step("sft"), lambda step: publish("sft"),
-                                            runtime=spec.runtime)
-            elif stage == "rl":
+                                            runtime=spec.runtime, start=start, resume=resume,
+                                            save=mid_stage(stage, stages_done), save_every=every)
+            elif stage == "rl":  # restarts at the stage's start: its KL reference is the model the stage began with
                 cfg = lwm_rl(wm, cfg)
                 weights = wm_recipe.sampling_weights(train, wm.sft.balance_transitions, wm.sft.balance_outcomes)
                 trainer = wm_recipe.run_rl(model, engine, tok, train, cfg, rng, on_step("rl"), weights,
                                            self._rubric(cfg), runtime=spec.runtime)
             f = publish(stage)
-            trainer.save(f"{out}-{stage}", tok)  # HF weights + optimizer, scheduler and RNG state: resumable
+            stages_done = stages_done + [stage]
+            save(stage, None, trainer, f"{out}-{stage}", stages_done)  # weights, optimizer, scheduler, RNG: resumable
         if self.version == 0:  # no stage asked for: the untrained model is the world model
             publish("untrained")
         self.phase = "open-loop rollouts"
@@ -256,7 +316,7 @@ class WorldModelLearner:
 
         return clipped
 
-    def continual(self, cursor: int) -> int:
+    def continual(self, cursor: int | list) -> int:
         """Keep training on real transitions of any arm that arrive after replay row `cursor`, a round
         of `continual.steps` RL (or SFT) steps per `continual.min_new` transitions, publishing a version
         after each round, until stopped. Returns the number of rounds."""
@@ -310,7 +370,7 @@ class WorldModelLearner:
     def status(self) -> dict:
         last = next((r for r in reversed(self.rows) if r["kind"] == "wm"), {})
         return {"stage": self.stage, "step": self.step, "total_steps": self.total_steps, "version": self.version,
-                "phase": self.phase, "exact_match": last.get("exact_match"), "edit_similarity": last.get("edit_similarity")}
+                "phase": self.phase, "resumed_from": self.resumed_from, "exact_match": last.get("exact_match"), "edit_similarity": last.get("edit_similarity")}
 
     def metrics(self, since: int = 0) -> list[dict]:
         return self.rows[since:]

@@ -43,6 +43,7 @@ OVERRIDES = [
     ("pool.interval_s=0", "pool.interval_s"), ("world_model.stages=[xyz]", "world_model.stages"),
     ("ray.torch_threads=0", "ray.torch_threads"), ("agent.lrr=1", "agent.lrr"), ("notakv", "notakv"),
     ("run.seed=-1", "run.seed"), ("agent.updates=ten", "agent.updates"), ("envs.frozenlake.max_steps=0", "envs.frozenlake.max_steps"),
+    ("replay.shards=0", "replay.shards"), ("checkpoint.wm_every_steps=-1", "checkpoint.wm_every_steps"),
 ]
 
 # (file name, bytes, what the error says)

@@ -2,7 +2,8 @@
 disk (a real tmpfs); an arm whose actors all die with replacements off (the watchdog); SIGTERM to the driver (a
 partial report, exit 143), kill -9 of the driver and a rerun (its cluster's leftover processes ended, the arms resumed
 from their checkpoints). A shortened quickstart on real Ray, FrozenLake and the tiny model; the LWM is trained once
-for the module and copied into each test's run."""
+for the module (its learner killed mid-SFT on the way, and restarted from its checkpoint) and copied into each test's
+run."""
 
 import atexit
 import json
@@ -32,12 +33,26 @@ def agentworld(*args) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lwm_dir(tmp_path_factory):
-    """A run dir with the LWM data, base model and LWM: each test copies it, so its run trains only the arms."""
+    """A run dir with the LWM data, base model and LWM: each test copies it, so its run trains only the arms. On the
+    way, its WorldModelLearner is killed (kill -9) mid-SFT after its first checkpoint; what that left is checked by
+    test_a_killed_lwm_learner_goes_on_from_its_checkpoint."""
+    from learners.world_model import read_progress
+
     out = tmp_path_factory.mktemp("faults")
-    r = subprocess.run(agentworld("wm", "train", QUICKSTART, f"run.output_dir={out}", "run.name=base", *QUICK),
-                       capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out / "base"
+    run = out / "base"
+    with open(out / "base.log", "w") as log:
+        proc = subprocess.Popen(agentworld("wm", "train", QUICKSTART, f"run.output_dir={out}", "run.name=base", *QUICK,
+                                           "checkpoint.wm_every_steps=5"),
+                                stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc.log, proc.log_from = out / "base.log", 0
+    wait_for(lambda: (read_progress(str(run)) or {}).get("stage") == "sft", proc=proc)  # SFT's first checkpoint
+    killed = ray_processes(proc.pid, "ray::WorldModelLearner")
+    for p in killed:
+        p.kill()
+    (out / "lwm_kill.json").write_text(json.dumps({"killed": len(killed), "at": time.time()}))
+    text = finish(proc)
+    assert proc.returncode == 0, text[-3000:]
+    return run
 
 
 def mount_tmpfs(d: Path, size: str) -> Path | None:
@@ -194,7 +209,10 @@ def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_dir, tmp_path):
+    from agentworld.replay import ReplayStore
+
     run = fresh_run(lwm_dir, tmp_path, "resume")
+    wm_rows = ReplayStore(str(run / "replay")).count(arm="wm_data")
     proc = start(run, "agent.updates=6")
     wait_for(lambda: checkpointed(run, "sim") >= 2, proc=proc)  # the slower arm
     proc.send_signal(signal.SIGTERM)
@@ -224,10 +242,31 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
         assert not (p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     if survivors:
         assert "left behind by a killed earlier run" in out
+    # every rerun reused the run dir's base model, LWM and LWM data
+    assert "reusing base model" in out and "reusing trained LWM" in out, out[-3000:]
+    assert ReplayStore(str(run / "replay")).count(arm="wm_data") == wm_rows
     df = pd.read_parquet(run / "metrics.parquet")
     for arm in ("real", "sim"):
         assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 7))
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_killed_lwm_learner_goes_on_from_its_checkpoint(lwm_dir):
+    kill = json.loads((lwm_dir.parent / "lwm_kill.json").read_text())
+    assert kill["killed"] == 1
+    out = (lwm_dir.parent / "base.log").read_text()
+    said = re.search(r"the LWM learner died \(.*\); restarting it from sft step (\d+)", out)
+    assert said and 5 <= int(said.group(1)) < 30 and int(said.group(1)) % 5 == 0, out[-3000:]
+    metrics = json.loads((lwm_dir / "wm_stages.json").read_text())["metrics"]
+    faults = [r for r in metrics if r["kind"] == "fault"]
+    # the new learner itself says it went on from the checkpoint, not from the start
+    assert [f["action"] for f in faults] == [f"restarted from sft step {said.group(1)}"], faults
+    assert faults[0]["what"] == "LWM learner" and 0 < faults[0]["recovery_s"] < 300
+    wm = [r for r in metrics if r["kind"] == "wm"]
+    assert [r["stage"] for r in wm] == ["untrained", "sft"]  # the dead learner's rows came along, once
+    assert wm[-1]["train_step"] == 30  # QUICK's 30 SFT steps in all, not 30 more after the restart
+    assert not (lwm_dir / "checkpoints" / "wm-progress.json").exists()  # finished: a retrain starts from scratch
+    assert (lwm_dir / "checkpoints" / "wm" / "config.json").exists()
 
 
 # -- the parts, without a whole run -------------------------------------------------------------------------------

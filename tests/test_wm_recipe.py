@@ -112,3 +112,45 @@ def test_kl_penalty_is_zero_at_the_reference_and_grows_away_from_it():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     assert kl_penalty(lp, lp, mask).item() == 0.0
     assert kl_penalty(lp, lp - 0.5, mask).item() > kl_penalty(lp, lp - 0.1, mask).item() > 0
+
+
+def test_sft_resumed_from_a_mid_stage_checkpoint_ends_where_an_uninterrupted_one_does(tiny, tmp_path):
+    """A WorldModelLearner restarted mid-SFT: weights, optimizer, scheduler and the sampler's RNG from the save at
+    step 6 of 10, then steps 7-10, give the weights of 10 steps without a stop."""
+    from agentworld.models.lora import load_trainable
+    from learners.wm_recipe import run_sft
+
+    ex = wm_examples([episode(), episode(4)], tiny.render, history_turns=1)
+    cfg = WMSFTConfig(steps=10, batch_size=4, lr=3e-3, warmup_steps=3, eval_every=100)
+    start = tiny.model.state_dict()
+    tiny.model.save_pretrained(tmp_path / "start")
+    tiny.tok.save_pretrained(tmp_path / "start")
+    torch.manual_seed(0)
+    model, tok = load_trainable(str(tmp_path / "start"))
+    run_sft(model, tok, ex, cfg, random.Random(1), lambda s, v: None, lambda s: None)
+    whole = {k: v.clone() for k, v in model.state_dict().items()}
+
+    torch.manual_seed(0)
+    model, tok = load_trainable(str(tmp_path / "start"))
+    saved = {}
+
+    def save(step, trainer):
+        trainer.save(tmp_path / "partial", tok)
+        saved.update(step=step, rng=rng.getstate())
+        raise KeyboardInterrupt  # the learner dies right after its checkpoint
+
+    rng = random.Random(1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(model, tok, ex, cfg, rng, lambda s, v: None, lambda s: None, save=save, save_every=6)
+    assert saved["step"] == 6
+    model, tok = load_trainable(str(tmp_path / "partial"), resume=True)
+    rng = random.Random()
+    rng.setstate(saved["rng"])
+    steps = []
+    run_sft(model, tok, ex, cfg, rng, lambda s, v: steps.append(s), lambda s: None, start=6,
+            resume=str(tmp_path / "partial"))
+    assert steps == [7, 8, 9, 10]
+    resumed = model.state_dict()
+    assert any(not torch.equal(whole[k], start[k]) for k in whole)  # it trained
+    for k in whole:
+        torch.testing.assert_close(resumed[k], whole[k], rtol=1e-5, atol=1e-6, msg=k)
