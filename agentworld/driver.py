@@ -302,7 +302,7 @@ def train_lwm(run: Run, base_path: str, data: LWMData, keep: bool = False):
                     s = ray.get(learner.status.remote())
                     bar.update(task, completed=s["step"], total=max(1, s["total_steps"]), stage=s["stage"],
                                phase=s["phase"], em=_fmt(s["exact_match"], ".3f"), es=_fmt(s["edit_similarity"], ".3f"))
-                    if died and s["stage"] != "starting":
+                    if died and (s["stage"] != "starting" or ready):  # training again (or done: stages all saved)
                         faults.append(metric_row("fault", what="LWM learner", who="wm", cause=died[1],
                                                  action=f"restarted from {s['resumed_from']}",
                                                  recovery_s=time.time() - died[0], wall_time=time.time() - run.t0))

@@ -145,10 +145,10 @@ class WorldModelLearner:
         rng = random.Random(spec.seed)
         # an earlier learner of this run's LWM died: go on from its last checkpoint (a stage's end, or CPT/SFT mid-way)
         pfile = progress_file(spec.run_dir)
-        done = read_progress(spec.run_dir)
-        self.resumed_from = progress_words(done)
-        model, tok = load_trainable(done["path"] if done else spec.base_path, spec.runtime.dtype, spec.runtime.device,
-                                    spec.runtime.lora, resume=bool(done),
+        progress = read_progress(spec.run_dir)
+        self.resumed_from = progress_words(progress)
+        model, tok = load_trainable(progress["path"] if progress else spec.base_path, spec.runtime.dtype,
+                                    spec.runtime.device, spec.runtime.lora, resume=bool(progress),
                                     gradient_checkpointing=spec.runtime.gradient_checkpointing)
         engine = HFEngine.from_model(model, tok)
         train_eps, held_eps = [], []
@@ -245,21 +245,21 @@ class WorldModelLearner:
 
         self.step_total = 0
         losses: list[float] = []
-        if done:
-            rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in done["rng"]))
-            self.rows, self.version, self.step_total = done["rows"], done["version"], done["step_total"]
+        if progress:
+            rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in progress["rng"]))
+            self.rows, self.version, self.step_total = progress["rows"], progress["version"], progress["step_total"]
             last = next(r for r in reversed(self.rows) if r["kind"] == "wm")
             f = {k: last[k] for k in ("exact_match", "edit_similarity", "outcome_accuracy", "n", "obedience",
                                       "obedience_without_control") if k in last}
         else:
             f = measure("untrained")  # version 0
-        stages_done = list(done["done"]) if done else []
+        stages_done = list(progress["done"]) if progress else []
         for stage in wm.stages:
             if stage in stages_done:
                 continue
             cfg = getattr(wm, stage)
-            start = done["step"] if done and done["stage"] == stage else 0
-            resume = done["path"] if start else None
+            start = progress["step"] if progress and progress["stage"] == stage else 0
+            resume = progress["path"] if start else None
             self.stage, self.step, self.total_steps = stage, start, cfg.steps
             every = spec.checkpoint_every
             if stage == "cpt":
@@ -370,7 +370,8 @@ class WorldModelLearner:
     def status(self) -> dict:
         last = next((r for r in reversed(self.rows) if r["kind"] == "wm"), {})
         return {"stage": self.stage, "step": self.step, "total_steps": self.total_steps, "version": self.version,
-                "phase": self.phase, "resumed_from": self.resumed_from, "exact_match": last.get("exact_match"), "edit_similarity": last.get("edit_similarity")}
+                "phase": self.phase, "resumed_from": self.resumed_from, "exact_match": last.get("exact_match"),
+                "edit_similarity": last.get("edit_similarity")}
 
     def metrics(self, since: int = 0) -> list[dict]:
         return self.rows[since:]
