@@ -460,7 +460,9 @@ class ReplayStore:
 
     def sample(self, n: int | None = None, *, seed: int | None = None, **filters) -> pa.Table:
         """Matching held rows: all when n is None, else n drawn uniformly without replacement (in the order added)."""
-        picks = self._select(**filters)
+        return self._draw(self._select(**filters), n, seed)
+
+    def _draw(self, picks: list[tuple[_Partition, range | np.ndarray]], n: int | None, seed: int | None) -> pa.Table:
         sizes = np.array([len(sel) for _, sel in picks], np.int64)
         total = int(sizes.sum())
         if n is None or n >= total:
@@ -478,7 +480,8 @@ class ReplayStore:
 
     def sample_counted(self, n: int, *, seed: int | None = None, **filters) -> tuple[pa.Table, int]:
         """`sample(n, ...)`, and how many held rows matched: what a sharded replay weighs its shards' samples by."""
-        return self.sample(n, seed=seed, **filters), sum(len(sel) for _, sel in self._select(**filters))
+        picks = self._select(**filters)
+        return self._draw(picks, n, seed), sum(len(sel) for _, sel in picks)
 
     def since(self, cursor: int, **filters) -> tuple[pa.Table, int]:
         """Matching held rows appended after global row `cursor`, and the new cursor."""
