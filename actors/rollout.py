@@ -128,11 +128,13 @@ class RolloutActor:
         if self.wm_engine is not None:
             pull_weights(self.wm_engine, self.sync, "wm")
 
-    def play_round(self) -> int:
-        """One episode per env; the whole round goes to the replay as one batch. Returns steps written."""
+    def play_round(self, index: int) -> int:
+        """Round `index` of this actor: one episode per env, the whole round to the replay as one batch. Its episodes
+        (env seeds, ids and the policy's sampling) are a function of the actor's seed, `index` and the weights, so a
+        resumed run replays what an uninterrupted one played. Returns steps written."""
         rows: list[dict[str, Any]] = []
-        base = self.episodes
         s = self.spec
+        base = index * len(self.envs)
         arm = s.arm.name
 
         def record(i, t, obs, act, nobs, reward, term, trunc, info):
@@ -148,6 +150,8 @@ class RolloutActor:
                 created_at=time.time()))
 
         seeds = [s.seed * 1_000_003 + base + i for i in range(len(self.envs))]
+        if hasattr(self.policy, "reseed"):
+            self.policy.reseed(seeds[0])
         with env_threads(s.arm.env_threads):  # real envs step side by side; LWM envs batch as ever
             play_episodes(self.envs, self.policy, seeds, record)
         ray.get(self.replay.add.remote(rows_to_batch(rows)))  # acknowledged = on disk
@@ -157,15 +161,17 @@ class RolloutActor:
 
     def collect_steps(self, steps: int) -> int:
         """Play rounds until at least `steps` transitions are written (the LWM's data budget)."""
-        done = 0
+        done = rounds = 0
         while done < steps:
-            done += self.play_round()
+            done += self.play_round(rounds)
+            rounds += 1
         return done
 
     def run(self) -> dict:
         """Play rounds under admission control until stopped: a round starts only when the registry admits its
         policy version, and at most `cap` rounds per version: enough for a learner batch, and max_staleness + 1
-        at least."""
+        at least. Round k at version v is round v * cap + k: a resumed actor, starting again at its checkpoint's
+        version, plays the rounds the lost timeline played from there."""
         a, actor_id = self.spec.agent, self.spec.actor_id
         cap = max(a.max_staleness + 1, math.ceil(a.episodes_per_update / self.spec.arm.envs_per_actor))
         failures = 0  # in a row: the wait before the next try doubles with each, up to 30 s
@@ -178,7 +184,7 @@ class RolloutActor:
                     time.sleep(0.02)
                     continue
                 try:
-                    self.play_round()
+                    self.play_round(v * cap + self.rounds_at.get(v, 0))
                 finally:  # after the rows are in the replay: the learner may count this round as landed
                     ray.get(self.registry.end_round.remote(self.policy_name, actor_id))
                 self.rounds_at[v] = self.rounds_at.get(v, 0) + 1

@@ -412,7 +412,8 @@ def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
 
 def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list):
     """The arm's learner, then its pool. A learner that resumes from the arm's checkpoint (a restart, or a rerun of the
-    run dir) says so first: the actors then start from that checkpoint, at its version, with new episode seeds."""
+    run dir) says so first: the actors then start from that checkpoint, at its version, and play that version's rounds
+    again from the same seeds (rollout.play_round): the episodes an uninterrupted run played there."""
     from actors.pool import ActorPool
     from actors.rollout import LWMSpec, RolloutSpec
     from agentworld.config import actor_bounds
@@ -429,13 +430,12 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     kind = spec.kind
     domain, states = env_facts(spec.env, START_STATES if kind.uses_lwm else 0)
     wm = cfg.world_model
-    aseed = seed + 7919 * version  # a resumed arm's episodes are new ones
     aspec = RolloutSpec(run_id=run.run_id, arm=spec.arm, kind=kind, env=spec.env, domain=domain, agent=spec.agent,
-                        runtime=run.runtime, seed=aseed, policy=policy, policy_version=version,
+                        runtime=run.runtime, seed=seed, policy=policy, policy_version=version,
                         lwm=LWMSpec(lwm["path"], lwm["wm_version"], wm.history_turns, lwm_generation(wm), states,
                                     dict(wm.prompts))
                         if kind.uses_lwm else None,
-                        **shared_engines(run, arm.name, kind, policy, version, lwm, aseed))
+                        **shared_engines(run, arm.name, kind, policy, version, lwm, seed))
     lo, hi = actor_bounds(arm)
     pool = ActorPool(aspec, run.replay, run.registry, lo=lo, hi=hi, start=arm.actors, num_cpus=cfg.ray.actor_num_cpus,
                      interval_s=cfg.pool.interval_s, t0=run.t0, episodes_per_update=cfg.agent.episodes_per_update,

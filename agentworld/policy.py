@@ -148,6 +148,10 @@ class LLMPolicy:
     def version(self) -> int:
         return self.engine.version
 
+    def reseed(self, seed: int) -> None:
+        """Sample from here on as a policy made with `seed` would (a rollout actor's round: rollout.play_round)."""
+        self.generator.manual_seed(seed)
+
     def prompts(self, env_ids, observations, infos, envs=None, histories=None) -> list[str]:
         histories = histories or [()] * len(env_ids)
         domains = [getattr(e, "domain", None) for e in envs] if envs is not None else [None] * len(env_ids)
@@ -162,7 +166,8 @@ class LLMPolicy:
         prompts = self.prompts(env_ids, observations, infos, envs, histories)
         if self.mode == "generate" or any(not i.get("admissible_actions") for i in infos):
             temp = 0.0 if self.greedy else self.temperature
-            gens = self.engine.generate(prompts, max_new_tokens=self.max_action_tokens, temperature=temp)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))  # reproducible, on any engine
+            gens = self.engine.generate(prompts, max_new_tokens=self.max_action_tokens, temperature=temp, seed=seed)
             return [Act(g.text.strip(), g.logprobs, list(i.get("admissible_actions") or []) or None, g.reply_ids)
                     for g, i in zip(gens, infos)]
         choices = [list(i["admissible_actions"]) for i in infos]

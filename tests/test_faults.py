@@ -207,14 +207,41 @@ def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     assert "failed" in out and "report.html" in (run / "report.html").name
 
 
+def both(run: Path) -> int:
+    """The update both arms have a checkpoint of."""
+    return min(checkpointed(run, "real"), checkpointed(run, "sim"))
+
+
+def figures(run: Path) -> tuple[dict, list]:
+    """What a run trained and scored: each arm's summary, the step counters and clocks left out (a resumed run also
+    counts the steps its lost timeline spent), and its train and eval rows' figures in order."""
+    arms = {arm: {k: v for k, v in a.items() if "steps" not in k and "wall" not in k and not k.endswith("_s")}
+            for arm, a in json.loads((run / "summary.json").read_text())["arms"].items()}
+    df = pd.read_parquet(run / "metrics.parquet")
+    df = df[df.kind.isin(["train", "eval"])].sort_values(["arm", "kind", "update"])
+    cols = ["arm", "kind", "update", "loss", "mean_reward", "batch_steps", "success", "return"]
+    return arms, [tuple(None if pd.isna(x) else round(float(x), 4) if isinstance(x, float) else x for x in row)
+                  for row in df[cols].itertuples(index=False)]
+
+
 @pytest.mark.slow
 def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_dir, tmp_path):
+    """...and with max_staleness 0, the interrupted-and-resumed run trains and scores exactly what an uninterrupted
+    one does, and its replay holds the same episodes (each round after a checkpoint twice: the lost timeline's, and
+    the same one played again)."""
     from agentworld.replay import ReplayStore
+
+    # the real arm on CliffWalking: its returns differ between episodes from the start, so every update trains
+    sync = ("agent.updates=6", "agent.max_staleness=0", "arms.0.env=cliffwalking", "envs.cliffwalking.max_steps=15")
+    ref = fresh_run(lwm_dir, tmp_path, "uninterrupted")
+    proc = start(ref, *sync)
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
 
     run = fresh_run(lwm_dir, tmp_path, "resume")
     wm_rows = ReplayStore(str(run / "replay")).count(arm="wm_data")
-    proc = start(run, "agent.updates=6")
-    wait_for(lambda: checkpointed(run, "sim") >= 2, proc=proc)  # the slower arm
+    proc = start(run, *sync)
+    wait_for(lambda: both(run) >= 2, proc=proc)
     proc.send_signal(signal.SIGTERM)
     out = finish(proc, timeout=300)
     assert proc.returncode == 143, out[-3000:]
@@ -223,21 +250,22 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     assert "Run status: interrupted" in (run / "report.html").read_text()
 
     # kill -9 of the driver: its cluster's processes are left; the rerun ends them and resumes the arms
-    proc = start(run, "agent.updates=6")
-    at = checkpointed(run, "sim")
-    wait_for(lambda: checkpointed(run, "sim") > at, proc=proc)
+    proc = start(run, *sync)
+    at = both(run)
+    wait_for(lambda: both(run) > at, proc=proc)
     left = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.wait()
     time.sleep(2)
     survivors = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert checkpointed(run, "sim") > at
-    proc = start(run, "agent.updates=6")
+    assert both(run) > at
+    proc = start(run, *sync)
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     # from its last checkpoint (the killed driver's learner may write one more before its cluster ends it)
-    resumed = re.search(r"arm sim: resuming from update (\d+)", out)
-    assert resumed and int(resumed.group(1)) > at, out[-3000:]
+    for arm in ("real", "sim"):
+        resumed = re.search(rf"arm {arm}: resuming from update (\d+)", out)
+        assert resumed and int(resumed.group(1)) > at, out[-3000:]
     for p in survivors:  # what the killed driver left running, the rerun ended, naming it
         assert not (p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     if survivors:
@@ -249,6 +277,15 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     for arm in ("real", "sim"):
         assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 7))
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    # the same figures as the uninterrupted run (where the real arm trained: some of its updates have a loss, where
+    # returns differed within the batch), and the same episodes
+    arms, rows = figures(run)
+    assert sum(r[3] is not None for r in rows if r[:2] == ("real", "train")) >= 2, rows
+    assert (arms, rows) == figures(ref)
+    episodes = [{(e, t, a, r) for e, t, a, r in zip(*(tab.column(c).to_pylist()
+                                                    for c in ("episode_id", "step", "action", "reward")))}
+                for tab in (ReplayStore(str(d / "replay")).table() for d in (run, ref))]
+    assert episodes[0] == episodes[1]
 
 
 def test_a_killed_lwm_learner_goes_on_from_its_checkpoint(lwm_dir):
