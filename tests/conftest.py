@@ -35,22 +35,3 @@ def smollm2_path() -> str:
     if under_ci():
         pytest.fail(f"{why}; under CI (CI={os.environ['CI']}) the SmolLM2 tests must run, not skip", pytrace=False)
     pytest.skip(why)
-
-
-# The longest files, longest first (summed test time in the last full run, docs/results.md: Test suite)
-LONGEST = ["tests/test_faults.py", "tests/test_e2e_tooluse.py", "tests/test_e2e.py", "tests/test_e2e_engines.py",
-           "tests/test_lora.py"]
-
-
-def pytest_collection_modifyitems(config, items):
-    """The longest files first, then those with the most end-to-end (`slow`) tests: `make test` keeps this order across
-    its workers (--no-loadscope-reorder), so the long files start at once and short ones fill in at the end, instead of
-    one long file running alone at the end while the other worker idles."""
-    from collections import Counter
-
-    def file(item) -> str:
-        return item.nodeid.split("::")[0]
-
-    slow = Counter(file(item) for item in items if item.get_closest_marker("slow"))
-    rank = {f: i - len(LONGEST) for i, f in enumerate(LONGEST)}
-    items.sort(key=lambda item: (rank.get(file(item), 0), -slow[file(item)]))  # stable: a file's own order is kept

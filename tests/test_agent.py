@@ -131,8 +131,9 @@ def test_generated_actions_have_importance_ratio_one_at_the_behaviour_version(ti
     """Cut off at the token limit (no EOS), ended by itself (EOS), whitespace-stripped before the env saw it: the
     learner scores each on the tokens the actor generated, so its logprob is the behaviour one."""
     agent = resolve_agent(AgentConfig(action_mode="generate", max_action_tokens=32, history_turns=2), "gridworld")
-    tiny_policy.generator.manual_seed(0)  # the same samples however the tests are picked
-    rows = with_prompts(play_rows(LLMPolicy.for_agent(tiny_policy, agent), 8)[0], tiny_policy, agent)
+    policy = LLMPolicy.for_agent(tiny_policy, agent)
+    policy.reseed(2)  # samples with replies of each kind (seed 0's all run to the limit)
+    rows = with_prompts(play_rows(policy, 8)[0], tiny_policy, agent)
     model, tok = tiny_policy.model, tiny_policy.tok
     eos = set(tiny_policy.stop_ids)
     ended = [r for r in rows if r["action_ids"][-1] in eos]
@@ -243,3 +244,17 @@ def test_a_generating_agent_in_mcp_still_sees_the_tools_past_its_history_window(
             for t, (o, a) in enumerate(history + [(obs, "")])]
     rows[-1]["choices"] = info["admissible_actions"]  # the menu the generating agent was shown
     assert episode_prompts(rows, engine.render, agent.history_turns, agent.history_budget_tokens, count)[-1] == prompt
+
+
+def test_a_reseeded_policy_plays_the_same_episodes_again(tiny_policy):
+    """What a resumed rollout actor relies on (RolloutActor.play_round): a round's sampling follows from its seed
+    alone, whatever the engine's own generator has drawn meanwhile."""
+    for mode in ("choice", "generate"):  # hot: the random model is near certain of its first move
+        agent = AgentConfig(action_mode=mode, max_action_tokens=8, temperature=20.0)
+        policy = LLMPolicy.for_agent(tiny_policy, resolve_agent(agent, "gridworld"))
+        plays = []
+        for seed in (5, 5, 6):
+            policy.reseed(seed)
+            tiny_policy.generator.manual_seed(len(plays))  # the engine's own draws differ each time
+            plays.append([(r["action"], r["logprobs"]) for r in play_rows(policy, 4)[0]])
+        assert plays[0] == plays[1] and plays[0] != plays[2], mode

@@ -214,3 +214,18 @@ def test_counterfactual_probe_asks_for_an_outcome_reality_did_not_have():
     assert measure_obedience(Faithful(probe), probe, 64)["obedience"] == 0.0  # reality never obeys a counterfactual
     factual = obedience_probe(eps, render, random.Random(0))
     assert measure_obedience(Faithful(factual), factual, 64)["obedience"] == 1.0  # ... and always a factual label
+
+
+def test_a_small_control_probe_takes_each_kind_and_each_control_in_turn():
+    from agentworld.controls import balanced_sample
+
+    # a probe as control_probe makes it, dominated by one control: 40 timeouts, 5 empty pages, 3 fictional worlds
+    probe = ([("p", "q", make_control("perturbation", "timeout", "mcp"), {})] * 40
+             + [("p", "q", make_control("perturbation", "empty", "mcp"), {})] * 5
+             + [("p", "q", make_control("fictional", "fictional", query="x", facts=["a"]), {})] * 3)
+    for seed in range(5):
+        got = Counter(item[2].name for item in balanced_sample(probe, 4, random.Random(seed)))
+        assert got == {"fictional": 2, "timeout": 1, "empty": 1}, got
+    got = Counter(item[2].name for item in balanced_sample(probe, 20, random.Random(0)))
+    assert got == {"fictional": 3, "empty": 5, "timeout": 12}  # a group used up: the others fill in
+    assert len(balanced_sample(probe, 100, random.Random(0))) == len(probe)

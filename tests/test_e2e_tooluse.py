@@ -182,7 +182,8 @@ def test_short_tooluse_end_to_end_with_controls_and_faults(tmp_path):
         else:
             assert a["real_steps"] > 0, (name, a)
         assert a["wm_real_steps"] > 0  # every arm starts from the LWM: its data counts
-    assert {"timeout", "fictional"} & set(summary["lwm"]["by_control"]), summary["lwm"]
+    measured = set(summary["lwm"]["by_control"])  # the probe takes both kinds in turn (controls.balanced_sample)
+    assert "fictional" in measured and measured - {"fictional"}, summary["lwm"]
     for v in summary["lwm"]["by_control"].values():
         assert 0 <= v["obedience"] <= 1 and 0 <= v["obedience_without_control"] <= 1 and v["n"] >= 1
     faults = summary["arms"]["real-mcp"]["under_faults"]

@@ -189,7 +189,7 @@ def test_a_killed_actor_a_killed_learner_and_a_full_disk_are_survived(lwm_dir, t
 @pytest.mark.slow
 def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     run = fresh_run(lwm_dir, tmp_path, "stall")
-    proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=45",
+    proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=30",
                  "run.max_minutes=30")
     wait_for(lambda: checkpointed(run, "real") >= 2 and checkpointed(run, "sim") >= 2, proc=proc)  # all actors up
     t0 = time.time()
@@ -203,13 +203,8 @@ def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and set(summary["failures"]) == {"real", "sim"}
     for why in summary["failures"].values():
-        assert "no progress for 45 s" in why and "0 live rollout actor(s)" in why, why
+        assert "no progress for 30 s" in why and "0 live rollout actor(s)" in why, why
     assert "failed" in out and "report.html" in (run / "report.html").name
-
-
-def both(run: Path) -> int:
-    """The update both arms have a checkpoint of."""
-    return min(checkpointed(run, "real"), checkpointed(run, "sim"))
 
 
 def figures(run: Path) -> tuple[dict, list]:
@@ -232,7 +227,8 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     from agentworld.replay import ReplayStore
 
     # the real arm on CliffWalking: its returns differ between episodes from the start, so every update trains
-    sync = ("agent.updates=6", "agent.max_staleness=0", "arms.0.env=cliffwalking", "envs.cliffwalking.max_steps=15")
+    sync = ("agent.updates=4", "checkpoint.every_updates=1", "agent.max_staleness=0", "arms.0.env=cliffwalking",
+            "envs.cliffwalking.max_steps=15")
     ref = fresh_run(lwm_dir, tmp_path, "uninterrupted")
     proc = start(ref, *sync)
     out = finish(proc)
@@ -241,7 +237,7 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     run = fresh_run(lwm_dir, tmp_path, "resume")
     wm_rows = ReplayStore(str(run / "replay")).count(arm="wm_data")
     proc = start(run, *sync)
-    wait_for(lambda: both(run) >= 2, proc=proc)
+    wait_for(lambda: checkpointed(run, "real") >= 1, proc=proc)  # the faster arm, 1 update of 4 in
     proc.send_signal(signal.SIGTERM)
     out = finish(proc, timeout=300)
     assert proc.returncode == 143, out[-3000:]
@@ -251,21 +247,23 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
 
     # kill -9 of the driver: its cluster's processes are left; the rerun ends them and resumes the arms
     proc = start(run, *sync)
-    at = both(run)
-    wait_for(lambda: both(run) > at, proc=proc)
+    at = checkpointed(run, "sim")
+    wait_for(lambda: checkpointed(run, "sim") > at, proc=proc)
     left = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.wait()
     time.sleep(2)
     survivors = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert both(run) > at
+    assert checkpointed(run, "sim") > at
+    second = proc.log.read_bytes()[proc.log_from:].decode(errors="replace")
+    resumed = re.search(r"arm real: resuming from update (\d+)", second)  # mid-run: the test below means something
+    assert resumed and 1 <= int(resumed.group(1)) < 4, second[-3000:]
     proc = start(run, *sync)
     out = finish(proc)
     assert proc.returncode == 0, out[-3000:]
     # from its last checkpoint (the killed driver's learner may write one more before its cluster ends it)
-    for arm in ("real", "sim"):
-        resumed = re.search(rf"arm {arm}: resuming from update (\d+)", out)
-        assert resumed and int(resumed.group(1)) > at, out[-3000:]
+    resumed = re.search(r"arm sim: resuming from update (\d+)", out)
+    assert resumed and int(resumed.group(1)) > at, out[-3000:]
     for p in survivors:  # what the killed driver left running, the rerun ended, naming it
         assert not (p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     if survivors:
@@ -275,7 +273,7 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     assert ReplayStore(str(run / "replay")).count(arm="wm_data") == wm_rows
     df = pd.read_parquet(run / "metrics.parquet")
     for arm in ("real", "sim"):
-        assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 7))
+        assert sorted(df[(df.kind == "train") & (df.arm == arm)]["update"]) == list(range(1, 5))
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     # the same figures as the uninterrupted run (where the real arm trained: some of its updates have a loss, where
     # returns differed within the batch), and the same episodes
