@@ -21,9 +21,14 @@ QUICK = [*SHORT, "world_model.data.steps=300", "world_model.sft.steps=30", "worl
 
 
 @pytest.mark.slow
-def test_short_quickstart_end_to_end(tmp_path):
+def test_short_quickstart_end_to_end_and_its_lwm_keeps_training_on_fresh_real_data(tmp_path):
+    """The quickstart, shortened, with two more things on (one run for both: each run costs its cluster's start):
+    continual LWM training on the arms' fresh real rows, and a replay of two shards (their cursors reach the learners
+    and the LWM)."""
     r = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
-                        f"run.output_dir={tmp_path}", "run.name=short", *SHORT],
+                        f"run.output_dir={tmp_path}", "run.name=short", *SHORT,
+                        "world_model.continual.enabled=true", "world_model.continual.stage=sft",
+                        "world_model.continual.min_new=40", "world_model.continual.steps=2", "replay.shards=2"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "short"
@@ -48,22 +53,12 @@ def test_short_quickstart_end_to_end(tmp_path):
     assert lwm["final"]["edit_similarity"] > lwm["untrained"]["edit_similarity"] + 0.3
     assert summary["arms"]["sim"]["wm_real_steps"] >= 600
 
-    # a rerun of a run dir resumes its arms and reuses its LWM: tests/test_faults.py (the SIGTERM and kill -9 test)
-
-
-@pytest.mark.slow
-def test_world_model_keeps_training_on_fresh_real_data(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
-                        f"run.output_dir={tmp_path}", "run.name=cont", *QUICK, "agent.updates=4",
-                        "world_model.continual.enabled=true", "world_model.continual.stage=sft",
-                        "world_model.continual.min_new=40", "world_model.continual.steps=2",
-                        "replay.shards=2"],  # and on a sharded replay: its cursors reach the learners and the LWM
-                       capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    segments = sorted((tmp_path / "cont" / "replay").glob("seg-*.arrow"))
-    assert {p.stem.rsplit("-", 1)[-1] for p in segments} == {"s0", "s1"}, segments  # both shards wrote, and sealed
-    df = pd.read_parquet(tmp_path / "cont" / "metrics.parquet")
+    # continual: the LWM trained on, in rounds, after its SFT; both shards wrote, and sealed
+    segments = sorted((run / "replay").glob("seg-*.arrow"))
+    assert {p.stem.rsplit("-", 1)[-1] for p in segments} == {"s0", "s1"}, segments
     wm = df[df.kind == "wm"]
     rounds = wm[wm.stage == "continual-sft"]
     assert len(rounds) >= 1 and rounds.wm_version.min() > wm[wm.stage == "sft"].wm_version.max()
     assert "continual LWM training:" in r.stdout
+
+    # a rerun of a run dir resumes its arms and reuses its LWM: tests/test_faults.py (the SIGTERM and kill -9 test)

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # a weak LWM (60 SFT steps): the test is of the arms' machinery, and a weak LWM makes the hybrid arm route
 SHORT = ["world_model.data.steps=600", "world_model.sft.steps=60", "world_model.sft.eval_every=60",
-         "world_model.sft.eval_samples=16", "agent.updates=2", "agent.episodes_per_update=8",
-         *[f"arms.{i}.envs_per_actor=8" for i in range(4)], "eval.episodes=8", "eval.every_updates=2",
+         "world_model.sft.eval_samples=16", "agent.updates=2", "agent.episodes_per_update=4",
+         *[f"arms.{i}.envs_per_actor=4" for i in range(4)], "eval.episodes=4", "eval.every_updates=2",
          # shadow often and gate early, so a short run scores the LWM in the real env and may route
          "arms.3.hybrid.shadow_fraction=0.5", "arms.3.hybrid.min_scores=2", "run.max_minutes=12"]
 

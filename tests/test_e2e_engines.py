@@ -21,8 +21,8 @@ ENGINES = ["engine.inference=vllm", "engine.train=deepspeed"]  # the only keys t
 # shortened; the real arm plays CliffWalking (in the quickstart's envs), whose returns differ between episodes from
 # the start, so its DeepSpeed learner has non-zero advantages to train on (FrozenLake's first rewards take longer)
 QUICKSTART = ["world_model.data.steps=200", "world_model.sft.steps=10", "world_model.sft.eval_every=10",
-              "world_model.sft.eval_samples=8", "agent.updates=2", "agent.episodes_per_update=8",
-              "arms.0.env=cliffwalking", "arms.0.envs_per_actor=8", "arms.1.envs_per_actor=8", "eval.episodes=8",
+              "world_model.sft.eval_samples=8", "agent.updates=2", "agent.episodes_per_update=4",
+              "arms.0.env=cliffwalking", "arms.0.envs_per_actor=4", "arms.1.envs_per_actor=4", "eval.episodes=4",
               "eval.every_updates=2", "run.max_minutes=10"]
 # 100 SFT steps: enough that the model ends its replies, so RL's rewards (0 for a reply cut at the token limit)
 # differ within a group and its DeepSpeed steps run (20 left every reward 0 and no RL step)

@@ -37,11 +37,19 @@ def short(path: Path, cpt: bool = False) -> list[str]:
     return out + _SHORT
 
 
-def subset(path: Path, arms: tuple, out: Path) -> Path:
-    """The YAML at `path` with only the named arms, written into `out`."""
+def subset(path: Path, arms: tuple, out: Path, lwm_learns_only_theirs: bool = False) -> Path:
+    """The YAML at `path` with only the named arms, written into `out`; with `lwm_learns_only_theirs`, its LWM's data
+    sources too keep only those arms' domains."""
     raw = yaml.safe_load(path.read_text())
     raw["arms"] = [a for a in raw["arms"] if a["name"] in arms]
     assert {a["name"] for a in raw["arms"]} == set(arms)
+    if lwm_learns_only_theirs:
+        def domain(key):
+            return raw["envs"][key]["id"].split(":")[0]
+
+        theirs = {domain(a["env"]) for a in raw["arms"]}
+        raw["world_model"]["data"]["sources"] = [s for s in raw["world_model"]["data"]["sources"]
+                                                 if domain(s["env"]) in theirs]
     (out / path.name).write_text(yaml.safe_dump(raw))
     return out / path.name
 
@@ -123,8 +131,9 @@ def check_run(run: Path, path: Path, stdout: str) -> dict:
 
 @pytest.mark.slow
 def test_short_warmup_end_to_end(tmp_path):
-    # two of the nine arms, the two inits no other test trains from (an lwm start is every other test's)
-    path = subset(WARMUP, ("grid-scratch", "search-cpt"), tmp_path)
+    # two of the nine arms, the two inits no other test trains from (an lwm start is every other test's); the LWM
+    # learns their two domains only
+    path = subset(WARMUP, ("grid-scratch", "search-cpt"), tmp_path, lwm_learns_only_theirs=True)
     r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=w", *short(path, cpt=True), timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "w"

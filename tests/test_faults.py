@@ -190,8 +190,8 @@ def test_a_killed_actor_a_killed_learner_and_a_full_disk_are_survived(lwm_dir, t
 def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     run = fresh_run(lwm_dir, tmp_path, "stall")
     proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=45",
-                 "run.max_minutes=30")
-    wait_for(lambda: checkpointed(run, "real") >= 2 and checkpointed(run, "sim") >= 2, proc=proc)  # all actors up
+                 "run.max_minutes=30", "checkpoint.every_updates=1")
+    wait_for(lambda: checkpointed(run, "real") >= 1 and checkpointed(run, "sim") >= 1, proc=proc)  # all actors up
     t0 = time.time()
     while time.time() - t0 < 10:  # every rollout actor, including one Ray was still placing
         for p in ray_processes(proc.pid, "ray::RolloutActor"):

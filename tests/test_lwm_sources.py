@@ -13,7 +13,8 @@ from agentworld.policy import MixPolicy, behaviour_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "experiments" / "quickstart.yaml")
-SHORT = ["world_model.sft.steps=30", "world_model.sft.eval_every=30", "world_model.sft.eval_samples=8"]
+SHORT = ["world_model.sft.steps=4", "world_model.sft.eval_every=4", "world_model.sft.eval_samples=4",
+         "world_model.sft.warmup_steps=1"]  # the data plumbing is tested, not learning
 
 
 def cli(*args, timeout=600):
