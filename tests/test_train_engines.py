@@ -79,7 +79,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 @pytest.mark.slow
 def test_deepspeed_data_parallel_training_lowers_the_loss(setup):
     _, batches, learner = setup
-    losses = ray.get(learner.train.remote([batches[0]] * 20))
+    losses = ray.get(learner.train.remote([batches[0]] * 10))  # torch alone: 5.6 -> 1.8 in 10 steps
     assert losses[-1] < 0.6 * losses[0], losses
 
 
