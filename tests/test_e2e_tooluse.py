@@ -37,6 +37,11 @@ def short(path: Path, cpt: bool = False) -> list[str]:
     return out + _SHORT
 
 
+def family(raw: dict, env_key: str) -> str:
+    """The env family (the id's prefix: babyai, search, mcp, ...) of env `env_key` in the raw YAML `raw`."""
+    return raw["envs"][env_key]["id"].split(":")[0]
+
+
 def subset(path: Path, arms: tuple, out: Path, lwm_learns_only_theirs: bool = False) -> Path:
     """The YAML at `path` with only the named arms, written into `out`; with `lwm_learns_only_theirs`, its LWM's data
     sources too keep only those arms' domains."""
@@ -44,12 +49,9 @@ def subset(path: Path, arms: tuple, out: Path, lwm_learns_only_theirs: bool = Fa
     raw["arms"] = [a for a in raw["arms"] if a["name"] in arms]
     assert {a["name"] for a in raw["arms"]} == set(arms)
     if lwm_learns_only_theirs:
-        def domain(key):
-            return raw["envs"][key]["id"].split(":")[0]
-
-        theirs = {domain(a["env"]) for a in raw["arms"]}
+        theirs = {family(raw, a["env"]) for a in raw["arms"]}
         raw["world_model"]["data"]["sources"] = [s for s in raw["world_model"]["data"]["sources"]
-                                                 if domain(s["env"]) in theirs]
+                                                 if family(raw, s["env"]) in theirs]
     (out / path.name).write_text(yaml.safe_dump(raw))
     return out / path.name
 
@@ -94,8 +96,8 @@ def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split(capsys):
 
 def test_the_transfer_lwm_never_sees_the_domain_its_transfer_arm_trains_on():
     raw = yaml.safe_load(TRANSFER.read_text())
-    learned = {raw["envs"][s["env"]]["id"].split(":")[0] for s in raw["world_model"]["data"]["sources"]}
-    arms = {a["name"]: (raw["envs"][a["env"]]["id"].split(":")[0], a["init"]) for a in raw["arms"]}
+    learned = {family(raw, s["env"]) for s in raw["world_model"]["data"]["sources"]}
+    arms = {a["name"]: (family(raw, a["env"]), a["init"]) for a in raw["arms"]}
     assert learned == {"babyai", "mcp"}
     assert arms["search-transfer"] == ("search", "lwm") and arms["search-scratch"] == ("search", "scratch")
     assert arms["mcp-lwm"] == ("mcp", "lwm")  # the in-domain control: a domain this LWM learned
@@ -151,7 +153,7 @@ def test_the_fidelity_curve_levels_validate_and_its_arms_train_only_in_the_lwm(c
         r = validate(capsys, str(FIDELITY), f"world_model.sft.steps={level}")
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     raw = yaml.safe_load(FIDELITY.read_text())
-    domains = {raw["envs"][a["env"]]["id"].split(":")[0] for a in raw["arms"]}
+    domains = {family(raw, a["env"]) for a in raw["arms"]}
     assert domains == {"babyai", "search"} and {a["source"] for a in raw["arms"]} == {"sim"}
 
 
