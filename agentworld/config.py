@@ -223,6 +223,16 @@ class WorldModelConfig:
 
 
 @dataclass
+class BCConfig:
+    """Behaviour cloning before RL (learners/bc.py): each arm's start checkpoint fine-tuned on the oracle's actions in
+    its real env (its train split). Those episodes' real env steps count against the arm."""
+    episodes: int = 0  # oracle episodes played in the arm's env; 0: no behaviour cloning
+    steps: int = 100  # optimizer steps on their actions
+    batch_size: int = 8  # actions per step
+    lr: float = 1e-3
+
+
+@dataclass
 class AgentConfig:
     # a loss in learners/losses.py: grpo (group-normalised advantages, clipped ratio) | ppo (group-mean baseline)
     # | rloo (leave-one-out baseline) | gspo (sequence-level ratio: the same as grpo for one action)
@@ -247,6 +257,7 @@ class AgentConfig:
     # if > 0, drop the oldest turns until the prompt fits; unset: 1,536 tokens (at most the tiny model's positions less
     # max_action_tokens) when history_turns > 1, else 0
     history_budget_tokens: Optional[int] = None
+    bc: BCConfig = field(default_factory=BCConfig)  # behaviour cloning on the oracle's actions before RL
 
 
 @dataclass
@@ -492,12 +503,12 @@ VALUE_RULES = [
             "arms.*.hybrid.window", "arms.*.hybrid.min_scores", "eval.every_updates", "eval.episodes", "serve.max_sessions",
             "serve.max_tokens", "serve.max_body_bytes", "serve.autoscaling.max_replicas", "engine.vllm.max_model_len",
             "engine.vllm.tensor_parallel_size", "engine.deepspeed.data_parallel", "arms.*.env_threads",
-            "replay.shards")),
+            "replay.shards", "agent.bc.steps")),
     (_GE0, ("run.seed", "world_model.*.steps", "world_model.*.warmup_steps", "world_model.sft.weight_decay",
             "world_model.sft.balance_*", "world_model.rl.kl", "world_model.rl.reward.*", "world_model.generation.temperature",
             "agent.max_staleness", "*history_budget_tokens", "run.stall_timeout_s", "checkpoint.*", "pool.max_replacements",
             "world_model.continual.min_new", "engine.num_gpus", "replay.capacity",
-            "serve.autoscaling.min_replicas", "serve.autoscaling.*_s", "arms.*.control.mix.*")),
+            "serve.autoscaling.min_replicas", "serve.autoscaling.*_s", "arms.*.control.mix.*", "agent.bc.episodes")),
     (_UNIT, ("model.lora.dropout", "*fraction", "arms.*.hybrid.*threshold", "eval.success_target")),
     ((1, 65535, False), ("serve.port",)),
     ((0, 3, False), ("engine.deepspeed.zero_stage",)),

@@ -109,7 +109,8 @@ def run_experiment(cfg, config_path: str | None = None) -> dict:
             lwm, wm_metrics, wm_learner = train_lwm(run, base_path, data, keep=cfg.world_model.continual.enabled)
             metrics += wm_metrics
             tracker.log(wm_metrics)
-            arms = start_arms(run, base_path, lwm, wm_real_steps=data.real_steps)
+            clones = clone_arms(run, base_path, lwm)
+            arms = start_arms(run, base_path, lwm, wm_real_steps=data.real_steps, clones=clones)
             metrics += wait_for_arms(run, arms, tracker, lwm, wm_metrics, wm_learner)
         except KeyboardInterrupt:  # before the arms ran: what there is goes in the report
             run.interrupted = run.interrupted or signal.SIGINT
@@ -393,8 +394,34 @@ class Arms:
     start: dict = field(default_factory=dict)  # arm name -> () -> (learner, pool): (re)starts it from its checkpoint
 
 
-def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
-    """Each arm's AgentLearner and its pool of RolloutActors, of the arm's kind (agentworld/arms)."""
+def clone_arms(run: Run, base_path: str, lwm: dict) -> dict:
+    """With agent.bc.episodes: each arm's start checkpoint fine-tuned on the oracle's actions in its env
+    (learners/bc.py), all arms at once; arm name -> what its `checkpoints/bc-<arm>/bc.json` says. A rerun reuses them."""
+    if run.cfg.agent.bc.episodes <= 0:
+        return {}
+    from learners.bc import behaviour_clone
+
+    refs = {}
+    for arm in run.cfg.arms:
+        agent = agent_for(run.cfg, arm.env, arm.init, arm.action_mode)
+        out = run.run_dir / "checkpoints" / f"bc-{arm.name}"
+        refs[arm.name] = behaviour_clone.options(num_cpus=run.cfg.ray.actor_num_cpus).remote(
+            init_path(agent.init, base_path, lwm), str(out), section(run.cfg.envs[arm.env]), agent, run.runtime,
+            run.cfg.run.seed, arm.name)
+    bc = run.cfg.agent.bc
+    run.console.print(f"behaviour cloning {len(refs)} arm(s): {bc.episodes} oracle episodes each, {bc.steps} steps")
+    clones = {}
+    for name, ref in refs.items():
+        clones[name] = c = ray.get(ref)
+        run.console.print(f"arm {name}: cloned {c['demo_episodes']} oracle episodes ({c['demo_steps']} real steps, "
+                          f"oracle success {c['demo_success']:.2f}) in {c['steps']} steps, loss {c['loss_first']:.3f} "
+                          f"-> {c['loss_last']:.3f}, {c['seconds']:.0f} s")
+    return clones
+
+
+def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int, clones: dict | None = None) -> Arms:
+    """Each arm's AgentLearner and its pool of RolloutActors, of the arm's kind (agentworld/arms); an arm in `clones`
+    starts from its behaviour-cloned checkpoint (clone_arms)."""
     from functools import partial
 
     from actors.pool import request_cluster
@@ -403,14 +430,16 @@ def start_arms(run: Run, base_path: str, lwm: dict, wm_real_steps: int) -> Arms:
     arms = Arms({}, {}, cursor)
     for a_idx, arm in enumerate(run.cfg.arms):
         seed = run.cfg.run.seed * 1000 + 100 * a_idx  # arms sample independently
-        arms.start[arm.name] = partial(start_arm, run, arm, seed, base_path, lwm, wm_real_steps, cursor)
+        arms.start[arm.name] = partial(start_arm, run, arm, seed, base_path, lwm, wm_real_steps, cursor,
+                                       (clones or {}).get(arm.name))
         arms.learners[arm.name], arms.pools[arm.name] = arms.start[arm.name]()
     request_cluster(arms.pools.values())
     run.note_processes()
     return arms
 
 
-def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list):
+def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list,
+              clone: dict | None = None):
     """The arm's learner, then its pool. A learner that resumes from the arm's checkpoint (a restart, or a rerun of the
     run dir) says so first: the actors then start from that checkpoint, at its version, and play that version's rounds
     again from the same seeds (rollout.play_round): the episodes an uninterrupted run played there."""
@@ -420,7 +449,7 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     from learners.agent import AgentLearner
 
     cfg = run.cfg
-    spec = learner_spec(run, arm, seed, base_path, lwm, wm_real_steps, cursor)
+    spec = learner_spec(run, arm, seed, base_path, lwm, wm_real_steps, cursor, clone)
     learner = AgentLearner.options(num_cpus=cfg.ray.actor_num_cpus, num_gpus=cfg.engine.num_gpus).remote(
         spec, run.replay, run.registry)
     policy, version = ray.get(learner.resumes_from.remote()) or (spec.init_path, 0)
@@ -443,17 +472,20 @@ def start_arm(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps
     return learner, pool
 
 
-def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list):
+def learner_spec(run: Run, arm, seed: int, base_path: str, lwm: dict, wm_real_steps: int, cursor: int | list,
+                 clone: dict | None = None):
     """What the arm's AgentLearner trains (its actors act with the same agent settings and start checkpoint): the agent
-    section resolved for the arm's env and `init` (arms[i].init, else agent.init); the real env it is scored in
-    (arms[i].eval_env, else its env)."""
+    section resolved for the arm's env and `init` (arms[i].init, else agent.init), or its behaviour-cloned checkpoint
+    (`clone`, whose oracle steps count as the arm's real steps); the real env it is scored in (arms[i].eval_env, else
+    its env)."""
     from learners.agent import LearnerSpec
 
     cfg = run.cfg
     kind, agent = ARM_KINDS.get(arm.source)(), agent_for(cfg, arm.env, arm.init, arm.action_mode)
     eval_env = arm.eval_env or arm.env  # scored in the real env: its own, or another split of it (arms[i].eval_env)
     return LearnerSpec(arm=section(arm), kind=kind, loss=LOSSES.get(cfg.agent.algorithm),
-                       init_path=init_path(agent.init, base_path, lwm), run_dir=str(run.run_dir), t0=run.t0,
+                       init_path=clone["path"] if clone else init_path(agent.init, base_path, lwm),
+                       demo_real_steps=clone["demo_steps"] if clone else 0, run_dir=str(run.run_dir), t0=run.t0,
                        agent=agent, eval=section(cfg.eval), env=section(cfg.envs[eval_env]), eval_env=eval_env,
                        fault_env=section(cfg.envs[arm.fault_env]) if arm.fault_env else None,
                        fault_env_key=arm.fault_env or "",

@@ -150,6 +150,7 @@ class LearnerSpec:
     fault_env: EnvConfig | None = None  # envs[arms[i].fault_env]: a real env with faults, scored in once at the end
     fault_env_key: str = ""
     wm_real_steps: int = 0  # real env steps the LWM's data cost, counted against arms that use the LWM
+    demo_real_steps: int = 0  # real env steps of the oracle episodes its start checkpoint was cloned on (agent.bc)
     replay_cursor: int | list = 0  # the replay's rows before it belong to earlier attempts of the run dir
     checkpoint_every: int = 0  # checkpoint.every_updates: the learner's whole state, every this many updates (0: never)
 
@@ -170,7 +171,7 @@ class AgentLearner:
         self.name = f"policy/{spec.arm.name}"
         self.rows: list[dict] = []
         self.version = 0
-        self.steps = {"real": 0, "sim": 0}
+        self.steps = {"real": spec.demo_real_steps, "sim": 0}  # behaviour cloning's demonstrations were its own
         self._stop = False
         self.phase = "starting"
         self.last_eval: dict = {}

@@ -1,4 +1,4 @@
-"""experiments/tooluse.yaml, warmup.yaml, transfer.yaml, fidelity_curve.yaml and action_modes.yaml
+"""experiments/tooluse.yaml, warmup.yaml, transfer.yaml, fidelity_curve.yaml, action_modes.yaml and bc_warmup.yaml
 validate; the first two run shortened end to end through the
 CLI on real Ray, the real search and MCP sqlite envs (and BabyAI for the warm-up's grid) and a real tiny model.
 Every arm trains on a train split and is scored on the heldout split of its real env (arms[i].eval_env), starts from
@@ -19,6 +19,7 @@ WARMUP = ROOT / "experiments" / "warmup.yaml"
 TRANSFER = ROOT / "experiments" / "transfer.yaml"
 FIDELITY = ROOT / "experiments" / "fidelity_curve.yaml"
 MODES = ROOT / "experiments" / "action_modes.yaml"
+BC_WARMUP = ROOT / "experiments" / "bc_warmup.yaml"
 CONTROLLED = ROOT / "experiments" / "controlled_tooluse.yaml"
 
 # a few steps of everything: small LWM data, a few SFT (and CPT) steps, one update of four episodes per arm
@@ -79,7 +80,7 @@ def configured_arms(path: Path) -> dict:
 
 
 def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split(capsys):
-    for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES, CONTROLLED):
+    for path in (TOOLUSE, WARMUP, TRANSFER, FIDELITY, MODES, CONTROLLED, BC_WARMUP):
         r = validate(capsys, str(path))
         assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
         for name, (init, key, env) in configured_arms(path).items():
@@ -92,6 +93,9 @@ def test_the_yamls_validate_and_every_arm_is_scored_on_a_heldout_split(capsys):
                                "sim-fictional-search"}
     inits = {(n.rsplit("-", 1)[0], init) for n, (init, _, _) in configured_arms(WARMUP).items()}
     assert inits == {(d, i) for d in ("grid", "search", "mcp") for i in ("scratch", "cpt", "lwm")}
+    r = validate(capsys, str(BC_WARMUP))  # both arms cloned on the oracle's episodes, then the same RL
+    assert r.stdout.count("actions generate, 1 actor(s), cloned first on 64 oracle episodes") == 2, r.stdout
+    assert {init for init, _, _ in configured_arms(BC_WARMUP).values()} == {"scratch", "lwm"}
 
 
 def test_the_transfer_lwm_never_sees_the_domain_its_transfer_arm_trains_on():
@@ -134,18 +138,27 @@ def check_run(run: Path, path: Path, stdout: str) -> dict:
 @pytest.mark.slow
 def test_short_warmup_end_to_end(tmp_path):
     # two of the nine arms, the two inits no other test trains from (an lwm start is every other test's); the LWM
-    # learns their two domains only
+    # learns their two domains only. Both arms are behaviour-cloned first (agent.bc), on a grid and on search
     path = subset(WARMUP, ("grid-scratch", "search-cpt"), tmp_path, lwm_learns_only_theirs=True)
-    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=w", *short(path, cpt=True), timeout=1500)
+    r = cli("run", str(path), f"run.output_dir={tmp_path}", "run.name=w", *short(path, cpt=True),
+            "agent.bc.episodes=2", "agent.bc.steps=2", timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "w"
     summary = check_run(run, path, r.stdout)
+    evals = pd.read_parquet(run / "metrics.parquet").query("kind == 'eval'")
     assert {a["init"] for a in summary["arms"].values()} == {"scratch", "cpt"}
     assert (run / "checkpoints" / "wm-cpt" / "config.json").exists()
     for name, a in summary["arms"].items():
         assert a["source"] == "real" and a["real_steps"] > 0
         # the LWM's data is counted against the arms that start from it (lwm, cpt), not against scratch
         assert (a["wm_real_steps"] > 0) == (a["init"] != "scratch"), (name, a)
+        # its clone: the oracle's 2 episodes, whose real steps are the arm's own beside those it trained on
+        clone = json.loads((run / "checkpoints" / f"bc-{name}" / "bc.json").read_text())
+        assert clone["demo_episodes"] == 2 and clone["demo_success"] == 1.0 and clone["steps"] == 2, clone
+        assert (Path(clone["path"]) / "config.json").is_file() and f"arm {name}: cloned 2 oracle episodes" in r.stdout
+        before = evals[(evals.arm == name) & (evals["update"] == 0)]  # scored before any rollout of its own landed
+        assert list(before.real_steps) == [clone["demo_steps"]], (name, before.real_steps, clone)
+        assert a["real_steps"] > clone["demo_steps"], (name, a, clone)
 
 
 def test_the_fidelity_curve_levels_validate_and_its_arms_train_only_in_the_lwm(capsys):
