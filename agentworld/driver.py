@@ -413,7 +413,8 @@ def clone_arms(run: Run, base_path: str, lwm: dict) -> dict:
     clones = {}
     for name, ref in refs.items():
         clones[name] = c = ray.get(ref)
-        run.console.print(f"arm {name}: cloned {c['demo_episodes']} oracle episodes ({c['demo_steps']} real steps, "
+        run.console.print(f"arm {name}: {'reusing its clone of' if c.get('reused') else 'cloned'} "
+                          f"{c['demo_episodes']} oracle episodes ({c['demo_steps']} real steps, "
                           f"oracle success {c['demo_success']:.2f}) in {c['steps']} steps, loss {c['loss_first']:.3f} "
                           f"-> {c['loss_last']:.3f}, {c['seconds']:.0f} s")
     return clones

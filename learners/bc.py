@@ -66,7 +66,7 @@ def bc_loss(model, tok, items: list[tuple[str, list[int]]]) -> torch.Tensor:
 def clone(init_path: str, out_dir: str, env_cfg: EnvConfig, agent: AgentConfig, runtime: Runtime,
                     seed: int, label: str = "") -> dict:
     """The checkpoint at `init_path` fine-tuned on the oracle's actions (module doc), saved to `out_dir`; returns what
-    `out_dir/bc.json` holds. A finished `out_dir` is returned as it is."""
+    `out_dir/bc.json` holds. A finished `out_dir` is returned as it is, with `reused` set."""
     from learners.agent import with_prompts
     from learners.train_engine import make_trainer
     from agentworld.models.hf_engine import HFEngine
@@ -74,7 +74,7 @@ def clone(init_path: str, out_dir: str, env_cfg: EnvConfig, agent: AgentConfig, 
 
     done = Path(out_dir) / "bc.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return dict(json.loads(done.read_text()), reused=True)
     torch.set_num_threads(runtime.ray.torch_threads)
     torch.manual_seed(seed)
     bc, t0 = agent.bc, time.time()

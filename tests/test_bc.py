@@ -58,7 +58,8 @@ def test_a_clone_writes_the_oracles_actions_and_a_finished_one_is_reused(demos, 
 
     marker = json.loads((tmp_path / "bc" / "bc.json").read_text())
     assert marker == out
-    assert clone("/nonexistent", str(tmp_path / "bc"), SQLITE, agent, Runtime(), seed=0) == out  # reused, not redone
+    again = clone("/nonexistent", str(tmp_path / "bc"), SQLITE, agent, Runtime(), seed=0)
+    assert again == dict(out, reused=True)  # reused, not redone
 
 
 def test_an_env_without_an_oracle_is_refused_by_name():
