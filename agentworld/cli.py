@@ -263,10 +263,10 @@ def _run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.command == "validate":
         print(f"run {cfg.run.name}: envs {', '.join(f'{k}={v.id}' for k, v in cfg.envs.items())}")
+        bc = cfg.agent.bc
+        cloned = f", cloned first on {bc.episodes} oracle episodes" if bc.episodes else ""
         for arm in cfg.arms:
             faults = f", also scored under real faults in {arm.fault_env}" if arm.fault_env else ""
-            bc = cfg.agent.bc
-            cloned = f", cloned first on {bc.episodes} oracle episodes" if bc.episodes else ""
             control = f", control {arm.control.kind} per {arm.control.per}" if arm.control.kind != "none" else ""
             print(f"  arm {arm.name}: source {arm.source}, env {arm.env}, scored in {arm.eval_env or arm.env}, "
                   f"init {arm.init or cfg.agent.init}, actions {arm.action_mode or cfg.agent.action_mode}, "

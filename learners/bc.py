@@ -37,7 +37,7 @@ def demonstrations(env_cfg: EnvConfig, episodes: int, seed: int) -> tuple[list[d
     try:
         if not hasattr(envs[0], "oracle_action"):
             raise ValueError(f"agent.bc: env {env_cfg.id} has no oracle (oracle_action) to clone")
-        rows, stats = [], {"episodes": 0, "steps": 0, "won": 0}
+        rows, stats = [], {"episodes": 0, "won": 0}
         while stats["episodes"] < episodes:
             batch, base = envs[: episodes - stats["episodes"]], stats["episodes"]
 
@@ -50,8 +50,7 @@ def demonstrations(env_cfg: EnvConfig, episodes: int, seed: int) -> tuple[list[d
                 results = play_episodes(batch, OraclePolicy(seed), seeds, record)
             stats["episodes"] += len(batch)
             stats["won"] += sum(bool(r[1]) for r in results)
-        stats["steps"] = len(rows)
-        return rows, stats
+        return rows, dict(stats, steps=len(rows))
     finally:
         for env in envs:
             env.close()
@@ -63,8 +62,8 @@ def bc_loss(model, tok, items: list[tuple[str, list[int]]]) -> torch.Tensor:
     return -completion_logprobs(model, ids, attn, comp).sum() / comp.sum()
 
 
-def clone(init_path: str, out_dir: str, env_cfg: EnvConfig, agent: AgentConfig, runtime: Runtime,
-                    seed: int, label: str = "") -> dict:
+def clone(init_path: str, out_dir: str, env_cfg: EnvConfig, agent: AgentConfig, runtime: Runtime, seed: int,
+          label: str = "") -> dict:
     """The checkpoint at `init_path` fine-tuned on the oracle's actions (module doc), saved to `out_dir`; returns what
     `out_dir/bc.json` holds. A finished `out_dir` is returned as it is, with `reused` set."""
     from learners.agent import with_prompts

@@ -10,7 +10,7 @@ from agentworld.envs import make_env_from
 from agentworld.models.hf_engine import HFEngine
 from agentworld.models.tiny import build_tiny_model, render_chatml, train_tokenizer
 from agentworld.policy import LLMPolicy, policy_messages
-from learners.bc import clone, demonstrations
+from learners.bc import DEMO_SEED, clone, demonstrations
 
 SQLITE = EnvConfig(id="mcp:sqlite-train", max_steps=6)  # a real MCP server; the oracle writes SQL and answers
 EPISODES = 4
@@ -47,7 +47,7 @@ def test_a_clone_writes_the_oracles_actions_and_a_finished_one_is_reused(demos, 
     engine = HFEngine(out["path"])
     envs = [make_env_from(SQLITE) for _ in range(EPISODES)]
     try:
-        firsts = [env.reset(seed=77_000_000 + i) for i, env in enumerate(envs)]
+        firsts = [env.reset(seed=DEMO_SEED + i) for i, env in enumerate(envs)]
         acts = LLMPolicy.for_agent(engine, agent, greedy=True).act([SQLITE.id] * EPISODES, [o for o, _ in firsts],
                                                                    [i for _, i in firsts], envs=envs)
     finally:
