@@ -176,15 +176,26 @@ def lwm_sources(cfg) -> list:
 
 def collect_lwm_data(run: Run) -> LWMData:
     """Each source's transitions in the replay, under an arm of its own; what an earlier attempt of this run dir
-    gathered or imported counts."""
+    gathered or imported counts. The sources an env plays are collected side by side, one rollout actor each."""
+    from actors.rollout import retire
+
     sources = lwm_sources(run.cfg)
     arms = [WM_DATA_ARM if len(sources) == 1 else f"{WM_DATA_ARM}.{i}" for i in range(len(sources))]
-    rows, real_steps = [], 0
+    playing = []  # (env key, its actor, its task)
     for i, (src, arm) in enumerate(zip(sources, arms)):
-        if src.env is not None:
-            _play_source(run, src, arm, seed=run.cfg.run.seed + 7919 * (i + 1))
-        else:
+        if src.env is None:
             _import_source(run, src, arm)
+        elif (left := src.steps - ray.get(run.replay.count.remote(arm=arm, source="real"))) > 0:
+            seed = run.cfg.run.seed + 7919 * (i + 1) + src.steps - left
+            playing.append((src.env, *_play_source(run, src, arm, left, seed)))
+    if playing:
+        with run.console.status(f"collecting real transitions of {', '.join(env for env, _, _ in playing)}"):
+            try:
+                ray.get([task for _, _, task in playing])
+            finally:
+                retire([actor for _, actor, _ in playing])
+    rows, real_steps = [], 0
+    for src, arm in zip(sources, arms):
         table = ray.get(run.replay.sample.remote(arm=arm, source="real"))
         run.console.print(f"LWM data: {table.num_rows} real transitions from {src.env or src.data}")
         rows += table.to_pylist()
@@ -192,21 +203,17 @@ def collect_lwm_data(run: Run) -> LWMData:
     return LWMData(rows, arms, [a for a, s in zip(arms, sources) if s.heldout], real_steps)
 
 
-def _play_source(run: Run, src, arm: str, seed: int) -> None:
-    from actors.rollout import RolloutActor, RolloutSpec, retire
+def _play_source(run: Run, src, arm: str, steps: int, seed: int) -> tuple:
+    """A rollout actor playing `steps` more transitions of the source's env with its policy: (actor, its task)."""
+    from actors.rollout import RolloutActor, RolloutSpec
 
     cfg = run.cfg
-    have = ray.get(run.replay.count.remote(arm=arm, source="real"))
-    if have >= src.steps:
-        return
     env = section(cfg.envs[src.env])
     spec = RolloutSpec(run_id=run.run_id, arm=ArmConfig(name=arm, source="real", env=src.env, envs_per_actor=16),
                        kind=ARM_KINDS.get("real")(), env=env, domain=env_facts(env, 0)[0], agent=agent_for(cfg, src.env),
-                       runtime=run.runtime, seed=seed + have, policy=src.policy, actor_id="random0")
+                       runtime=run.runtime, seed=seed, policy=src.policy, actor_id="random0")
     actor = RolloutActor.options(num_cpus=cfg.ray.actor_num_cpus).remote(spec, run.replay, run.registry)
-    with run.console.status(f"collecting {src.steps - have} real transitions of {src.env} with the {src.policy} policy"):
-        ray.get(actor.collect_steps.remote(src.steps - have))
-    retire([actor])
+    return actor, actor.collect_steps.remote(steps)
 
 
 def _import_source(run: Run, src, arm: str) -> None:
