@@ -28,7 +28,9 @@ def test_short_quickstart_end_to_end_and_its_lwm_keeps_training_on_fresh_real_da
     r = subprocess.run([sys.executable, "-m", "agentworld", "run", str(ROOT / "experiments" / "quickstart.yaml"),
                         f"run.output_dir={tmp_path}", "run.name=short", *SHORT,
                         "world_model.continual.enabled=true", "world_model.continual.stage=sft",
-                        "world_model.continual.min_new=40", "world_model.continual.steps=2", "replay.shards=2"],
+                        "world_model.continual.min_new=40", "world_model.continual.steps=2", "replay.shards=2",
+                        # scored before and after: the LWM at SFT steps 0 and 80, the arms at updates 0 and 4
+                        "world_model.sft.eval_every=80", "eval.every_updates=4"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "short"

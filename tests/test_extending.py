@@ -73,6 +73,9 @@ def test_a_script_registers_an_arm_kind_and_a_loss_and_runs_them(tmp_path):
     script.write_text(SCRIPT)
     r = subprocess.run([sys.executable, str(script), str(ROOT / "experiments" / "quickstart.yaml"),
                         f"run.output_dir={tmp_path}", "run.name=ext", *QUICK, "agent.updates=2",
+                        # the arms start from scratch: the LWM the run trains anyway is kept tiny
+                        "world_model.data.steps=60", "world_model.sft.steps=2", "world_model.sft.eval_every=2",
+                        "world_model.sft.eval_samples=2", "world_model.sft.warmup_steps=1",
                         "arms.0.source=three-steps", "arms.1.source=three-steps", "agent.algorithm=constant42",
                         "agent.init=scratch"],
                        capture_output=True, text=True, timeout=900, cwd=ROOT)

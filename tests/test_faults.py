@@ -190,7 +190,7 @@ def test_a_killed_actor_a_killed_learner_and_a_full_disk_are_survived(lwm_dir, t
 def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     run = fresh_run(lwm_dir, tmp_path, "stall")
     # the real arm alone (the watchdog is the same for every arm kind)
-    proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=45",
+    proc = start(run, "agent.updates=100000", "pool.max_replacements=0", "run.stall_timeout_s=30",
                  "run.max_minutes=30", "checkpoint.every_updates=1",
                  "arms=[{name: real, source: real, env: frozenlake, envs_per_actor: 4}]")
     wait_for(lambda: checkpointed(run, "real") >= 1, proc=proc)  # its actor is up
@@ -205,7 +205,7 @@ def test_the_watchdog_fails_an_arm_whose_actors_all_died(lwm_dir, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and set(summary["failures"]) == {"real"}
     for why in summary["failures"].values():
-        assert "no progress for 45 s" in why and "0 live rollout actor(s)" in why, why
+        assert "no progress for 30 s" in why and "0 live rollout actor(s)" in why, why
     assert "failed" in out and "report.html" in (run / "report.html").name
 
 
