@@ -185,9 +185,9 @@ def collect_lwm_data(run: Run) -> LWMData:
     for i, (src, arm) in enumerate(zip(sources, arms)):
         if src.env is None:
             _import_source(run, src, arm)
-        elif (left := src.steps - ray.get(run.replay.count.remote(arm=arm, source="real"))) > 0:
-            seed = run.cfg.run.seed + 7919 * (i + 1) + src.steps - left
-            playing.append((src.env, *_play_source(run, src, arm, left, seed)))
+        elif (have := ray.get(run.replay.count.remote(arm=arm, source="real"))) < src.steps:
+            seed = run.cfg.run.seed + 7919 * (i + 1) + have
+            playing.append((src.env, *_play_source(run, src, arm, src.steps - have, seed)))
     if playing:
         with run.console.status(f"collecting real transitions of {', '.join(env for env, _, _ in playing)}"):
             try:
