@@ -43,13 +43,16 @@ def play_episodes(envs: Sequence, policy, seeds: Sequence[int], on_step: Callabl
     return [tuple(s) for s in stats]
 
 
-def evaluate(envs: Sequence, policy, episodes: int, seed0: int = 10_000) -> dict:
+def evaluate(envs: Sequence, policy, episodes: int, seed0: int = 10_000,
+             on_step: Callable[..., None] | None = None) -> dict:
     """Mean return and success of `policy` over `episodes` episodes, in batches of len(envs), the share of its
-    actions the env could parse, and the steps that met an injected real fault."""
+    actions the env could parse, and the steps that met an injected real fault. `on_step`: as play_episodes'."""
     results, faults = [], [0]
 
     def count(i, t, obs, act, nobs, reward, term, trunc, info):
         faults[0] += bool(info.get("fault"))
+        if on_step is not None:
+            on_step(i, t, obs, act, nobs, reward, term, trunc, info)
 
     for start in range(0, episodes, len(envs)):
         n = min(len(envs), episodes - start)

@@ -17,7 +17,7 @@ import torch
 
 from agentworld.config import agent_for, load_config, section
 from agentworld.envs import make_env_from
-from agentworld.episodes import play_episodes
+from agentworld.episodes import evaluate
 from agentworld.models.hf_engine import HFEngine
 from agentworld.policy import LLMPolicy, OraclePolicy
 
@@ -31,6 +31,7 @@ def literals_found(action: str, task: str) -> tuple[int, int]:
 
 
 def play(env_cfg, policy, tasks: int, seed0: int) -> dict:
+    """`evaluate`'s figures for `tasks` episodes, and each episode's (task, first action)."""
     envs = [make_env_from(env_cfg) for _ in range(min(BATCH, tasks))]
     firsts: list[tuple[str, str]] = []
 
@@ -38,20 +39,14 @@ def play(env_cfg, policy, tasks: int, seed0: int) -> dict:
         if t == 0:
             firsts.append((obs.split("\n")[0], act.action))
 
-    results = []
     try:
-        for start in range(0, tasks, len(envs)):
-            n = min(len(envs), tasks - start)
-            results += play_episodes(envs[:n], policy, [seed0 + start + k for k in range(n)], first)
+        r = evaluate(envs, policy, tasks, seed0, on_step=first)
     finally:
         for env in envs:
             env.close()
     found = [literals_found(action, task) for task, action in firsts]
-    steps = sum(r[2] for r in results)
-    return {"won": sum(bool(r[1]) for r in results), "tasks": len(results),
-            "parse_rate": sum(r[3] for r in results) / max(1, steps),
-            "literals_in_task": sum(f for f, _ in found), "literals": sum(n for _, n in found),
-            "example": firsts[0] if firsts else None}
+    return dict(r, won=round(r["success"] * r["episodes"]), literals_in_task=sum(f for f, _ in found),
+                literals=sum(n for _, n in found), example=firsts[0] if firsts else None)
 
 
 def main() -> None:
@@ -71,7 +66,7 @@ def main() -> None:
         policy = LLMPolicy.for_agent(engine, agent_for(cfg, key, action_mode="generate"), greedy=True)
         for name, pol in (("oracle", OraclePolicy(0)), (args.checkpoint, policy)):
             r = play(env_cfg, pol, args.tasks, args.seed0)
-            print(f"{key:16s} {name:24s} won {r['won']}/{r['tasks']}  parse rate {r['parse_rate']:.2f}  first "
+            print(f"{key:16s} {name:24s} won {r['won']}/{r['episodes']}  parse rate {r['parse_rate']:.2f}  first "
                   f"action's literals in the task {r['literals_in_task']}/{r['literals']}")
             if name != "oracle" and r["example"]:
                 task, action = r["example"]

@@ -209,7 +209,10 @@ class Failing:
 def test_the_parse_rate_counts_an_action_that_parsed_and_then_failed():
     assert parsed({"error": "no such table", "won": False}) and parsed({"error": "crashed", "crashed": True})
     assert not parsed({"error": "not valid JSON", "unparsed": True})
-    assert evaluate([Failing(), Failing()], RandomPolicy(0), 4)["parse_rate"] == 1.0  # the row figure
+    steps = []
+    r = evaluate([Failing(), Failing()], RandomPolicy(0), 4, on_step=lambda i, t, obs, act, *rest: steps.append(obs))
+    assert r["parse_rate"] == 1.0  # the row figure
+    assert steps == ["Task: fail."] * 4  # each episode's one step reached the caller's on_step
 
 
 def test_a_generating_agent_in_mcp_still_sees_the_tools_past_its_history_window(tiny_policy, tmp_path):
