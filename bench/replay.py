@@ -5,6 +5,7 @@ and ReplayService through Ray, side by side in one run, on the same FrozenLake t
     .venv/bin/python bench/replay.py --sizes 10000 100000 --samples 100
     .venv/bin/python bench/replay.py --capacity-run 10000000 1000000  # also 10M rows in-process, 1M held
     .venv/bin/python bench/replay.py --sizes 100000 --stores --shards 2 4 --writers 4  # ShardedReplay against 1 shard
+    .venv/bin/python bench/replay.py --sizes 10000 100000 --stores ray ray-pickled  # IPC against Ray's pickling
 
 The transitions are synthetic but shaped like the quickstart's (agentworld/schema.py rows, ~142-character grid
 observations, episodes of 1-15 steps); an insert is whole episodes of ~1,000 rows, built before timing (an Arrow
@@ -103,12 +104,17 @@ def bench_store(inserts, samples, directory, capacity=None):
     return out, store
 
 
-def bench_ray(inserts, samples, directory):
+def bench_ray(inserts, samples, directory, pickled: bool = False):
+    """ReplayService as a run starts it: its answers cross Ray as one IPC buffer per table. `pickled`: the same
+    store as a plain Ray actor, with Ray's default pickling (what the product did before)."""
     import ray
 
-    from agentworld.replay import ReplayService
+    from agentworld.replay import ReplayService, ReplayStore
 
-    actor = ReplayService.options(num_cpus=0).remote(directory)
+    if pickled:
+        actor = ray.remote(ReplayStore).options(num_cpus=0).remote(directory)
+    else:
+        actor = ReplayService.options(num_cpus=0).remote(directory)
     ray.get(actor.count.remote())  # started: its start-up is not an insert
 
     def add(item):
@@ -171,7 +177,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
     p.add_argument("--samples", type=int, default=200, help="samples of 256 rows timed at each size, after the first")
-    p.add_argument("--stores", nargs="*", default=["rllib", "store", "ray"], choices=["rllib", "store", "ray"])
+    p.add_argument("--stores", nargs="*", default=["rllib", "store", "ray"],
+                   choices=["rllib", "store", "ray", "ray-pickled"])
     p.add_argument("--capacity-run", nargs=2, type=int, metavar=("ROWS", "CAPACITY"),
                    help="also ROWS rows in-process with CAPACITY held (the largest size's inserts, repeated)")
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the stores' temp dirs go")
@@ -185,7 +192,7 @@ def main() -> None:
     chars = np.mean([len(o) for o in all_inserts[0][0].column("obs").to_pylist()])
     print(f"built {max(args.sizes):,} transitions (observations of {chars:.0f} characters on average) in "
           f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
-    if "ray" in args.stores or args.shards:
+    if any(s.startswith("ray") for s in args.stores) or args.shards:
         import ray
 
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -207,14 +214,18 @@ def main() -> None:
                 elif name == "store":
                     r, _ = bench_store(inserts, args.samples, d)
                 else:
-                    r = bench_ray(inserts, args.samples, d)
+                    r = bench_ray(inserts, args.samples, d, pickled=name == "ray-pickled")
             results[n, name] = r
             base = results.get((n, "rllib"))
             ratios = (f"{r[0] / base[0]:>14.1f} {r[2] / base[2]:>14.1f}" if base and name != "rllib"
                       else f"{'':>14} {'':>14}")
             label = {"rllib": "RLlib EpisodeReplayBuffer", "store": "ReplayStore in-process",
-                     "ray": "ReplayService via Ray"}[name]
+                     "ray": "ReplayService via Ray", "ray-pickled": "same, Ray's pickling"}[name]
             print(f"{k:>10,} {label:<24} {r[0]:>10,.0f} {r[2]:>10,.0f} {r[1]:>9.1f} {ratios}", flush=True)
+        if (n, "ray") in results and (n, "ray-pickled") in results:
+            r, q = results[n, "ray"], results[n, "ray-pickled"]
+            print(f"{'':>10} via Ray, IPC over Ray's pickling: insert x{r[0] / q[0]:.2f}, sample x{r[2] / q[2]:.2f}",
+                  flush=True)
         for shards in sorted({1, *args.shards}) if args.shards else []:
             with tempfile.TemporaryDirectory(dir=args.dir, ignore_cleanup_errors=True) as d:
                 r = bench_shards(inserts, args.samples, d, shards, args.writers)

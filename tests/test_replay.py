@@ -101,6 +101,36 @@ def test_replay_survives_actor_kill(tmp_path, ray_local):
     assert ds.dataset(str(tmp_path), format="arrow").to_table().num_rows == 15
 
 
+def test_the_replay_actors_tables_cross_ray_as_one_ipc_buffer_and_arrive_unchanged(tmp_path, ray_local):
+    import ray.cloudpickle
+
+    from agentworld.replay import ship_tables_as_ipc
+
+    ray = ray_local
+    sliced = batch(n=10).slice(3, 4)  # offsets into shared buffers
+    tables = [pa.Table.from_batches([sliced, batch(n=2)]), pa.Table.from_batches([], schema=sliced.schema)]
+    assert b"agentworld.replay" not in ray.cloudpickle.dumps(tables[0])
+    ship_tables_as_ipc()
+    try:
+        for table in tables:
+            blob = ray.cloudpickle.dumps(table)
+            assert b"agentworld.replay" in blob
+            back = ray.cloudpickle.loads(blob)
+            assert back.equals(table) and back.schema.metadata == table.schema.metadata
+        assert b"agentworld.replay" not in ray.cloudpickle.dumps(sliced)  # a batch (an add) keeps Ray's default
+    finally:
+        ray.util.deregister_serializer(pa.Table)
+    actor = ReplayService.remote(str(tmp_path))
+    ray.get(actor.add.remote(sliced))
+    ray.get(actor.add.remote(batch(version=1, n=5)))
+    local = ReplayStore(str(tmp_path))
+    assert ray.get(actor.table.remote()).equals(local.table())
+    assert ray.get(actor.sample.remote(3, seed=4, min_policy_version=1)).equals(local.sample(3, seed=4,
+                                                                                              min_policy_version=1))
+    got, cursor = ray.get(actor.since.remote(4))
+    assert got.equals(local.since(4)[0]) and cursor == 9
+
+
 def test_sigterm_seals_the_actors_wal(tmp_path, ray_local):
     """`ray.shutdown()` ends the actor with SIGTERM: its WAL is sealed first, so a finished run reads as a dataset."""
     ray = ray_local
