@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "experiments" / "dyna_rllib.yaml")
 SHORT_LWM = ("lwm.overrides=[world_model.data.steps=600,world_model.sft.steps=200,world_model.sft.eval_every=200,"
              "world_model.sft.eval_samples=16]")  # fewer SFT steps: the LWM drops grid cells, every state is unparseable
-SHORT_PPO = ["ppo.iterations=2", "ppo.train_batch_size=200", "ppo.minibatch_size=50", "ppo.num_epochs=4",
-             "ppo.envs_per_runner=8", "eval.every_iterations=1", "eval.episodes=8"]
+SHORT_PPO = ["ppo.iterations=2", "ppo.train_batch_size=400", "ppo.minibatch_size=100", "ppo.num_epochs=4",
+             "ppo.envs_per_runner=16", "eval.every_iterations=1", "eval.episodes=8"]
 
 
 def test_bad_dyna_config_is_one_line_and_exit_code_2(capsys):
@@ -43,8 +43,8 @@ def test_dyna_trains_ppo_in_the_lwm_and_in_the_real_env_and_reports_both_real_cu
     cols = ["success", "return", "real_steps", "sim_steps", "wm_real_steps", "wall_time"]
     assert evals[cols].notna().all().all() and evals.success.between(0, 1).all()
     real, sim = evals[evals.arm == "real"], evals[evals.arm == "sim"]
-    assert real.real_steps.max() >= 2 * 200 and (real.sim_steps == 0).all()
-    assert (sim.real_steps == 0).all() and sim.sim_steps.max() >= 2 * 200  # no real env step in the sim arm
+    assert real.real_steps.max() >= 2 * 400 and (real.sim_steps == 0).all()
+    assert (sim.real_steps == 0).all() and sim.sim_steps.max() >= 2 * 400  # no real env step in the sim arm
     assert (sim.wm_real_steps >= 600).all()  # ... beyond the LWM's data budget, which is recorded
     sim_train = df[(df.kind == "train") & (df.arm == "sim")]
     assert (sim_train.sim_steps_per_s > 0).all()

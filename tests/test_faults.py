@@ -248,7 +248,7 @@ def test_sigterm_writes_a_partial_report_and_a_rerun_after_kill_9_resumes(lwm_di
     assert summary["status"] == "interrupted" and summary["signal"] == signal.SIGTERM
     assert "Run status: interrupted" in (run / "report.html").read_text()
 
-    # kill -9 of the driver: its cluster's processes are left; the rerun ends them and resumes the arms
+    # kill -9 of the driver: its cluster's processes are left; the rerun ends them and resumes the arm
     proc = start(run, *sync)
     at = checkpointed(run, "real")
     wait_for(lambda: checkpointed(run, "real") > at, proc=proc)
