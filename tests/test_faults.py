@@ -1,7 +1,7 @@
 """Faults in a real run (issue 18): kill -9 of a rollout actor's and a learner's process mid-run, then a full replay
 disk (a real tmpfs); an arm whose actors all die with replacements off (the watchdog); SIGTERM to the driver (a
-partial report, exit 143), kill -9 of the driver and a rerun (its cluster's leftover processes ended, the arms resumed
-from their checkpoints). A shortened quickstart on real Ray, FrozenLake and the tiny model; the LWM is trained once
+partial report, exit 143), kill -9 of the driver and a rerun (its cluster's leftover processes ended, the real arm
+resumed from its checkpoint). A shortened quickstart on real Ray, FrozenLake and the tiny model; the LWM is trained once
 for the module (its learner killed mid-SFT on the way, and restarted from its checkpoint) and copied into each test's
 run."""
 
